@@ -1,0 +1,354 @@
+"""Typed, frozen configuration.
+
+Experiments are Python files that define ``config() -> Config``. Command-line
+overrides ``key.sub=value`` are parsed to the field's declared type; anything
+wrong (unknown key, bad value, inconsistent sizes) raises ``ConfigError`` naming
+the key, the value and what is allowed -- before anything is compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import math
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class ConfigError(ValueError):
+  """A user-facing configuration mistake (the CLI prints it and exits with 2)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 257            # byte tokenizer: 256 bytes + BOS
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 0              # 0 -> n_heads (multi-head); < n_heads -> GQA
+  head_dim: int = 0                # 0 -> d_model // n_heads
+  d_ff: int = 0                    # 0 -> LLaMA's 8/3 * d_model rounded up to 64 (ff_dim)
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  remat: Literal['none', 'full', 'save_dots'] = 'none'
+  dtype: Literal['float32', 'bfloat16'] = 'float32'   # compute dtype; params are float32
+  attention: Literal['xla'] = 'xla'
+  parametrization: Literal['sp'] = 'sp'
+  init_std: float = 0.02           # embedding init std (standard parametrization)
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  @property
+  def ff_dim(self) -> int:
+    """SwiGLU hidden size: explicit, or LLaMA's 8/3 * d_model rounded up to 64."""
+    if self.d_ff:
+      return self.d_ff
+    return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+  name: Literal['adamw'] = 'adamw'
+  lr: float = 3e-3
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  schedule: Literal['cosine', 'linear', 'constant'] = 'cosine'
+  warmup_steps: int = 100
+  final_lr_fraction: float = 0.1   # lr at the last step, as a fraction of lr
+  grad_clip: float = 1.0           # global-norm clipping; 0 disables
+
+
+@dataclass(frozen=True)
+class DataConfig:
+  source: Literal['embedded', 'tfds', 'files'] = 'embedded'
+  tfds_name: str = ''              # e.g. 'lm1b' (needs a network the first time)
+  tfds_train_split: str = 'train'
+  tfds_val_split: str = 'test'
+  text_key: str = 'text'
+  files: tuple[str, ...] = ()      # local text files (data.files=a.txt,b.txt); one document per file
+  val_fraction: float = 0.05       # files only: share of documents held out for validation
+  tokenizer: str = 'byte'          # 'byte' or a path to a trained SentencePiece .model
+  seq_len: int = 256
+  seed: int = 0
+  data_dir: str = ''               # '' -> $JAXLAB_DATA_DIR or ~/.cache/jaxlab/tensorflow_datasets
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1                   # -1 -> all devices not used by the other axes
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000
+  batch_size: int = 16             # global, in sequences of data.seq_len tokens
+  seed: int = 0                    # parameter init
+  log_every: int = 10
+  eval_every: int = 100            # 0 disables periodic eval (eval still runs at the end)
+  eval_batches: int = 8
+  checkpoint_every: int = 200      # 0 -> only at the end
+  keep_checkpoints: int = 3
+  async_checkpoint: bool = True
+  workdir: str = 'runs'
+
+
+@dataclass(frozen=True)
+class Config:
+  name: str = 'run'
+  model: ModelConfig = field(default_factory=ModelConfig)
+  optim: OptimConfig = field(default_factory=OptimConfig)
+  data: DataConfig = field(default_factory=DataConfig)
+  mesh: MeshConfig = field(default_factory=MeshConfig)
+  train: TrainConfig = field(default_factory=TrainConfig)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def _fields(cls) -> dict[str, typing.Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _describe(tp) -> str:
+  if typing.get_origin(tp) is Literal:
+    return 'one of ' + ', '.join(repr(a) for a in typing.get_args(tp))
+  if typing.get_origin(tp) is tuple:
+    return 'a comma-separated list of ' + _describe(typing.get_args(tp)[0])
+  if dataclasses.is_dataclass(tp):
+    return f'a {tp.__name__} section'
+  return {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}.get(
+      tp, str(tp))
+
+
+def _parse(key: str, text: str, tp):
+  """Parses the override text of `key` to type `tp`, or raises ConfigError."""
+  def bad():
+    return ConfigError(f'{key}={text!r} is not valid: expected {_describe(tp)}')
+  origin = typing.get_origin(tp)
+  if origin is Literal:
+    allowed = typing.get_args(tp)
+    if text in allowed:
+      return text
+    close = difflib.get_close_matches(text, [str(a) for a in allowed], n=1)
+    hint = f'; did you mean {close[0]!r}?' if close else ''
+    raise ConfigError(f'{key}={text!r} is not allowed: expected {_describe(tp)}{hint}')
+  if origin is tuple:
+    return tuple(_parse(key, t.strip(), typing.get_args(tp)[0]) for t in text.split(',') if t.strip())
+  if tp is bool:
+    low = text.lower()
+    if low in ('true', '1', 'yes', 'on'):
+      return True
+    if low in ('false', '0', 'no', 'off'):
+      return False
+    raise bad()
+  if tp is int:
+    try:
+      return int(text.replace('_', ''))
+    except ValueError:
+      try:
+        value = float(text)
+      except ValueError:
+        raise bad() from None
+      if not value.is_integer():
+        raise bad() from None
+      return int(value)
+  if tp is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise bad() from None
+  if tp is str:
+    return text
+  raise ConfigError(f'{key} cannot be set from the command line (type {tp})')
+
+
+def _check_type(key: str, value, tp):
+  """Checks a value set in Python code (an experiment file) against its field type."""
+  origin = typing.get_origin(tp)
+  if origin is Literal:
+    if value not in typing.get_args(tp):
+      raise ConfigError(f'{key}={value!r} is not allowed: expected {_describe(tp)}')
+    return
+  if origin is tuple:
+    if not isinstance(value, tuple):
+      raise ConfigError(f'{key}={value!r} is not valid: expected a tuple')
+    for i, v in enumerate(value):
+      _check_type(f'{key}[{i}]', v, typing.get_args(tp)[0])
+    return
+  if dataclasses.is_dataclass(tp):
+    if not isinstance(value, tp):
+      raise ConfigError(f'{key} must be a {tp.__name__}, got {type(value).__name__}')
+    for name, sub in _fields(tp).items():
+      _check_type(f'{key}.{name}' if key else name, getattr(value, name), sub)
+    return
+  ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+  if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    ok = True
+  if not ok:
+    raise ConfigError(f'{key}={value!r} is not valid: expected {_describe(tp)}')
+
+
+def _all_keys(cls, prefix='') -> list[str]:
+  keys = []
+  for name, tp in _fields(cls).items():
+    if dataclasses.is_dataclass(tp):
+      keys += _all_keys(tp, f'{prefix}{name}.')
+    else:
+      keys.append(prefix + name)
+  return keys
+
+
+def _unknown(key: str) -> ConfigError:
+  keys = _all_keys(Config)
+  close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+  hint = f'did you mean {close[0]!r}?' if close else 'known keys: ' + ', '.join(keys)
+  return ConfigError(f'unknown config key {key!r}; {hint}')
+
+
+def _set(obj, path: list[str], text: str, full_key: str):
+  name = path[0]
+  types_ = _fields(type(obj))
+  if name not in types_:
+    raise _unknown(full_key)
+  tp = types_[name]
+  if len(path) == 1:
+    if dataclasses.is_dataclass(tp):
+      raise ConfigError(f'{full_key} is a section; set one of its keys, e.g. {full_key}.'
+                        f'{next(iter(_fields(tp)))}=...')
+    return dataclasses.replace(obj, **{name: _parse(full_key, text, tp)})
+  if not dataclasses.is_dataclass(tp):
+    raise _unknown(full_key)
+  return dataclasses.replace(obj, **{name: _set(getattr(obj, name), path[1:], text, full_key)})
+
+
+def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
+  for item in overrides:
+    if '=' not in item:
+      raise ConfigError(f'override {item!r} must look like key.sub=value (e.g. train.steps=100)')
+    key, text = item.split('=', 1)
+    key = key.strip()
+    cfg = _set(cfg, key.split('.'), text.strip(), key)
+  validate(cfg)
+  return cfg
+
+
+def _require(cond: bool, message: str):
+  if not cond:
+    raise ConfigError(message)
+
+
+def validate(cfg: Config) -> Config:
+  """Type checks every field, then the relations between fields."""
+  _check_type('', cfg, Config)
+  m, o, d, t, me = cfg.model, cfg.optim, cfg.data, cfg.train, cfg.mesh
+  for key, value in [('model.vocab_size', m.vocab_size), ('model.d_model', m.d_model),
+                     ('model.n_layers', m.n_layers), ('model.n_heads', m.n_heads),
+                     ('data.seq_len', d.seq_len), ('train.steps', t.steps),
+                     ('train.batch_size', t.batch_size), ('train.log_every', t.log_every),
+                     ('train.keep_checkpoints', t.keep_checkpoints)]:
+    _require(value >= 1, f'{key}={value} must be >= 1')
+  for key, value in [('model.n_kv_heads', m.n_kv_heads), ('model.head_dim', m.head_dim),
+                     ('model.d_ff', m.d_ff), ('optim.warmup_steps', o.warmup_steps),
+                     ('train.eval_every', t.eval_every), ('train.eval_batches', t.eval_batches),
+                     ('train.checkpoint_every', t.checkpoint_every),
+                     ('optim.weight_decay', o.weight_decay), ('optim.grad_clip', o.grad_clip)]:
+    _require(value >= 0, f'{key}={value} must be >= 0')
+  _require(m.kv_heads <= m.n_heads and m.n_heads % m.kv_heads == 0,
+           f'model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} '
+           '(grouped-query attention shares each kv head among n_heads/n_kv_heads query heads)')
+  _require(m.head_dim > 0 or m.d_model % m.n_heads == 0,
+           f'model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; '
+           'change one of them or set model.head_dim explicitly')
+  _require(m.dim_per_head % 2 == 0,
+           f'head dim {m.dim_per_head} must be even for rotary embeddings (model.head_dim / '
+           'model.d_model / model.n_heads)')
+  _require(m.init_std > 0, f'model.init_std={m.init_std} must be > 0')
+  _require(m.rope_theta > 0, f'model.rope_theta={m.rope_theta} must be > 0')
+  _require(m.norm_eps > 0, f'model.norm_eps={m.norm_eps} must be > 0')
+  _require(o.lr > 0, f'optim.lr={o.lr} must be > 0')
+  _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f'optim.b1={o.b1}, optim.b2={o.b2} must be in [0, 1)')
+  _require(0 <= o.final_lr_fraction <= 1,
+           f'optim.final_lr_fraction={o.final_lr_fraction} must be in [0, 1]')
+  _require(0 < d.val_fraction < 1, f'data.val_fraction={d.val_fraction} must be in (0, 1)')
+  _require(d.source != 'tfds' or bool(d.tfds_name),
+           "data.source='tfds' needs data.tfds_name (e.g. data.tfds_name=lm1b)")
+  _require(d.source != 'files' or bool(d.files),
+           "data.source='files' needs data.files=path1.txt,path2.txt")
+  for key, value in [('mesh.fsdp', me.fsdp), ('mesh.tensor', me.tensor)]:
+    _require(value >= 1, f'{key}={value} must be >= 1')
+  _require(me.data == -1 or me.data >= 1, f'mesh.data={me.data} must be -1 (auto) or >= 1')
+  _require(bool(cfg.name) and '/' not in cfg.name and cfg.name not in ('.', '..'),
+           f'name={cfg.name!r} must be a non-empty directory name without "/"')
+  return cfg
+
+
+# ----------------------------------------------------------------------------- loading
+
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+
+
+def resolve_experiment(experiment: str) -> pathlib.Path:
+  """'demo', 'experiments/demo.py' or any path to a .py file -> the file's path."""
+  path = pathlib.Path(experiment)
+  candidates = [path, EXPERIMENTS_DIR / path, EXPERIMENTS_DIR / f'{experiment}.py']
+  for cand in candidates:
+    if cand.is_file() and cand.suffix == '.py':
+      return cand.resolve()
+  known = sorted(p.stem for p in EXPERIMENTS_DIR.glob('*.py')) if EXPERIMENTS_DIR.is_dir() else []
+  close = difflib.get_close_matches(path.stem, known, n=1)
+  hint = f'; did you mean {close[0]!r}?' if close else (f'; known: {", ".join(known)}' if known else '')
+  raise ConfigError(f'experiment {experiment!r} not found (a .py file defining config()){hint}')
+
+
+def load_module(experiment: str) -> types.ModuleType:
+  path = resolve_experiment(experiment)
+  spec = importlib.util.spec_from_file_location(f'jaxlab_experiment_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, 'config', None)):
+    raise ConfigError(f'experiment {str(path)!r} must define config() returning a jaxlab Config')
+  return module
+
+
+def load(experiment_path: str, overrides: typing.Iterable[str] = ()) -> Config:
+  """Loads an experiment file's config() and applies `key.sub=value` overrides."""
+  module = load_module(experiment_path)
+  cfg = module.config()
+  if not isinstance(cfg, Config):
+    raise ConfigError(f'config() in {experiment_path!r} returned {type(cfg).__name__}, '
+                      'expected jaxlab.config.Config')
+  validate(cfg)
+  return apply_overrides(cfg, list(overrides))
+
+
+def from_dict(data: dict, cls=Config):
+  """Inverse of Config.to_dict (used to read a run's config.json back)."""
+  kwargs = {}
+  types_ = _fields(cls)
+  for name, value in data.items():
+    if name not in types_:
+      raise ConfigError(f'unknown config key {name!r} in {cls.__name__}')
+    tp = types_[name]
+    if dataclasses.is_dataclass(tp):
+      value = from_dict(value, tp)
+    elif typing.get_origin(tp) is tuple:
+      value = tuple(value)
+    kwargs[name] = value
+  return cls(**kwargs)
