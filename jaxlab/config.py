@@ -78,7 +78,7 @@ class DataConfig:
   tfds_val_split: str = 'test'
   text_key: str = 'text'
   files: tuple[str, ...] = ()      # local text files (data.files=a.txt,b.txt); one document per file
-  val_fraction: float = 0.05       # files only: share of documents held out for validation
+  val_fraction: float = 0.05       # files only: the last fraction of each file is validation
   tokenizer: str = 'byte'          # 'byte' or a path to a trained SentencePiece .model
   seq_len: int = 256
   seed: int = 0
@@ -108,7 +108,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-  name: str = 'run'
+  name: str = ''                   # run directory name; '' -> the experiment file's stem
   model: ModelConfig = field(default_factory=ModelConfig)
   optim: OptimConfig = field(default_factory=OptimConfig)
   data: DataConfig = field(default_factory=DataConfig)
@@ -334,6 +334,8 @@ def load(experiment_path: str, overrides: typing.Iterable[str] = ()) -> Config:
   if not isinstance(cfg, Config):
     raise ConfigError(f'config() in {experiment_path!r} returned {type(cfg).__name__}, '
                       'expected jaxlab.config.Config')
+  if not cfg.name:
+    cfg = dataclasses.replace(cfg, name=resolve_experiment(experiment_path).stem)
   validate(cfg)
   return apply_overrides(cfg, list(overrides))
 

@@ -1,0 +1,103 @@
+"""Checkpoints: an orbax CheckpointManager holding three items per step --
+
+  state  the TrainState pytree (params, optimizer state, step), restored with the
+         shardings of the current mesh;
+  data   the grain iterator's state, one JSON file per process, so a resumed run
+         sees exactly the batches an uninterrupted one would;
+  meta   small JSON: cumulative tokens and FLOPs, so counters survive growth events.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+kill mid-save never leaves a half-written step behind. A step that is there but cannot
+be read is reported, moved aside into `checkpoints_unreadable/`, and the previous one
+is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import sys
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class _IteratorState:
+  """Adapts a data iterator (get_state() -> JSON-able dict) to grain's orbax handler,
+  which writes one JSON file per process. The state is captured when the save is
+  requested, not when the async write runs, by which time training has moved on."""
+
+  def __init__(self, iterator, capture: bool):
+    self._iterator = iterator
+    self._bytes = json.dumps(iterator.get_state()).encode() if capture else None
+
+  def get_state(self) -> bytes:
+    return self._bytes
+
+  def set_state(self, state: bytes):
+    self._iterator.set_state(json.loads(state))
+
+  def start_prefetch(self):
+    pass
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: object
+  meta: dict
+
+
+class Checkpointer:
+
+  def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True):
+    self.directory = pathlib.Path(directory).resolve()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state, data_iterator, meta: dict):
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(_IteratorState(data_iterator, capture=True)),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_state, data_iterator) -> Restored:
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(_IteratorState(data_iterator, capture=False)),
+        meta=ocp.args.JsonRestore()))
+    return Restored(step=step, state=out['state'], meta=dict(out['meta']))
+
+  def restore_latest(self, abstract_state, data_iterator) -> Restored | None:
+    """The newest readable checkpoint, or None when there is none."""
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, abstract_state, data_iterator)
+      except Exception as err:  # orbax raises many types for a damaged step
+        self._set_aside(step, err)
+    return None
+
+  def _set_aside(self, step: int, err: Exception):
+    src = self.directory / str(step)
+    dst = self.directory.parent / 'checkpoints_unreadable' / str(step)
+    print(f'warning: checkpoint step {step} in {self.directory} cannot be read '
+          f'({type(err).__name__}: {str(err).splitlines()[0][:300]}); '
+          f'moving it to {dst} and trying the previous one', file=sys.stderr, flush=True)
+    if jax.process_index() == 0 and src.exists():
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      if dst.exists():
+        shutil.rmtree(dst)
+      shutil.move(str(src), str(dst))
+    self._manager.reload()
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()

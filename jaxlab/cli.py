@@ -1,0 +1,136 @@
+"""Command line: `python launch.py {run,sweep,report} ...`.
+
+Configuration mistakes exit with status 2 and one clear line (no traceback), before
+anything is compiled. A diverged run exits with 1; a run stopped by SIGTERM / SIGINT
+saves a checkpoint and exits with 128 + the signal number.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import pathlib
+import sys
+
+from jaxlab import config as config_lib
+from jaxlab.config import ConfigError
+
+
+def _cmd_run(args) -> int:
+  cfg = config_lib.load(args.experiment, args.overrides)
+  from jaxlab import train as train_lib  # heavy imports only once the config is good
+  try:
+    summary = train_lib.train(cfg)
+  except train_lib.Diverged as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 1
+  except train_lib.Preempted as err:
+    print(str(err), file=sys.stderr)
+    return 128 + err.signum
+  print(f"done: {train_lib.run_dir_of(cfg)} (step {summary['step']}, "
+        f"final loss {summary['final_loss']}, val loss {summary['final_val_loss']})")
+  return 0
+
+
+def _parse_grid(items: list[str]) -> dict[str, list[str]]:
+  grid = {}
+  for item in items:
+    if '=' not in item:
+      raise ConfigError(f'--grid {item!r} must look like key=v1,v2,... (e.g. optim.lr=1e-3,3e-3)')
+    key, values = item.split('=', 1)
+    grid[key.strip()] = [v.strip() for v in values.split(',') if v.strip()]
+    if not grid[key.strip()]:
+      raise ConfigError(f'--grid {item!r} lists no values')
+  return grid
+
+
+def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str]):
+  """The product of the grid as (label, Config) pairs, all validated up front. Without
+  --grid, an experiment's optional sweep() -> {key: [values]} gives the grid."""
+  base = config_lib.load(experiment, overrides)
+  grid = _parse_grid(grid_items)
+  if not grid:
+    module = config_lib.load_module(experiment)
+    if not callable(getattr(module, 'sweep', None)):
+      raise ConfigError(f'nothing to sweep: pass --grid key=v1,v2 or define sweep() in '
+                        f'{experiment!r}')
+    grid = {k: [str(v) for v in vs] for k, vs in module.sweep().items()}
+  sweep_dir = pathlib.Path(base.train.workdir) / base.name
+  out = []
+  for combo in itertools.product(*grid.values()):
+    pairs = [f'{k}={v}' for k, v in zip(grid, combo)]
+    label = ','.join(pairs)
+    cfg = config_lib.apply_overrides(base, pairs + [f'train.workdir={sweep_dir}'])
+    out.append((label, dataclasses.replace(cfg, name=label)))
+  return sweep_dir, out
+
+
+def _cmd_sweep(args) -> int:
+  sweep_dir, runs = sweep_configs(args.experiment, args.grid, args.overrides)
+  from jaxlab import train as train_lib
+  outcome = {}
+  for i, (label, cfg) in enumerate(runs):
+    summary_path = train_lib.run_dir_of(cfg) / 'summary.json'
+    if summary_path.exists() and json.loads(summary_path.read_text()).get('status') == 'completed':
+      print(f'[{i + 1}/{len(runs)}] {label}: finished earlier, skipped')
+      outcome[label] = 'completed'
+      continue
+    print(f'[{i + 1}/{len(runs)}] {label}')
+    try:
+      train_lib.train(cfg)
+      outcome[label] = 'completed'
+    except train_lib.Diverged as err:
+      print(f'  diverged: {err}', file=sys.stderr)
+      outcome[label] = 'diverged'
+    except train_lib.Preempted as err:
+      print(str(err), file=sys.stderr)
+      return 128 + err.signum
+  counts = {s: sum(v == s for v in outcome.values()) for s in sorted(set(outcome.values()))}
+  print(f'sweep {sweep_dir}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()))
+  return 0
+
+
+def _cmd_report(args) -> int:
+  from jaxlab.report import write_report
+  try:
+    path = write_report(pathlib.Path(args.dir))
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  print(f'wrote {path}')
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='launch.py', description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  run = sub.add_parser('run', help='train one run: run EXPERIMENT [key=value ...]')
+  run.add_argument('experiment', help="experiment name ('demo') or path to its .py file")
+  run.add_argument('overrides', nargs='*', help='config overrides, e.g. train.steps=100')
+  run.set_defaults(func=_cmd_run)
+  sweep = sub.add_parser('sweep', help='run a grid of configs one after another')
+  sweep.add_argument('experiment')
+  sweep.add_argument('overrides', nargs='*', help='overrides applied to every run')
+  sweep.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2',
+                     help='a swept key and its values; repeat for a product')
+  sweep.set_defaults(func=_cmd_sweep)
+  report = sub.add_parser('report', help='write report.md and plots for a run or sweep dir')
+  report.add_argument('dir')
+  report.set_defaults(func=_cmd_report)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  # Overrides may come after options (sweep X --grid a=1,2 train.steps=5): argparse
+  # leaves those as extras; anything else unknown is a usage error.
+  args, extra = parser.parse_known_args(argv)
+  if extra and (not hasattr(args, 'overrides') or any(e.startswith('-') for e in extra)):
+    parser.error(f'unrecognized arguments: {" ".join(extra)}')
+  if extra:
+    args.overrides = list(args.overrides) + extra
+  try:
+    return args.func(args)
+  except ConfigError as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2

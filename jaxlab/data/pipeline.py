@@ -1,0 +1,248 @@
+"""The grain input pipeline: documents -> [BOS] + tokens -> packed rows -> batches.
+
+    documents (embedded corpus | any TFDS text dataset | local files)
+      -> this process's shard (documents process_index, process_index + process_count, ...)
+      -> shuffle (training: by data.seed, a new order every epoch; repeated forever)
+      -> [BOS] + tokenizer.encode(text)
+      -> concatenate, then split into rows of seq_len + 1 tokens (grain ConcatThenSplit)
+      -> batches {'tokens': int32[B, seq_len + 1], 'segment_ids': int32[B, seq_len + 1]}
+
+Rows hold seq_len + 1 tokens because the train step shifts them itself (inputs =
+tokens[:, :-1], targets = tokens[:, 1:]). ``segment_ids`` number the document pieces
+inside a row 1, 2, ...; a new piece starts where the id changes, and every document
+starts with BOS (a piece that continues a document from the previous row does not).
+Id 0 marks padding (token 0); only the end of a finite (validation) stream is padded.
+
+Sharding is by document, so processes never share a document, and validation
+documents never appear in training (embedded: split by a hash of the document id;
+tfds: separate splits; files: the last data.val_fraction of every file).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxlab.config import DataConfig
+from jaxlab.data import corpus
+
+Batch = dict[str, np.ndarray]
+
+# Validation is read in one fixed shuffled order, independent of data.seed, so that
+# every run (and every call) evaluates on the same documents.
+_EVAL_SHUFFLE_SEED = 0
+# Documents are read and tokenized in the calling thread: faster here than grain's
+# read-ahead threads (which contend for the GIL with packing), and JAX's asynchronous
+# dispatch already overlaps making the next batch with the running train step.
+_READ_OPTIONS = grain.ReadOptions(num_threads=0)
+
+
+def _stable_seed(seed: int, purpose: str) -> int:
+  """A 32-bit seed from (seed, purpose), unsalted; seeds 0 and 1 share no epoch order."""
+  digest = hashlib.sha256(f'jaxlab/{purpose}/{seed}'.encode()).digest()
+  return int.from_bytes(digest[:4], 'little')
+
+
+# ----------------------------------------------------------------------------- sources
+
+def _split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
+  """(train, validation): validation is about the last `val_fraction` of `text`,
+  starting at the line boundary nearest to that point."""
+  target = int(round(len(text) * (1.0 - val_fraction)))
+  before = text.rfind('\n', 0, target)       # a line starts right after a newline
+  after = text.find('\n', target)
+  starts = [i + 1 for i in (before, after) if i >= 0] or [len(text)]
+  cut = min(starts, key=lambda i: (abs(i - target), i))
+  return text[:cut], text[cut:]
+
+
+def _file_documents(cfg: DataConfig, split: str) -> list[str]:
+  docs = []
+  for path in cfg.files:
+    try:
+      with open(path, encoding='utf-8') as f:
+        text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+      raise ValueError(f'data.files: cannot read {path!r} as UTF-8 text: {e}') from e
+    train, val = _split_at_line(text, cfg.val_fraction)
+    doc = train if split == 'train' else val
+    if doc:
+      docs.append(doc)
+  if not docs:
+    raise ValueError(f'data.files={",".join(cfg.files)!r} give no {split} text (each file is '
+                     f'split at the line nearest to 1 - data.val_fraction={cfg.val_fraction})')
+  return docs
+
+
+def _tfds_texts(name: str, split: str, split_key: str, text_key: str, data_dir: str):
+  """The `text_key` field of TFDS dataset `name`, `split`, as a grain MapDataset."""
+  try:
+    builder = corpus.prepared_builder(name, data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    known = sorted(set(tfds.list_builders(with_community_datasets=False)))
+    close = difflib.get_close_matches(name.split('/')[0], known, n=3)
+    hint = f'; did you mean {", ".join(close)}?' if close else ' (see tfds.list_builders())'
+    raise ValueError(f'data.tfds_name={name!r} is not a known TFDS dataset{hint}') from e
+  except Exception as e:  # pylint: disable=broad-except -- TFDS raises many kinds here
+    raise RuntimeError(
+        f'data.tfds_name={name!r} is not prepared in {data_dir} and could not be prepared '
+        f'here ({type(e).__name__}: {e}). On a machine with network access run '
+        f"tfds.builder({name!r}, data_dir=DIR, file_format='array_record')"
+        '.download_and_prepare() and copy DIR here, or point data.data_dir at it.') from e
+  try:
+    source = builder.as_data_source(split=split)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'{split_key}={split!r} of TFDS dataset {name!r} cannot be read as array_record '
+        f'(splits: {", ".join(builder.info.splits.keys())}): {type(e).__name__}: {e}') from e
+  if len(source) and text_key not in source[0]:
+    raise ValueError(f'data.text_key={text_key!r} is not a field of {name!r}; '
+                     f'fields: {", ".join(source[0])}')
+  return grain.MapDataset.source(source).map(lambda example: example[text_key])
+
+
+def _documents(cfg: DataConfig, split: str) -> grain.MapDataset:
+  """All documents of `split` ('train' or 'validation') as texts (str or UTF-8 bytes)."""
+  if cfg.source == 'embedded':
+    return grain.MapDataset.source(corpus.data_source(split, cfg.data_dir)).map(
+        lambda example: example['text'])
+  if cfg.source == 'tfds':
+    data_dir = corpus.default_data_dir(cfg.data_dir)
+    split_name, key = ((cfg.tfds_train_split, 'data.tfds_train_split') if split == 'train'
+                       else (cfg.tfds_val_split, 'data.tfds_val_split'))
+    return _tfds_texts(cfg.tfds_name, split_name, key, cfg.text_key, data_dir)
+  if cfg.source == 'files':
+    return grain.MapDataset.source(_file_documents(cfg, split))
+  raise ValueError(f"data.source={cfg.source!r}: expected 'embedded', 'tfds' or 'files'")
+
+
+def _shard(docs: grain.MapDataset, process_index: int, process_count: int,
+           split: str) -> grain.MapDataset:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
+  shard = docs[process_index::process_count]
+  if len(shard) == 0:
+    raise ValueError(f'the {split} split has {len(docs)} documents, fewer than the '
+                     f'{process_count} processes that each need one (data.source)')
+  return shard
+
+
+# ----------------------------------------------------------------------------- packing
+
+def _encoder(tokenizer):
+  bos = np.array([tokenizer.bos_id], dtype=np.int32)
+
+  def encode(text) -> dict[str, np.ndarray]:
+    if isinstance(text, bytes):
+      text = text.decode('utf-8')
+    return {'tokens': np.concatenate([bos, np.asarray(tokenizer.encode(text), np.int32)])}
+  return encode
+
+
+def _rows(docs: grain.MapDataset, tokenizer, seq_len: int) -> grain.IterDataset:
+  """Documents -> rows {'tokens', 'segment_ids'} of seq_len + 1 tokens."""
+  encoded = docs.filter(lambda text: len(text) > 0).map(_encoder(tokenizer))
+  packed = grain.experimental.ConcatThenSplitIterDataset(
+      encoded.to_iter_dataset(_READ_OPTIONS), length_struct={'tokens': seq_len + 1})
+  return packed.map(lambda row: {'tokens': row['tokens'], 'segment_ids': row['tokens_segment_ids']})
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _to_json(state):
+  if isinstance(state, dict):
+    return {k: _to_json(v) for k, v in state.items()}
+  if isinstance(state, (list, tuple)):
+    return [_to_json(v) for v in state]
+  if isinstance(state, np.generic):
+    return state.item()
+  return state
+
+
+def _from_json(state):
+  # grain's iterator states hold tuples (ConcatThenSplit compares its slices with a
+  # tuple sentinel) and never lists, so every JSON list was a tuple.
+  if isinstance(state, dict):
+    return {k: _from_json(v) for k, v in state.items()}
+  if isinstance(state, list):
+    return tuple(_from_json(v) for v in state)
+  return state
+
+
+class DataIterator:
+  """Endless training batches; `get_state()` is JSON-serialisable, `set_state` resumes
+  exactly (the next batch is the one the saved iterator would have produced)."""
+
+  _FORMAT = 1
+
+  def __init__(self, dataset: grain.IterDataset, description: dict[str, Any]):
+    self._iterator = iter(dataset)
+    self._description = description
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    return next(self._iterator)
+
+  def get_state(self) -> dict[str, Any]:
+    return {'format': self._FORMAT, 'pipeline': dict(self._description),
+            'grain': _to_json(self._iterator.get_state())}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if not isinstance(state, dict) or state.get('format') != self._FORMAT:
+      raise ValueError(f'not a jaxlab data iterator state (format {self._FORMAT}): '
+                       f'{json.dumps(state)[:200]}')
+    if state['pipeline'] != self._description:
+      raise ValueError('the data iterator state was saved by a different pipeline: saved '
+                       f'{state["pipeline"]}, this one is {self._description}')
+    self._iterator.set_state(_from_json(state['grain']))
+
+
+def _describe(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
+              process_count: int) -> dict[str, Any]:
+  # What the saved position means; paths are left out so a run can resume elsewhere.
+  return {'source': cfg.source, 'tfds_name': cfg.tfds_name, 'n_files': len(cfg.files),
+          'vocab_size': int(tokenizer.vocab_size),
+          'seq_len': cfg.seq_len, 'seed': cfg.seed, 'batch_size': batch_size,
+          'process_index': process_index, 'process_count': process_count}
+
+
+def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_index: int = 0,
+                        process_count: int = 1) -> DataIterator:
+  """Endless packed training batches of `batch_size` rows for this process.
+
+  Each process reads its own documents; all share one shuffle seed (data.seed), and
+  the document order changes every epoch.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1 (train.batch_size)')
+  docs = _shard(_documents(cfg, 'train'), process_index, process_count, 'train')
+  docs = docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()   # reshuffled per epoch
+  batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
+  return DataIterator(batches, _describe(cfg, tokenizer, batch_size, process_index, process_count))
+
+
+def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int,
+                 process_index: int = 0, process_count: int = 1) -> list[Batch]:
+  """The first `n_batches` packed batches of this process's validation documents.
+
+  The same on every call and for every data.seed. Raises ValueError if the validation
+  split cannot fill `n_batches` batches.
+  """
+  docs = _shard(_documents(cfg, 'validation'), process_index, process_count, 'validation')
+  docs = docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval'))
+  batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
+  out = list(itertools.islice(iter(batches), n_batches))
+  if len(out) < n_batches:
+    raise ValueError(
+        f'the validation split has only {len(out)} batches of {batch_size} rows x '
+        f'{cfg.seq_len + 1} tokens for this process, but train.eval_batches={n_batches} '
+        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len)')
+  return out

@@ -1,0 +1,209 @@
+"""LLaMA-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention; layers under nn.scan.
+
+Dims: B batch, T sequence, D d_model, H query heads, G kv heads, K head dim, F MLP hidden,
+V vocab, L layers. Params are float32 and created with explicit layouts (x @ W with W
+shaped (in..., out...)); matmuls run in cfg.dtype; RMSNorm statistics, RoPE and softmax in
+float32; logits are float32. Init stds and forward multipliers come only from
+jaxlab.models.parametrization.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxlab.config import ModelConfig
+from jaxlab.kernels import attention
+from jaxlab.models import parametrization as pz
+
+_REMAT_POLICIES = {
+    'full': jax.checkpoint_policies.nothing_saveable,
+    # Saves projection / MLP matmul outputs; recomputes the TxS attention scores (those
+    # einsums have batch dims), which would otherwise dominate saved memory.
+    'save_dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(module: nn.Module, name: str, role: str, shape: tuple[int, ...],
+           names: tuple[str, ...], fan_in: int = 1) -> jax.Array:
+  init = pz.initializer(module.cfg, role, fan_in)
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+
+
+def _scaled(y: jax.Array, cfg: ModelConfig, role: str) -> jax.Array:
+  m = pz.multiplier(cfg, role)
+  return y if m == 1.0 else y * m
+
+
+def _constrain(x: jax.Array, *names: str) -> jax.Array:
+  return nn.with_logical_constraint(x, names)
+
+
+def positions_from_segments(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Position within the document: restarts at 0 wherever the segment id changes."""
+  B, T = segment_ids_BxT.shape
+  t_T = jnp.arange(T)
+  starts_BxT = jnp.concatenate(
+      [jnp.ones((B, 1), bool), segment_ids_BxT[:, 1:] != segment_ids_BxT[:, :-1]], axis=1)
+  start_BxT = jax.lax.cummax(jnp.where(starts_BxT, t_T, 0), axis=1)
+  return t_T - start_BxT
+
+
+def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding (rotate-half layout: pairs (i, i + K/2)), computed in float32."""
+  K = x_BxTxNxK.shape[-1]
+  half = K // 2
+  inv_freq_Kh = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxTxKh = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_Kh
+  sin_BxTx1xKh = jnp.sin(angle_BxTxKh)[:, :, None, :]
+  cos_BxTx1xKh = jnp.cos(angle_BxTxKh)[:, :, None, :]
+  x_BxTxNxK32 = x_BxTxNxK.astype(jnp.float32)
+  x1, x2 = x_BxTxNxK32[..., :half], x_BxTxNxK32[..., half:]
+  out = jnp.concatenate([x1 * cos_BxTx1xKh - x2 * sin_BxTx1xKh,
+                         x2 * cos_BxTx1xKh + x1 * sin_BxTx1xKh], axis=-1)
+  return out.astype(x_BxTxNxK.dtype)
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    D = x_BxTxD.shape[-1]
+    scale_D = _param(self, 'scale', 'norm', (D,), ('embed',))
+    x32_BxTxD = x_BxTxD.astype(jnp.float32)
+    ms_BxTx1 = jnp.mean(jnp.square(x32_BxTxD), axis=-1, keepdims=True)
+    y_BxTxD = x32_BxTxD * jax.lax.rsqrt(ms_BxTx1 + self.cfg.norm_eps)
+    y_BxTxD = y_BxTxD * _scaled(scale_D, self.cfg, 'norm')
+    return y_BxTxD.astype(self.cfg.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
+    cfg = self.cfg
+    D, H, G, K, dt = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.dtype
+    wq_DxHxK = _param(self, 'wq', 'hidden', (D, H, K), ('embed', 'heads', 'kv'), fan_in=D)
+    wk_DxGxK = _param(self, 'wk', 'hidden', (D, G, K), ('embed', 'kv_heads', 'kv'), fan_in=D)
+    wv_DxGxK = _param(self, 'wv', 'hidden', (D, G, K), ('embed', 'kv_heads', 'kv'), fan_in=D)
+    wo_HxKxD = _param(self, 'wo', 'hidden', (H, K, D), ('heads', 'kv', 'embed'), fan_in=H * K)
+
+    x_BxTxD = x_BxTxD.astype(dt)
+    q_BxTxHxK = _scaled(jnp.einsum('btd,dhk->bthk', x_BxTxD, wq_DxHxK.astype(dt)), cfg, 'hidden')
+    k_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wk_DxGxK.astype(dt)), cfg, 'hidden')
+    v_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wv_DxGxK.astype(dt)), cfg, 'hidden')
+    q_BxTxHxK = _constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_theta),
+                           'batch', 'seq', 'heads', 'kv')
+    k_BxTxGxK = _constrain(rope(k_BxTxGxK, positions_BxT, cfg.rope_theta),
+                           'batch', 'seq', 'kv_heads', 'kv')
+    v_BxTxGxK = _constrain(v_BxTxGxK, 'batch', 'seq', 'kv_heads', 'kv')
+
+    out_BxTxHxK = attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, causal=True,
+                            segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
+                            implementation=cfg.attention)
+    out_BxTxHxK = _constrain(out_BxTxHxK, 'batch', 'seq', 'heads', 'kv')
+    y_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, wo_HxKxD.astype(dt))
+    return _scaled(y_BxTxD, cfg, 'hidden')
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    cfg = self.cfg
+    D, F, dt = cfg.d_model, cfg.ff_dim, cfg.dtype
+    w_gate_DxF = _param(self, 'w_gate', 'hidden', (D, F), ('embed', 'mlp'), fan_in=D)
+    w_up_DxF = _param(self, 'w_up', 'hidden', (D, F), ('embed', 'mlp'), fan_in=D)
+    w_down_FxD = _param(self, 'w_down', 'hidden', (F, D), ('mlp', 'embed'), fan_in=F)
+
+    x_BxTxD = x_BxTxD.astype(dt)
+    gate_BxTxF = _scaled(jnp.einsum('btd,df->btf', x_BxTxD, w_gate_DxF.astype(dt)), cfg, 'hidden')
+    up_BxTxF = _scaled(jnp.einsum('btd,df->btf', x_BxTxD, w_up_DxF.astype(dt)), cfg, 'hidden')
+    h_BxTxF = _constrain(nn.silu(gate_BxTxF) * up_BxTxF, 'batch', 'seq', 'mlp')
+    y_BxTxD = jnp.einsum('btf,fd->btd', h_BxTxF, w_down_FxD.astype(dt))
+    return _scaled(y_BxTxD, cfg, 'hidden')
+
+
+class Block(nn.Module):
+  """Pre-norm residual block; (carry, out) signature for nn.scan."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
+    h_BxTxD = RMSNorm(self.cfg, name='attn_norm')(x_BxTxD)
+    x_BxTxD = x_BxTxD + Attention(self.cfg, name='attn')(h_BxTxD, positions_BxT, segment_ids_BxT)
+    x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
+    h_BxTxD = RMSNorm(self.cfg, name='mlp_norm')(x_BxTxD)
+    x_BxTxD = x_BxTxD + Mlp(self.cfg, name='mlp')(h_BxTxD)
+    x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
+    return x_BxTxD, None
+
+
+class Embed(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    self.embedding_VxD = _param(self, 'embedding', 'embedding',
+                                (self.cfg.vocab_size, self.cfg.d_model), ('vocab', 'embed'))
+
+  def __call__(self, tokens_BxT):
+    x_BxTxD = jnp.take(self.embedding_VxD, tokens_BxT, axis=0).astype(self.cfg.dtype)
+    return _scaled(x_BxTxD, self.cfg, 'embedding')
+
+  def attend(self, x_BxTxD):
+    """Tied readout: logits from the embedding matrix transposed (float32)."""
+    return jnp.einsum('btd,vd->btv', x_BxTxD, self.embedding_VxD.astype(self.cfg.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Head(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    D, V = self.cfg.d_model, self.cfg.vocab_size
+    kernel_DxV = _param(self, 'kernel', 'output', (D, V), ('embed', 'vocab'), fan_in=D)
+    return jnp.einsum('btd,dv->btv', x_BxTxD, kernel_DxV.astype(self.cfg.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Transformer(nn.Module):
+  """tokens_BxT (int) [, segment_ids_BxT] -> logits_BxTxV (float32)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array, segment_ids_BxT: jax.Array | None = None):
+    cfg = self.cfg
+    B, T = tokens_BxT.shape
+    if segment_ids_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    else:
+      if segment_ids_BxT.shape != tokens_BxT.shape:
+        raise ValueError(f'segment_ids_BxT has shape {segment_ids_BxT.shape}; it must match '
+                         f'tokens_BxT {tokens_BxT.shape}')
+      positions_BxT = positions_from_segments(segment_ids_BxT)
+
+    embed = Embed(cfg, name='embed')
+    x_BxTxD = _constrain(embed(tokens_BxT), 'batch', 'seq', 'embed')
+
+    block = Block
+    if cfg.remat != 'none':
+      if cfg.remat not in _REMAT_POLICIES:
+        raise ValueError(f'model.remat={cfg.remat!r} is not known; allowed: '
+                         f"'none', {', '.join(map(repr, _REMAT_POLICIES))}")
+      block = nn.remat(Block, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
+    layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
+                     metadata_params={nn.PARTITION_NAME: 'layers'})
+    x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT)
+
+    x_BxTxD = RMSNorm(cfg, name='final_norm')(x_BxTxD)
+    if cfg.tie_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = Head(cfg, name='head')(x_BxTxD)
+    logits_BxTxV = _scaled(logits_BxTxV, cfg, 'output')
+    return _constrain(logits_BxTxV, 'batch', 'seq', 'vocab')

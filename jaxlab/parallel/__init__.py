@@ -1,0 +1,4 @@
+from jaxlab.parallel.mesh import make_mesh, mesh_shape
+from jaxlab.parallel.rules import DEFAULT_RULES, logical_sharding, batch_sharding
+
+__all__ = ['make_mesh', 'mesh_shape', 'DEFAULT_RULES', 'logical_sharding', 'batch_sharding']

@@ -1,0 +1,406 @@
+"""Run and sweep directories -> a markdown / CSV table and loss plots.
+
+``write_report(dir)`` finds every run under ``dir`` (every directory holding a
+``metrics.jsonl``, sorted by relative path) and writes into ``dir``:
+
+  report.md          title, one row per run, the best run named, the plots
+  runs.csv           the same table, machine-readable, full precision
+  loss_vs_step.png   train loss (lines) and validation loss (markers) per run
+  loss_vs_flops.png  the same against cumulative training FLOPs, log x
+
+Where the numbers come from (the same rule for every column):
+  * steps, final losses, tokens, FLOPs, params: ``summary.json`` when the run
+    wrote one, else the last logged step that has the value.
+  * tokens/s: the median over logged steps with a non-null value, never the
+    summary (the first step includes compilation; the median is robust to it).
+  * status: ``summary.json``'s status; without a summary 'diverged' if a loss
+    was non-finite, else 'running/unknown'.
+A run resumed from a checkpoint re-logs the steps after that checkpoint; the
+later lines win, so curves and final values follow the run that continued. A
+summary.json older than the last logged step (left by the preempted session of a
+resumed run) is ignored.
+
+``load_runs`` and ``plot_loss`` are public for notebooks and later tooling.
+Plots use matplotlib's Agg canvas directly (no pyplot, no display, no global
+backend switch).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import warnings
+from typing import Any
+
+METRICS_FILE = 'metrics.jsonl'
+UNKNOWN_STATUS = 'running/unknown'
+PLOTS = {'step': 'loss_vs_step.png', 'flops': 'loss_vs_flops.png'}
+
+# runs.csv column -> report.md header.
+COLUMNS = {
+    'run': 'run',
+    'status': 'status',
+    'steps': 'steps',
+    'final_train_loss': 'final train loss',
+    'final_val_loss': 'final val loss',
+    'tokens': 'tokens',
+    'flops': 'FLOPs',
+    'tokens_per_sec': 'tokens/s[^tps]',
+    'n_params': 'params',
+}
+_MISSING = '—'
+
+
+@dataclasses.dataclass
+class Run:
+  """One run directory, as logged."""
+  label: str
+  dir: pathlib.Path
+  config: dict[str, Any]
+  metrics: list[dict[str, Any]]     # logged steps with a loss or val_loss, in step order
+  summary: dict[str, Any] | None    # None while running, or if the run crashed
+  events: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"event": ...} lines
+
+  @property
+  def status(self) -> str:
+    if self.summary is not None:
+      return str(self.summary.get('status') or 'unknown')
+    for r in self.metrics:
+      for key in ('loss', 'val_loss'):
+        v = _num(r.get(key))
+        if v is not None and not math.isfinite(v):
+          return 'diverged'
+    return UNKNOWN_STATUS
+
+  def series(self, key: str, x: str = 'step') -> tuple[list[float], list[float]]:
+    """(xs, ys) over logged steps that have both `x` and `key`; non-finite ys kept as nan."""
+    xs, ys = [], []
+    for r in self.metrics:
+      xv, yv = _num(r.get(x)), _num(r.get(key))
+      if xv is None or yv is None:
+        continue
+      xs.append(float(xv))
+      ys.append(float(yv) if math.isfinite(yv) else math.nan)
+    return xs, ys
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _num(v):
+  """`v` if it is a JSON number (bool excluded), else None."""
+  if isinstance(v, (int, float)) and not isinstance(v, bool):
+    return v
+  return None
+
+
+def _read_json(path: pathlib.Path) -> dict | None:
+  if not path.is_file():
+    return None
+  try:
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    warnings.warn(f'{path}: not valid JSON ({e}); ignored', stacklevel=3)
+    return None
+  if not isinstance(value, dict):
+    warnings.warn(f'{path}: expected a JSON object, got {type(value).__name__}; ignored',
+                  stacklevel=3)
+    return None
+  return value
+
+
+def _read_metrics(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
+  """Parses metrics.jsonl into (per-step records, event lines)."""
+  records: list[dict] = []
+  events: list[dict] = []
+  lines = path.read_text(errors='replace').splitlines()
+  bad = 0
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      bad += i < len(lines) - 1   # a half-written last line is normal while a run is going
+      continue
+    if not isinstance(rec, dict):
+      continue
+    if 'event' in rec:
+      events.append(rec)
+      continue
+    step = _num(rec.get('step'))
+    if step is None or (_num(rec.get('loss')) is None and _num(rec.get('val_loss')) is None):
+      continue
+    # A resumed run re-logs steps after its checkpoint: drop the replaced tail.
+    while records and records[-1]['step'] > step:
+      records.pop()
+    if records and records[-1]['step'] == step:
+      records[-1] = {**records[-1], **rec}   # e.g. a separate val line for the same step
+    else:
+      records.append(rec)
+  if bad:
+    warnings.warn(f'{path}: skipped {bad} line(s) that are not valid JSON', stacklevel=3)
+  return records, events
+
+
+def load_run(run_dir: str | os.PathLike, label: str | None = None) -> Run:
+  """Loads one run dir; the label defaults to its config name, else the dir name."""
+  run_dir = pathlib.Path(run_dir)
+  config = _read_json(run_dir / 'config.json') or {}
+  metrics, events = _read_metrics(run_dir / METRICS_FILE)
+  summary = _read_json(run_dir / 'summary.json')
+  if summary and metrics and _num(summary.get('step')) is not None \
+      and metrics[-1]['step'] > summary['step']:
+    summary = None   # left by an earlier, preempted session; the resumed run is still going
+  if label is None:
+    name = config.get('name')
+    label = name if isinstance(name, str) and name else run_dir.resolve().name
+  return Run(label=label, dir=run_dir, config=config, metrics=metrics,
+             summary=summary, events=events)
+
+
+def find_run_dirs(root: pathlib.Path) -> list[pathlib.Path]:
+  """Every directory under `root` (itself included) holding a metrics.jsonl, by relative path."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    is_run = METRICS_FILE in filenames
+    if is_run:
+      found.append(pathlib.Path(dirpath))
+    # Hidden dirs and a run's checkpoints (many files, never runs) are not searched.
+    dirnames[:] = [d for d in dirnames
+                   if not d.startswith('.') and not (is_run and d == 'checkpoints')]
+  return sorted(found, key=lambda d: d.relative_to(root).parts)
+
+
+def load_runs(path: str | os.PathLike) -> list[Run]:
+  """Loads a run dir, or every run below a dir of runs (e.g. a sweep), sorted by path.
+
+  Labels are paths relative to `path`; a run at `path` itself is labelled by its
+  config name. Raises ValueError naming `path` when no run is found.
+  """
+  root = pathlib.Path(path)
+  if not root.is_dir():
+    raise ValueError(f'{root}: no such directory (expected a run dir or a dir of runs)')
+  dirs = find_run_dirs(root)
+  if not dirs:
+    raise ValueError(f'no runs found under {root}: no directory there holds a {METRICS_FILE} '
+                     f'(a run dir holds config.json, {METRICS_FILE} and summary.json)')
+  return [load_run(d, None if d == root else d.relative_to(root).as_posix()) for d in dirs]
+
+
+# ----------------------------------------------------------------------------- table
+
+def _last(records: list[dict], key: str):
+  for r in reversed(records):
+    v = _num(r.get(key))
+    if v is not None:
+      return v
+  return None
+
+
+def _first(*values):
+  for v in values:
+    if _num(v) is not None:
+      return v
+  return None
+
+
+def summarize(run: Run) -> dict[str, Any]:
+  """One table row: keys are the runs.csv columns (`COLUMNS`), None where unknown."""
+  s = run.summary or {}
+  m = run.metrics
+  tps = [v for r in m if (v := _num(r.get('tokens_per_sec'))) is not None and math.isfinite(v)]
+  return {
+      'run': run.label,
+      'status': run.status,
+      'steps': _first(s.get('step'), _last(m, 'step')),
+      'final_train_loss': _first(s.get('final_loss'), _last(m, 'loss')),
+      'final_val_loss': _first(s.get('final_val_loss'), _last(m, 'val_loss')),
+      'tokens': _first(s.get('tokens'), _last(m, 'tokens')),
+      'flops': _first(s.get('flops'), _last(m, 'flops')),
+      'tokens_per_sec': statistics.median(tps) if tps else None,
+      'n_params': _num(s.get('n_params')),
+  }
+
+
+def _sci(v: float) -> str:
+  """1.234e15 -> '1.23e15'."""
+  if v == 0 or not math.isfinite(v):
+    return str(v)
+  mantissa, exp = f'{v:.2e}'.split('e')
+  return f'{mantissa}e{int(exp)}'
+
+
+def _count(v) -> str:
+  return f'{int(v):,}' if float(v).is_integer() else f'{v:,}'
+
+
+_FORMAT = {
+    'steps': lambda v: str(int(v)) if float(v).is_integer() else str(v),
+    'final_train_loss': lambda v: f'{v:.4f}',
+    'final_val_loss': lambda v: f'{v:.4f}',
+    'tokens': _count,
+    'flops': _sci,
+    'tokens_per_sec': lambda v: f'{v:,.0f}',
+    'n_params': _count,
+}
+
+
+def _best(rows: list[dict]) -> tuple[int, str] | None:
+  """(row index, column) of the lowest finite final val loss, else final train loss."""
+  for col in ('final_val_loss', 'final_train_loss'):
+    scored = [(row[col], i) for i, row in enumerate(rows)
+              if _num(row[col]) is not None and math.isfinite(row[col])]
+    if scored:
+      return min(scored)[1], col
+  return None
+
+
+def render_markdown(title: str, rows: list[dict], runs: list[Run]) -> str:
+  best = _best(rows)
+  lines = [f'# Report: {title}', '',
+           f'{len(rows)} run{"s" * (len(rows) != 1)}. Final values come from summary.json '
+           'when the run wrote one, else from the last logged step.', '',
+           '| ' + ' | '.join(COLUMNS.values()) + ' |',
+           '|' + '|'.join(':---' if c in ('run', 'status') else '---:' for c in COLUMNS) + '|']
+  for i, row in enumerate(rows):
+    cells = []
+    for col in COLUMNS:
+      v = row[col]
+      text = _MISSING if v is None else _FORMAT[col](v) if col in _FORMAT else str(v)
+      text = text.replace('|', '\\|')
+      if best and best == (i, col):
+        text = f'**{text}**'
+      cells.append(text)
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', '[^tps]: tokens/s is the median over logged steps with a non-null value '
+            '(the first step, which includes compilation, usually logs null).', '']
+  if best:
+    i, col = best
+    lines += [f'Best run: `{rows[i]["run"]}` (lowest {COLUMNS[col]}, '
+              f'{_FORMAT[col](rows[i][col])}).', '']
+  unplotted = [r.label for r in runs if not r.metrics]
+  if unplotted:
+    lines += ['No logged losses yet (not plotted): ' +
+              ', '.join(f'`{label}`' for label in unplotted) + '.', '']
+  lines += ['## Loss vs step', '', f'![Loss vs step]({PLOTS["step"]})', '',
+            '## Loss vs training FLOPs', '', f'![Loss vs training FLOPs]({PLOTS["flops"]})', '']
+  return '\n'.join(lines)
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+    writer.writeheader()
+    writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _styles(n: int) -> list[tuple[Any, str]]:
+  """(colour, linestyle) per run: distinct colours, plus linestyles past 10 runs."""
+  import matplotlib
+  if n <= 10:
+    colors = [matplotlib.colormaps['tab10'](i) for i in range(n)]
+  elif n <= 20:
+    colors = [matplotlib.colormaps['tab20'](i) for i in range(n)]
+  else:
+    colors = [matplotlib.colormaps['turbo'](0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+  dashes = ['-'] if n <= 10 else ['-', '--', '-.', ':']
+  return [(c, dashes[i % len(dashes)]) for i, c in enumerate(colors)]
+
+
+def _positive_x(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+  kept = [(a, b) for a, b in zip(xs, ys) if a > 0]
+  return [a for a, _ in kept], [b for _, b in kept]
+
+
+def plot_loss(runs: list[Run], x: str = 'step'):
+  """Train loss (lines) and val loss (markers, same colour) per run vs `x` ('step' | 'flops').
+
+  Returns a matplotlib Figure on an Agg canvas. Non-finite losses break the
+  line; an 'X' marks a run's last finite train loss before it diverged (drawn at
+  the top edge when that loss is above the plot). The y range stops at the
+  highest initial loss so one blow-up cannot flatten the other runs.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  from matplotlib.lines import Line2D
+
+  fig = Figure(figsize=(8, 5), dpi=120)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  handles, finite, initial, diverged = [], [], [], []
+  for run, (color, ls) in zip(runs, _styles(len(runs))):
+    xs, ys = run.series('loss', x)
+    vx, vy = run.series('val_loss', x)
+    if x == 'flops':   # log axis: the step-0 point (0 FLOPs) cannot be drawn
+      xs, ys = _positive_x(xs, ys)
+      vx, vy = _positive_x(vx, vy)
+    if not xs and not vx:
+      continue
+    ax.plot(xs, ys, color=color, ls=ls, lw=1.3)
+    if vx:
+      ax.plot(vx, vy, ls='none', marker='o', ms=3.5, color=color)
+    ok = [y for y in (*ys, *vy) if math.isfinite(y)]
+    finite += ok
+    first = next((y for y in ys if math.isfinite(y)), None)
+    if first is not None:
+      initial.append(first)
+    bad = next((i for i, y in enumerate(ys) if not math.isfinite(y)), None)
+    if bad is not None and bad > 0:
+      diverged.append((xs[bad - 1], ys[bad - 1], color))
+    handles.append(Line2D([], [], color=color, ls=ls, lw=1.3, marker='o' if vx else None,
+                          ms=3.5, label=run.label))
+  if x == 'flops':
+    ax.set_xscale('log')
+  if finite:
+    lo, hi = min(finite), max(finite)
+    if initial:
+      hi = min(hi, max(initial))
+    pad = 0.03 * (hi - lo) or 0.05 * abs(hi) or 0.1
+    ax.set_ylim(lo - pad, hi + pad)
+  top = ax.get_ylim()[1]
+  for xv, yv, color in diverged:
+    ax.plot([xv], [min(yv, top)], ls='none', marker='X', ms=8, color=color, clip_on=False)
+  ax.set_xlabel({'step': 'step', 'flops': 'training FLOPs (cumulative)'}.get(x, x))
+  ax.set_ylabel('loss')
+  ax.set_title(f'Loss vs {"training FLOPs" if x == "flops" else x} '
+               '(lines: train, markers: validation)', fontsize='medium')
+  ax.grid(True, which='major', alpha=0.3)
+  if not handles:
+    ax.text(0.5, 0.5, 'no logged losses', transform=ax.transAxes, ha='center', va='center')
+  else:
+    if diverged:
+      handles.append(Line2D([], [], color='0.3', ls='none', marker='X', ms=7,
+                            label='diverged after this point'))
+    n = len(handles)
+    ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+              frameon=False, fontsize='small' if n <= 12 else 'x-small', ncols=math.ceil(n / 25))
+  return fig
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def write_report(path: str | os.PathLike) -> pathlib.Path:
+  """Writes report.md, runs.csv and the loss plots into `path`; returns report.md's path."""
+  root = pathlib.Path(path)
+  runs = load_runs(root)
+  rows = [summarize(r) for r in runs]
+  write_csv(root / 'runs.csv', rows)
+  for x, name in PLOTS.items():
+    plot_loss(runs, x).savefig(root / name, bbox_inches='tight')
+  title = runs[0].label if len(runs) == 1 and runs[0].dir == root else root.resolve().name
+  out = root / 'report.md'
+  out.write_text(render_markdown(title, rows, runs))
+  return out
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2:
+    sys.exit('usage: python -m jaxlab.report RUN_OR_SWEEP_DIR')
+  print(write_report(sys.argv[1]))

@@ -1,0 +1,278 @@
+"""The training loop: config -> mesh, model, optimizer -> sharded state -> steps, with
+periodic eval, metrics, checkpoints, resume, preemption and divergence handling.
+
+Rerunning the same run directory resumes from its newest readable checkpoint; the
+metrics logged after that checkpoint are dropped and logged again, so metrics.jsonl
+always reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from jaxlab import data as data_lib
+from jaxlab import metrics as metrics_lib
+from jaxlab.checkpoint import Checkpointer
+from jaxlab.config import Config, ConfigError, from_dict, validate
+from jaxlab.models import Transformer
+from jaxlab.optim import make_optimizer, make_schedule
+from jaxlab.parallel import batch_sharding, make_mesh, mesh_shape
+from jaxlab.train.state import init_state, state_shardings
+from jaxlab.train.step import make_eval_step, make_train_step
+
+# Keys that may change when a run directory is resumed (they do not change the result).
+RESUMABLE_CHANGES = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
+                     'train.keep_checkpoints', 'train.async_checkpoint', 'train.workdir')
+
+
+class Diverged(RuntimeError):
+  """The loss became NaN or Inf."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM / SIGINT arrived; a checkpoint was saved."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}; '
+                     'checkpoint saved, rerun the same command to resume')
+    self.signum = signum
+    self.step = step
+
+
+def run_dir_of(cfg: Config) -> pathlib.Path:
+  return pathlib.Path(cfg.train.workdir) / cfg.name
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _check_same_run(run_dir: pathlib.Path, cfg: Config):
+  path = run_dir / 'config.json'
+  if not path.exists():
+    return
+  try:
+    old = _flatten(from_dict(json.loads(path.read_text())).to_dict())
+  except (ConfigError, json.JSONDecodeError, TypeError) as err:
+    raise ConfigError(f'{path} cannot be read as a jaxlab config ({err}); use another name=') \
+        from None
+  new = _flatten(cfg.to_dict())
+  diff = [f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+  if diff:
+    raise ConfigError(f'{run_dir} holds a run with a different config ({"; ".join(diff)}); '
+                      'resuming it would mix two runs. Pick another name=... or remove the '
+                      'directory')
+
+
+class _StopFlag:
+  """Turns SIGTERM / SIGINT into a flag the loop checks after each step; a second
+  SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f'\n{signal.Signals(signum).name} received: saving a checkpoint after this step',
+          file=sys.stderr, flush=True)
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _preflight(cfg: Config, tokenizer) -> tuple[int, int]:
+  """Checks that need the environment (devices, tokenizer) but no compile."""
+  if tokenizer.vocab_size > cfg.model.vocab_size:
+    raise ConfigError(f'model.vocab_size={cfg.model.vocab_size} is smaller than the '
+                      f'tokenizer\'s vocabulary ({tokenizer.vocab_size}, data.tokenizer='
+                      f'{cfg.data.tokenizer!r}); set model.vocab_size>={tokenizer.vocab_size}')
+  data, fsdp, _ = mesh_shape(cfg.mesh, jax.device_count())
+  shards = data * fsdp
+  if cfg.train.batch_size % shards or cfg.train.batch_size % jax.process_count():
+    raise ConfigError(f'train.batch_size={cfg.train.batch_size} must be divisible by the '
+                      f'data-parallel size mesh.data x mesh.fsdp = {shards} and by the '
+                      f'number of processes ({jax.process_count()})')
+  return shards, cfg.train.batch_size // jax.process_count()
+
+
+def _to_global(batch: dict, sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _write_json(path: pathlib.Path, obj):
+  if jax.process_index() == 0:
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(obj, indent=2) + '\n')
+    tmp.replace(path)
+
+
+def train(cfg: Config) -> dict:
+  """Runs (or resumes) one training run; returns its summary. Raises Diverged or
+  Preempted after writing the summary."""
+  validate(cfg)
+  t_start = time.time()
+  tc = cfg.train
+  tokenizer = data_lib.make_tokenizer(cfg.data)
+  _, local_batch = _preflight(cfg, tokenizer)
+  run_dir = run_dir_of(cfg)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  _check_same_run(run_dir, cfg)
+  _write_json(run_dir / 'config.json', cfg.to_dict())
+
+  mesh = make_mesh(cfg.mesh)
+  model = Transformer(cfg.model)
+  schedule = make_schedule(cfg.optim, tc.steps)
+  tx = make_optimizer(cfg.optim, cfg.model, schedule)
+  seq_len = cfg.data.seq_len
+  abstract, shardings = state_shardings(model, tx, seq_len, mesh)
+  in_sharding = batch_sharding(mesh)
+  train_step = make_train_step(model, tx, schedule, shardings, in_sharding)
+  eval_step = make_eval_step(model, shardings.params, in_sharding)
+
+  proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=local_batch, **proc)
+  val_batches = [_to_global(b, in_sharding) for b in data_lib.eval_batches(
+      cfg.data, tokenizer, batch_size=local_batch, n_batches=tc.eval_batches, **proc)
+  ] if tc.eval_batches else []
+
+  ckpt = Checkpointer(run_dir / 'checkpoints', tc.keep_checkpoints, tc.async_checkpoint)
+  restored = ckpt.restore_latest(abstract, iterator)
+  if restored is None:
+    state = init_state(model, tx, seq_len, tc.seed, shardings)
+    step, tokens, flops = 0, 0, 0.0
+  else:
+    state, step = restored.state, restored.step
+    tokens, flops = int(restored.meta['tokens']), float(restored.meta['flops'])
+    print(f'resuming {run_dir} from step {step}', flush=True)
+
+  n_params = metrics_lib.count_params(state.params)
+  fpt = metrics_lib.flops_per_token(cfg.model, seq_len)
+  tokens_per_step = tc.batch_size * seq_len
+  device_kind = jax.devices()[0].device_kind
+  summary = {'name': cfg.name, 'n_params': n_params, 'flops_per_token': fpt,
+             'device_kind': device_kind, 'n_devices': jax.device_count()}
+  if step >= tc.steps:
+    ckpt.close()
+    old = run_dir / 'summary.json'
+    print(f'{run_dir} already finished at step {step}', flush=True)
+    return json.loads(old.read_text()) if old.exists() else summary
+
+  writer = metrics_lib.MetricsWriter(run_dir, tc.steps, resume_step=step,
+                                     enabled=jax.process_index() == 0)
+  throughput = metrics_lib.Throughput()
+  pending: list[tuple[int, dict]] = []
+  last_loss = last_val = None
+  last_rate = None
+  session_start, session_step0 = time.perf_counter(), step
+
+  def evaluate() -> float:
+    total = count = 0.0
+    for batch in val_batches:
+      s, c = jax.device_get(eval_step(state.params, batch))
+      total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
+
+  def finish(status: str, **extra) -> dict:
+    summary.update(status=status, step=step, tokens=tokens, flops=flops,
+                   final_loss=last_loss, final_val_loss=last_val, tokens_per_sec=last_rate,
+                   wall_time_sec=time.time() - t_start, **extra)
+    _write_json(run_dir / 'summary.json', summary)
+    return summary
+
+  try:
+    with _StopFlag() as stop:
+      while step < tc.steps:
+        batch = _to_global(next(iterator), in_sharding)
+        state, step_metrics = train_step(state, batch)
+        step += 1
+        tokens += tokens_per_step
+        flops += tokens_per_step * fpt
+        pending.append((step, step_metrics))
+
+        last = step == tc.steps
+        stopping = stop.signum is not None  # read once: a signal may land mid-iteration
+        do_eval = last or (tc.eval_every and step % tc.eval_every == 0)
+        do_ckpt = last or stopping or (
+            tc.checkpoint_every and step % tc.checkpoint_every == 0)
+        do_log = last or do_eval or step % tc.log_every == 0
+        if not (do_log or do_ckpt):
+          continue
+
+        # Bring the losses since the last sync to the host: every step is checked for
+        # NaN / Inf before anything is logged or saved.
+        fetched = jax.device_get(pending)
+        pending = []
+        for s, m in fetched:
+          bad = [k for k in ('loss', 'param_norm') if not math.isfinite(float(m[k]))]
+          if bad:
+            good = ckpt.all_steps()
+            finish('diverged', diverged_at_step=s, last_good_checkpoint=good[-1] if good else None)
+            what = (f'loss became {float(m["loss"])}' if 'loss' in bad
+                    else 'parameters became non-finite')
+            raise Diverged(
+                f'{what} at step {s}; the run is stopped. Last good checkpoint: '
+                f'{"step " + str(good[-1]) if good else "none"} (kept). Rerunning resumes '
+                'from it; lower optim.lr or raise optim.warmup_steps first')
+        last_loss = float(fetched[-1][1]['loss'])
+
+        record = None
+        if do_log:
+          rate = throughput.update(tokens)
+          last_rate = rate if rate is not None else last_rate
+          m = fetched[-1][1]
+          record = {'step': step, 'tokens': tokens, 'flops': flops, 'loss': last_loss,
+                    'lr': float(m['lr']), 'grad_norm': float(m['grad_norm']),
+                    'param_norm': float(m['param_norm']),
+                    'tokens_per_sec': rate,
+                    'mfu': None if rate is None else metrics_lib.mfu(
+                        rate * fpt, device_kind, jax.device_count()),
+                    'time': time.time() - t_start}
+        if do_eval and val_batches:
+          t0 = time.perf_counter()
+          last_val = evaluate()
+          record['val_loss'] = last_val
+          throughput.exclude(time.perf_counter() - t0)
+        if record is not None:
+          done = step - session_step0
+          eta = (time.perf_counter() - session_start) / done * (tc.steps - step)
+          writer.write(record, eta_sec=eta)
+        if do_ckpt:
+          t0 = time.perf_counter()
+          ckpt.save(step, state, iterator, {'tokens': tokens, 'flops': flops})
+          throughput.exclude(time.perf_counter() - t0)
+        if stopping and not last:
+          ckpt.wait()
+          finish('preempted', signal=signal.Signals(stop.signum).name)
+          raise Preempted(stop.signum, step)
+    ckpt.wait()
+    return finish('completed')
+  finally:
+    writer.close()
+    ckpt.close()

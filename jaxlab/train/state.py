@@ -1,0 +1,48 @@
+"""Train state and its sharded initialisation."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxlab.parallel import logical_sharding
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def _init(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, rng,
+          boxed: bool) -> TrainState:
+  tokens_BxT = jnp.zeros((1, seq_len), jnp.int32)
+  params = model.init(rng, tokens_BxT)['params']
+  if not boxed:
+    params = nn.unbox(params)
+  # Initialising the optimizer on the boxed params keeps the logical axis names on its
+  # moments, so the optimizer state shards exactly like the params it mirrors.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def state_shardings(model, tx, seq_len: int, mesh):
+  """(abstract TrainState, matching pytree of NamedShardings), without allocating."""
+  rng = jax.random.key(0)
+  boxed = jax.eval_shape(functools.partial(_init, model, tx, seq_len, boxed=True), rng)
+  shardings = logical_sharding(nn.get_partition_spec(boxed), mesh)
+  abstract = jax.eval_shape(functools.partial(_init, model, tx, seq_len, boxed=False), rng)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return abstract, shardings
+
+
+def init_state(model, tx, seq_len: int, seed: int, shardings) -> TrainState:
+  """Initialises the state directly into its shards (no full copy on one device)."""
+  init = jax.jit(functools.partial(_init, model, tx, seq_len, boxed=False),
+                 out_shardings=shardings)
+  return init(jax.random.key(seed))

@@ -1,0 +1,50 @@
+"""The jitted train and eval steps.
+
+A batch row holds seq_len + 1 tokens; inputs are tokens[:, :-1], targets tokens[:, 1:].
+A target counts only when it continues the same document as its input (same, non-zero
+segment id), so packed documents never learn to predict across a boundary.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlab.train.state import TrainState
+
+
+def loss_terms(model, params, batch):
+  """(sum of token losses, number of target tokens) for one batch."""
+  tokens, segment_ids = batch['tokens'], batch['segment_ids']
+  inputs_BxT, targets_BxT = tokens[:, :-1], tokens[:, 1:]
+  seg_in_BxT, seg_out_BxT = segment_ids[:, :-1], segment_ids[:, 1:]
+  logits_BxTxV = model.apply({'params': params}, inputs_BxT, seg_in_BxT)
+  mask_BxT = (seg_in_BxT == seg_out_BxT) & (seg_in_BxT != 0)
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return jnp.sum(losses_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+def make_train_step(model, tx, schedule, state_shardings, batch_sharding):
+  def mean_loss(params, batch):
+    total, count = loss_terms(model, params, batch)
+    return total / jnp.maximum(count, 1)
+
+  def train_step(state: TrainState, batch):
+    loss, grads = jax.value_and_grad(mean_loss)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+               'param_norm': optax.global_norm(params), 'lr': schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+
+
+def make_eval_step(model, param_shardings, batch_sharding):
+  def eval_step(params, batch):
+    return loss_terms(model, params, batch)
+
+  batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings))

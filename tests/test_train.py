@@ -1,0 +1,169 @@
+"""End to end through the CLI: run dir layout, resume exactness after kill -9 and
+SIGTERM, divergence, unreadable checkpoints, sweeps and the report."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# A tiny run long enough to be interrupted on purpose: 60 steps, a checkpoint every 10.
+LONG = ['train.steps=60', 'train.checkpoint_every=10', 'train.eval_every=20', 'train.log_every=1']
+
+
+def launch(*args, workdir, wait=True):
+  cmd = [sys.executable, 'launch.py', *args, f'train.workdir={workdir}']
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def records(run_dir):
+  return [json.loads(l) for l in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def trajectory(run_dir):
+  """Everything in the metrics that must not depend on interruptions (not timings)."""
+  keep = ('step', 'tokens', 'flops', 'loss', 'val_loss', 'lr', 'grad_norm', 'param_norm')
+  return [{k: r[k] for k in keep if k in r} for r in records(run_dir)]
+
+
+def wait_for_step(proc, run_dir, step, timeout=300):
+  path = run_dir / 'metrics.jsonl'
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, f'run ended before step {step}: {proc.communicate()}'
+    if path.exists():
+      lines = path.read_text().splitlines()
+      if lines and lines[-1].endswith('}') and json.loads(lines[-1])['step'] >= step:
+        return
+    time.sleep(0.01)
+  raise TimeoutError(step)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """One uninterrupted run that the interrupted ones must reproduce bit for bit."""
+  workdir = tmp_path_factory.mktemp('ref')
+  proc = launch('run', 'tiny', *LONG, workdir=workdir)
+  assert proc.returncode == 0, proc.stderr
+  return workdir / 'tiny'
+
+
+def test_run_dir_layout_and_metrics(reference):
+  run_dir = reference
+  for name in ('config.json', 'metrics.jsonl', 'summary.json'):
+    assert (run_dir / name).is_file(), name
+  assert list((run_dir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert sorted(int(p.name) for p in (run_dir / 'checkpoints').iterdir()) == [40, 50, 60]
+  recs = records(run_dir)
+  assert [r['step'] for r in recs] == list(range(1, 61))
+  for r in recs:
+    assert {'step', 'tokens', 'flops', 'loss', 'lr', 'tokens_per_sec', 'grad_norm', 'mfu'} <= set(r)
+    assert r['tokens'] == r['step'] * 4 * 32          # batch 4 x seq_len 32
+    assert r['mfu'] is None                            # no known peak on a CPU
+  assert [r['step'] for r in recs if 'val_loss' in r] == [20, 40, 60]
+  assert recs[0]['tokens_per_sec'] is None             # the compile window is not a rate
+  assert all(r['tokens_per_sec'] > 0 for r in recs[1:] if r['tokens_per_sec'] is not None)
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert summary['status'] == 'completed' and summary['step'] == 60
+  assert summary['final_loss'] == recs[-1]['loss'] and summary['final_val_loss'] == recs[-1]['val_loss']
+  assert summary['flops'] == pytest.approx(60 * 128 * summary['flops_per_token'])
+  assert recs[-1]['loss'] < recs[0]['loss'] - 1.0     # it learns something
+  assert json.loads((run_dir / 'config.json').read_text())['train']['steps'] == 60
+
+
+def test_kill_9_then_rerun_reproduces_the_uninterrupted_run(reference, tmp_path):
+  proc = launch('run', 'tiny', *LONG, workdir=tmp_path, wait=False)
+  run_dir = tmp_path / 'tiny'
+  wait_for_step(proc, run_dir, 25)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (run_dir / 'summary.json').exists()      # it really was cut short
+  assert records(run_dir)[-1]['step'] < 60
+  rerun = launch('run', 'tiny', *LONG, workdir=tmp_path)
+  assert rerun.returncode == 0, rerun.stderr
+  assert 'resuming' in rerun.stdout
+  assert trajectory(run_dir) == trajectory(reference)
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference, tmp_path):
+  proc = launch('run', 'tiny', *LONG, workdir=tmp_path, wait=False)
+  run_dir = tmp_path / 'tiny'
+  wait_for_step(proc, run_dir, 15)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, err
+  assert 'Traceback' not in err
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert summary['status'] == 'preempted'
+  stopped_at = summary['step']
+  assert 15 <= stopped_at < 60
+  assert stopped_at in [int(p.name) for p in (run_dir / 'checkpoints').iterdir()]
+  rerun = launch('run', 'tiny', *LONG, workdir=tmp_path)
+  assert rerun.returncode == 0, rerun.stderr
+  assert f'resuming {run_dir} from step {stopped_at}' in rerun.stdout
+  assert trajectory(run_dir) == trajectory(reference)
+
+
+def test_unreadable_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
+  shutil.copytree(reference, tmp_path / 'tiny')
+  run_dir = tmp_path / 'tiny'
+  # Damage the newest step: its array data files are truncated to nothing.
+  for f in (run_dir / 'checkpoints' / '60' / 'state').rglob('*'):
+    if f.is_file() and f.parent.name == 'd':
+      f.write_bytes(b'')
+  proc = launch('run', 'tiny', *LONG, workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert 'checkpoint step 60' in proc.stderr and 'cannot be read' in proc.stderr
+  assert 'resuming' in proc.stdout and 'from step 50' in proc.stdout
+  assert (run_dir / 'checkpoints_unreadable' / '60').is_dir()
+  assert trajectory(run_dir) == trajectory(reference)
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  # lr 1e30 without warmup: the first update sends every parameter to ~1e30.
+  proc = launch('run', 'tiny', 'optim.lr=1e30', 'optim.warmup_steps=0', 'optim.grad_clip=0',
+                'train.checkpoint_every=1', workdir=tmp_path)
+  assert proc.returncode == 1
+  assert 'Traceback' not in proc.stderr
+  summary = json.loads((tmp_path / 'tiny' / 'summary.json').read_text())
+  assert summary['status'] == 'diverged'
+  bad = summary['diverged_at_step']
+  assert f'at step {bad}' in proc.stderr
+  steps = sorted(int(p.name) for p in (tmp_path / 'tiny' / 'checkpoints').iterdir())
+  assert all(s < bad for s in steps)
+  assert summary['last_good_checkpoint'] == (steps[-1] if steps else None)
+
+
+def test_changed_config_in_the_same_run_dir_is_refused(reference, tmp_path):
+  shutil.copytree(reference, tmp_path / 'tiny')
+  proc = launch('run', 'tiny', *LONG, 'model.d_model=64', workdir=tmp_path)
+  assert proc.returncode == 2
+  assert 'model.d_model: 32 -> 64' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_sweep_runs_the_grid_skips_finished_runs_and_reports(tmp_path):
+  args = ['sweep', 'tiny', '--grid', 'optim.lr=1e-2,3e-3', 'train.steps=6', 'train.eval_every=3']
+  first = launch(*args, workdir=tmp_path)
+  assert first.returncode == 0, first.stderr
+  sweep_dir = tmp_path / 'tiny'
+  runs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+  assert runs == ['optim.lr=1e-2', 'optim.lr=3e-3']
+  for r in runs:
+    cfg = json.loads((sweep_dir / r / 'config.json').read_text())
+    assert cfg['optim']['lr'] == float(r.split('=')[1])
+  second = launch(*args, workdir=tmp_path)
+  assert second.stdout.count('finished earlier, skipped') == 2
+  report = subprocess.run([sys.executable, 'launch.py', 'report', str(sweep_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0, report.stderr
+  text = (sweep_dir / 'report.md').read_text()
+  assert 'optim.lr=1e-2' in text and 'optim.lr=3e-3' in text
+  assert (sweep_dir / 'loss_vs_flops.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
