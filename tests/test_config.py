@@ -67,3 +67,15 @@ def test_cli_config_error_exits_2_without_traceback():
   assert proc.returncode == 2, proc.stderr
   assert "did you mean 'model.d_model'" in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_data_problems_fail_before_compile_with_exit_2(tmp_path):
+  proc = subprocess.run([sys.executable, 'launch.py', 'run', 'tiny', 'train.eval_batches=100000',
+                         f'train.workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert 'train.eval_batches=100000' in proc.stderr and 'Traceback' not in proc.stderr
+  proc = subprocess.run([sys.executable, 'launch.py', 'run', 'tiny', 'data.tokenizer=/nope.model',
+                         f'train.workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2 and "data.tokenizer='/nope.model'" in proc.stderr

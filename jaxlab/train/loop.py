@@ -139,7 +139,10 @@ def train(cfg: Config) -> dict:
   validate(cfg)
   t_start = time.time()
   tc = cfg.train
-  tokenizer = data_lib.make_tokenizer(cfg.data)
+  try:
+    tokenizer = data_lib.make_tokenizer(cfg.data)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
   _, local_batch = _preflight(cfg, tokenizer)
   run_dir = run_dir_of(cfg)
   run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,10 +160,13 @@ def train(cfg: Config) -> dict:
   eval_step = make_eval_step(model, shardings.params, in_sharding)
 
   proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=local_batch, **proc)
-  val_batches = [_to_global(b, in_sharding) for b in data_lib.eval_batches(
-      cfg.data, tokenizer, batch_size=local_batch, n_batches=tc.eval_batches, **proc)
-  ] if tc.eval_batches else []
+  try:
+    iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=local_batch, **proc)
+    val_host = data_lib.eval_batches(cfg.data, tokenizer, batch_size=local_batch,
+                                     n_batches=tc.eval_batches, **proc) if tc.eval_batches else []
+  except ValueError as err:  # the data pipeline names the config key at fault
+    raise ConfigError(str(err)) from None
+  val_batches = [_to_global(b, in_sharding) for b in val_host]
 
   ckpt = Checkpointer(run_dir / 'checkpoints', tc.keep_checkpoints, tc.async_checkpoint)
   restored = ckpt.restore_latest(abstract, iterator)
