@@ -82,6 +82,7 @@ class DataConfig:
   tokenizer: str = 'byte'          # 'byte' or a path to a trained SentencePiece .model
   seq_len: int = 256
   seed: int = 0
+  shuffle_rows: int = 1024         # packed rows shuffled within windows of this size (0: off)
   data_dir: str = ''               # '' -> $JAXLAB_DATA_DIR or ~/.cache/jaxlab/tensorflow_datasets
 
 
@@ -287,6 +288,7 @@ def validate(cfg: Config) -> Config:
   _require(0 <= o.final_lr_fraction <= 1,
            f'optim.final_lr_fraction={o.final_lr_fraction} must be in [0, 1]')
   _require(0 < d.val_fraction < 1, f'data.val_fraction={d.val_fraction} must be in (0, 1)')
+  _require(d.shuffle_rows >= 0, f'data.shuffle_rows={d.shuffle_rows} must be >= 0')
   _require(d.source != 'tfds' or bool(d.tfds_name),
            "data.source='tfds' needs data.tfds_name (e.g. data.tfds_name=lm1b)")
   _require(d.source != 'files' or bool(d.files),

@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import json
+import re
 import os
 import pathlib
 import subprocess
@@ -282,7 +283,9 @@ def test_exact_resume_embedded(embedded):
 
 def test_exact_resume_across_epochs_and_reshuffle(tmp_path):
   files = _write_files(tmp_path, n_files=6, n_lines=12)
-  cfg = DataConfig(source='files', files=files, seq_len=48, val_fraction=0.25)
+  # shuffle_rows=0: documents are rebuilt from consecutive rows (row shuffling is
+  # resumed exactly too: see test_exact_resume_with_row_shuffle).
+  cfg = DataConfig(source='files', files=files, seq_len=48, val_fraction=0.25, shuffle_rows=0)
   train_docs = pipeline._file_documents(cfg, 'train')
   epoch_tokens = sum(len(d.encode()) + 1 for d in train_docs)
   batch_size = 2
@@ -295,6 +298,27 @@ def test_exact_resume_across_epochs_and_reshuffle(tmp_path):
   epochs = [stream[i * len(train_docs):(i + 1) * len(train_docs)] for i in range(2)]
   assert all(sorted(e) == sorted(train_docs) for e in epochs)
   assert epochs[0] != epochs[1]
+
+
+def test_row_shuffle_mixes_documents_keeps_every_row_and_resumes(tmp_path):
+  files = _write_files(tmp_path, n_files=8, n_lines=30)
+  plain = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.1, shuffle_rows=0)
+  mixed = dataclasses.replace(plain, shuffle_rows=64)
+  tok = ByteTokenizer()
+  # 32 batches of 4 rows = two whole windows of 64 rows: the same rows, another order.
+  rows = lambda batches: [tuple(r) for b in batches for r in b['tokens']]
+  a = _take(make_train_iterator(plain, tok, 4), 32)
+  b = _take(make_train_iterator(mixed, tok, 4), 32)
+  assert sorted(rows(a)) == sorted(rows(b)) and rows(a) != rows(b)
+  # Each line names its file (~16 rows per file): unshuffled, a batch of 4 consecutive
+  # rows mostly sees one file; shuffled within 64 rows, it sees several.
+  def files_per_batch(batches):
+    return np.mean([len(set(re.findall(r'f(\d) line', tok.decode(batch['tokens'].ravel()))))
+                    for batch in batches])
+  assert files_per_batch(a) < 1.6 and files_per_batch(b) > 2.5
+  reference = _take(make_train_iterator(mixed, tok, 4), 40)
+  for cut in (0, 3, 16, 17, 33):   # inside and at the edges of shuffle windows
+    assert _resume_matches(mixed, 4, cut, reference), cut
 
 
 def test_set_state_rejects_another_pipeline(embedded):
@@ -336,7 +360,7 @@ def test_eval_batches_fixed_and_sized(embedded):
 
 def test_process_shards_are_disjoint(tmp_path):
   files = _write_files(tmp_path, n_files=7, n_lines=6)
-  cfg = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.3)
+  cfg = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.3, shuffle_rows=0)
   tok = ByteTokenizer()
   seen = []
   for index in range(2):
@@ -354,7 +378,7 @@ def test_process_shards_are_disjoint(tmp_path):
 
 def test_files_source_holds_out_the_tail_of_each_file(tmp_path):
   files = _write_files(tmp_path, n_files=3, n_lines=40)
-  cfg = DataConfig(source='files', files=files, seq_len=64, val_fraction=0.1)
+  cfg = DataConfig(source='files', files=files, seq_len=64, val_fraction=0.1, shuffle_rows=0)
   all_lines = {line for f in files for line in open(f, encoding='utf-8').read().splitlines()}
   val_lines = {f'f{i} line {j:03d} ü' for i in range(3) for j in range(36, 40)}
   tok = ByteTokenizer()

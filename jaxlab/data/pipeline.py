@@ -5,6 +5,8 @@
       -> shuffle (training: by data.seed, a new order every epoch; repeated forever)
       -> [BOS] + tokenizer.encode(text)
       -> concatenate, then split into rows of seq_len + 1 tokens (grain ConcatThenSplit)
+      -> training: shuffle rows within windows of data.shuffle_rows, so that a batch
+         mixes many documents instead of one document's consecutive rows
       -> batches {'tokens': int32[B, seq_len + 1], 'segment_ids': int32[B, seq_len + 1]}
 
 Rows hold seq_len + 1 tokens because the train step shifts them itself (inputs =
@@ -210,7 +212,8 @@ def _describe(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
   # What the saved position means; paths are left out so a run can resume elsewhere.
   return {'source': cfg.source, 'tfds_name': cfg.tfds_name, 'n_files': len(cfg.files),
           'vocab_size': int(tokenizer.vocab_size),
-          'seq_len': cfg.seq_len, 'seed': cfg.seed, 'batch_size': batch_size,
+          'seq_len': cfg.seq_len, 'seed': cfg.seed, 'shuffle_rows': cfg.shuffle_rows,
+          'batch_size': batch_size,
           'process_index': process_index, 'process_count': process_count}
 
 
@@ -225,7 +228,11 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
     raise ValueError(f'batch_size={batch_size} must be >= 1 (train.batch_size)')
   docs = _shard(_documents(cfg, 'train'), process_index, process_count, 'train')
   docs = docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()   # reshuffled per epoch
-  batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
+  rows = _rows(docs, tokenizer, cfg.seq_len)
+  if cfg.shuffle_rows > 1:
+    rows = grain.experimental.WindowShuffleIterDataset(
+        rows, window_size=cfg.shuffle_rows, seed=_stable_seed(cfg.seed, 'rows'))
+  batches = rows.batch(batch_size, drop_remainder=True)
   return DataIterator(batches, _describe(cfg, tokenizer, batch_size, process_index, process_count))
 
 
