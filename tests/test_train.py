@@ -167,3 +167,34 @@ def test_sweep_runs_the_grid_skips_finished_runs_and_reports(tmp_path):
   text = (sweep_dir / 'report.md').read_text()
   assert 'optim.lr=1e-2' in text and 'optim.lr=3e-3' in text
   assert (sweep_dir / 'loss_vs_flops.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sharded_run_matches_single_device(tmp_path):
+  """8 fake CPU devices as data 2 x fsdp 2 x tensor 2 give the single-device losses:
+  the same math with other reduction orders, so equal to float32 rounding (the loss
+  drifts by ~1e-6 relative over these steps; 1e-4 leaves room but catches a wrong
+  sharding, which changes the loss in the first decimals)."""
+  args = ['run', 'tiny', 'train.steps=8', 'train.batch_size=8', 'model.vocab_size=258']
+  single = launch(*args, workdir=tmp_path / 'one')
+  assert single.returncode == 0, single.stderr
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  sharded = subprocess.run(
+      [sys.executable, 'launch.py', *args, 'mesh.fsdp=2', 'mesh.tensor=2',
+       f'train.workdir={tmp_path / "eight"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert sharded.returncode == 0, sharded.stderr
+  one, eight = records(tmp_path / 'one' / 'tiny'), records(tmp_path / 'eight' / 'tiny')
+  assert json.loads((tmp_path / 'eight' / 'tiny' / 'summary.json').read_text())['n_devices'] == 8
+  assert [r['step'] for r in one] == [r['step'] for r in eight]
+  for a, b in zip(one, eight):
+    assert b['loss'] == pytest.approx(a['loss'], rel=1e-5)
+  assert eight[-1]['val_loss'] == pytest.approx(one[-1]['val_loss'], rel=1e-5)
+
+
+def test_indivisible_sharded_dim_is_a_config_error(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  proc = subprocess.run([sys.executable, 'launch.py', 'run', 'tiny', 'mesh.tensor=2',
+                         f'train.workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=env)
+  assert proc.returncode == 2
+  assert 'model.vocab_size=257 cannot be split evenly over mesh axes tensor (2 ways)' in proc.stderr

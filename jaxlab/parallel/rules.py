@@ -6,8 +6,13 @@ unsharded in activations whose 'batch' dim already took 'fsdp'.
 """
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
-from jax.sharding import Mesh, NamedSharding
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxlab.config import ConfigError
 
 DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ('batch', ('data', 'fsdp')),
@@ -31,3 +36,29 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedShard
   """Sharding of a host batch [batch, seq, ...]: split over the data-parallel axes."""
   spec = nn.logical_to_mesh_axes(('batch',) + (None,) * (ndim - 1), list(rules))
   return NamedSharding(mesh, spec)
+
+
+# The config key behind each logical axis, for error messages.
+_AXIS_KEYS = {'vocab': 'model.vocab_size', 'embed': 'model.d_model', 'heads': 'model.n_heads',
+              'kv_heads': 'model.n_kv_heads', 'mlp': 'model.d_ff', 'kv': 'model.head_dim',
+              'layers': 'model.n_layers'}
+
+
+def check_divisible(abstract_tree, logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
+  """Raises ConfigError (naming the config key) when a sharded dim does not split evenly
+  over its mesh axes -- checked on shapes, before anything compiles."""
+  specs = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  leaves = jax.tree.leaves(abstract_tree)
+  for leaf, spec in zip(leaves, specs):
+    mesh_axes = nn.logical_to_mesh_axes(tuple(spec), list(rules))
+    for size, logical, axes in zip(leaf.shape, spec, mesh_axes):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if size % ways:
+        key = _AXIS_KEYS.get(logical, f'the {logical!r} dimension')
+        good = -(-size // ways) * ways
+        raise ConfigError(
+            f'{key}={size} cannot be split evenly over mesh axes {"x".join(axes)} '
+            f'({ways} ways); use a multiple of {ways} (e.g. {key}={good}) or change the mesh')

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxlab.parallel import logical_sharding
+from jaxlab.parallel import check_divisible, logical_sharding
 
 
 class TrainState(struct.PyTreeNode):
@@ -34,7 +34,9 @@ def state_shardings(model, tx, seq_len: int, mesh):
   """(abstract TrainState, matching pytree of NamedShardings), without allocating."""
   rng = jax.random.key(0)
   boxed = jax.eval_shape(functools.partial(_init, model, tx, seq_len, boxed=True), rng)
-  shardings = logical_sharding(nn.get_partition_spec(boxed), mesh)
+  specs = nn.get_partition_spec(boxed)
+  check_divisible(boxed, specs, mesh)
+  shardings = logical_sharding(specs, mesh)
   abstract = jax.eval_shape(functools.partial(_init, model, tx, seq_len, boxed=False), rng)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
