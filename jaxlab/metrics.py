@@ -118,8 +118,10 @@ class MetricsWriter:
     self._file = open(self.path, 'a')
     if tensorboard:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
+      # purge_step: TensorBoard hides events an earlier, interrupted session logged past
+      # the checkpoint this one resumes from (as the jsonl truncation above does).
       self._tb = SummaryWriter(str(pathlib.Path(run_dir) / 'tensorboard'),
-                               purge_step=resume_step + 1 if resume_step else None)
+                               purge_step=resume_step + 1)
 
   def _truncate(self, resume_step: int):
     if not self.path.exists():
