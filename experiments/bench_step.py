@@ -51,11 +51,9 @@ from jaxlab.config import (Config, DataConfig, ModelConfig, OptimConfig, TrainCo
                            validate)
 from jaxlab.metrics import count_params  # noqa: E402
 from jaxlab.models import Transformer  # noqa: E402
-from jaxlab.optim import make_optimizer, make_schedule  # noqa: E402
-from jaxlab.parallel import batch_sharding, make_mesh  # noqa: E402
+from jaxlab.parallel import make_mesh  # noqa: E402
 from jaxlab.train import train  # noqa: E402
-from jaxlab.train.state import init_state, state_shardings  # noqa: E402
-from jaxlab.train.step import make_train_step  # noqa: E402
+from jaxlab.train.program import build_program  # noqa: E402
 
 LOG_EVERY = 10      # jaxlab's logging (and host sync) interval, the demo's value
 HEAD_DIM = 64
@@ -112,15 +110,10 @@ def time_jaxlab(cfg: Config) -> tuple[float, list[float], float]:
 
 def time_jaxlab_fn(cfg: Config, steps: int) -> float:
   """jaxlab's jitted step (same shardings as the loop) in a bare Python loop."""
-  mesh = make_mesh(cfg.mesh)
-  model = Transformer(cfg.model)
-  schedule = make_schedule(cfg.optim, cfg.train.steps)
-  tx = make_optimizer(cfg.optim, cfg.model, schedule)
+  program = build_program(cfg, make_mesh(cfg.mesh))
+  step_fn, in_sharding = program.train_step, program.batch_sharding
   seq, batch = cfg.data.seq_len, cfg.train.batch_size
-  _, shardings = state_shardings(model, tx, seq, mesh)
-  in_sharding = batch_sharding(mesh)
-  step_fn = make_train_step(model, tx, schedule, shardings, in_sharding)
-  state = init_state(model, tx, seq, cfg.train.seed, shardings)
+  state = program.init_state()
   tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.model.vocab_size,
                               jnp.int32)
   data = {'tokens': jax.device_put(tokens, in_sharding),
@@ -189,14 +182,10 @@ def time_bare(cfg: Config, steps: int) -> float:
 def compile_seconds(cfg: Config) -> tuple[float, float]:
   """(lower seconds, compile seconds) of jaxlab's train step, fresh jit, loop shardings."""
   jax.clear_caches()
-  mesh = make_mesh(cfg.mesh)
-  model = Transformer(cfg.model)
-  schedule = make_schedule(cfg.optim, cfg.train.steps)
-  tx = make_optimizer(cfg.optim, cfg.model, schedule)
+  program = build_program(cfg, make_mesh(cfg.mesh))
+  step_fn, in_sharding, abstract = (program.train_step, program.batch_sharding,
+                                    program.abstract_state)
   seq, batch = cfg.data.seq_len, cfg.train.batch_size
-  abstract, shardings = state_shardings(model, tx, seq, mesh)
-  in_sharding = batch_sharding(mesh)
-  step_fn = make_train_step(model, tx, schedule, shardings, in_sharding)
   row = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32, sharding=in_sharding)
   t0 = time.perf_counter()
   lowered = step_fn.lower(abstract, {'tokens': row, 'segment_ids': row})

@@ -22,11 +22,8 @@ from jaxlab import data as data_lib
 from jaxlab import metrics as metrics_lib
 from jaxlab.checkpoint import Checkpointer
 from jaxlab.config import Config, ConfigError, from_dict, validate
-from jaxlab.models import Transformer
-from jaxlab.optim import make_optimizer, make_schedule
-from jaxlab.parallel import batch_sharding, make_mesh, mesh_shape
-from jaxlab.train.state import init_state, state_shardings
-from jaxlab.train.step import make_eval_step, make_train_step
+from jaxlab.parallel import make_mesh, mesh_shape
+from jaxlab.train.program import build_program
 
 # Keys that may change when a run directory is resumed (they do not change the result).
 RESUMABLE_CHANGES = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
@@ -149,15 +146,10 @@ def train(cfg: Config) -> dict:
   _check_same_run(run_dir, cfg)
   _write_json(run_dir / 'config.json', cfg.to_dict())
 
-  mesh = make_mesh(cfg.mesh)
-  model = Transformer(cfg.model)
-  schedule = make_schedule(cfg.optim, tc.steps)
-  tx = make_optimizer(cfg.optim, cfg.model, schedule)
+  program = build_program(cfg, make_mesh(cfg.mesh))
+  train_step, eval_step, in_sharding = (program.train_step, program.eval_step,
+                                        program.batch_sharding)
   seq_len = cfg.data.seq_len
-  abstract, shardings = state_shardings(model, tx, seq_len, mesh)
-  in_sharding = batch_sharding(mesh)
-  train_step = make_train_step(model, tx, schedule, shardings, in_sharding)
-  eval_step = make_eval_step(model, shardings.params, in_sharding)
 
   proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
   try:
@@ -169,9 +161,9 @@ def train(cfg: Config) -> dict:
   val_batches = [_to_global(b, in_sharding) for b in val_host]
 
   ckpt = Checkpointer(run_dir / 'checkpoints', tc.keep_checkpoints, tc.async_checkpoint)
-  restored = ckpt.restore_latest(abstract, iterator)
+  restored = ckpt.restore_latest(program.abstract_state, iterator)
   if restored is None:
-    state = init_state(model, tx, seq_len, tc.seed, shardings)
+    state = program.init_state()
     step, tokens, flops = 0, 0, 0.0
   else:
     state, step = restored.state, restored.step
