@@ -7,7 +7,6 @@ always reads as one uninterrupted run.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -16,7 +15,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from jaxlab import data as data_lib
 from jaxlab import metrics as metrics_lib
@@ -104,8 +102,9 @@ class _StopFlag:
       signal.signal(sig, old)
 
 
-def _preflight(cfg: Config, tokenizer) -> tuple[int, int]:
-  """Checks that need the environment (devices, tokenizer) but no compile."""
+def _preflight(cfg: Config, tokenizer) -> int:
+  """Checks that need the environment (devices, tokenizer) but no compile; returns
+  this process's share of the batch."""
   if tokenizer.vocab_size > cfg.model.vocab_size:
     raise ConfigError(f'model.vocab_size={cfg.model.vocab_size} is smaller than the '
                       f'tokenizer\'s vocabulary ({tokenizer.vocab_size}, data.tokenizer='
@@ -116,7 +115,7 @@ def _preflight(cfg: Config, tokenizer) -> tuple[int, int]:
     raise ConfigError(f'train.batch_size={cfg.train.batch_size} must be divisible by the '
                       f'data-parallel size mesh.data x mesh.fsdp = {shards} and by the '
                       f'number of processes ({jax.process_count()})')
-  return shards, cfg.train.batch_size // jax.process_count()
+  return cfg.train.batch_size // jax.process_count()
 
 
 def _to_global(batch: dict, sharding) -> dict:
@@ -140,7 +139,7 @@ def train(cfg: Config) -> dict:
     tokenizer = data_lib.make_tokenizer(cfg.data)
   except ValueError as err:
     raise ConfigError(str(err)) from None
-  _, local_batch = _preflight(cfg, tokenizer)
+  local_batch = _preflight(cfg, tokenizer)
   run_dir = run_dir_of(cfg)
   run_dir.mkdir(parents=True, exist_ok=True)
   _check_same_run(run_dir, cfg)
