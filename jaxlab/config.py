@@ -108,6 +108,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GrowthConfig:
+  """One model-growth event inside a run (or a multi-level V-cycle).
+
+  `model` is always the final (target) model. The source model trained before the
+  event has the sizes below; 0 means: n_layers = model.n_layers / factor for depth
+  methods (and for 'vcycle', where every width dim is also divided by factor), else
+  the target's size.
+  """
+  method: Literal['none', 'stack', 'interleave', 'layers', 'zero', 'random', 'split',
+                  'vcycle'] = 'none'
+  at_tokens: int = 0               # grow once this many training tokens have been seen
+  timing: Literal['tokens', 'auto'] = 'tokens'   # auto: Du et al.'s fitted rule
+  factor: int = 4                  # growth factor (the paper's g = 4)
+  n_layers: int = 0                # source model sizes (0: see above)
+  d_model: int = 0
+  n_heads: int = 0
+  n_kv_heads: int = 0
+  d_ff: int = 0
+  layers: tuple[int, ...] = ()     # 'layers' (and optionally zero/random): src index per dst layer
+  width_method: Literal['auto', 'split', 'zero', 'random'] = 'auto'   # auto: from method
+  optimizer: Literal['reset', 'grow'] = 'reset'   # fresh moments + lr re-warmup, or grown moments
+  ramp_steps: int = 0              # 'random': blend new layers in over this many steps
+  small_tokens: int = 0            # 'vcycle': tokens trained on the coalesced model
+  alpha: float = 0.25              # 'vcycle': interpolation weight of the de-coalesced model
+  grouping: Literal['stride', 'adjacent'] = 'stride'   # 'vcycle': which units merge
+
+
+@dataclass(frozen=True)
 class Config:
   name: str = ''                   # run directory name; '' -> the experiment file's stem
   model: ModelConfig = field(default_factory=ModelConfig)
@@ -115,6 +143,7 @@ class Config:
   data: DataConfig = field(default_factory=DataConfig)
   mesh: MeshConfig = field(default_factory=MeshConfig)
   train: TrainConfig = field(default_factory=TrainConfig)
+  growth: GrowthConfig = field(default_factory=GrowthConfig)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -296,9 +325,42 @@ def validate(cfg: Config) -> Config:
   for key, value in [('mesh.fsdp', me.fsdp), ('mesh.tensor', me.tensor)]:
     _require(value >= 1, f'{key}={value} must be >= 1')
   _require(me.data == -1 or me.data >= 1, f'mesh.data={me.data} must be -1 (auto) or >= 1')
+  _validate_growth(cfg)
   _require(bool(cfg.name) and '/' not in cfg.name and cfg.name not in ('.', '..'),
            f'name={cfg.name!r} must be a non-empty directory name without "/"')
   return cfg
+
+
+def _validate_growth(cfg: Config):
+  g, m = cfg.growth, cfg.model
+  if g.method == 'none':
+    return
+  tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+  total = cfg.train.steps * tokens_per_step
+  _require(g.factor >= 1, f'growth.factor={g.factor} must be >= 1')
+  for key in ('at_tokens', 'n_layers', 'd_model', 'n_heads', 'n_kv_heads', 'd_ff', 'ramp_steps',
+              'small_tokens'):
+    _require(getattr(g, key) >= 0, f'growth.{key}={getattr(g, key)} must be >= 0')
+  if g.timing == 'tokens':
+    _require(0 < g.at_tokens < total,
+             f'growth.at_tokens={g.at_tokens} must be in (0, {total}) = (0, train.steps x '
+             f'train.batch_size x data.seq_len); or set growth.timing=auto')
+  else:
+    _require(g.at_tokens == 0, 'growth.at_tokens and growth.timing=auto exclude each other')
+  _require(g.method in ('layers', 'zero', 'random') or not g.layers,
+           f'growth.layers is used by methods layers, zero and random, not {g.method!r}')
+  _require(g.method != 'layers' or bool(g.layers),
+           "growth.method='layers' needs growth.layers=i0,i1,... (a source index per target layer)")
+  _require(g.layers == () or len(g.layers) == m.n_layers,
+           f'growth.layers has {len(g.layers)} entries; it needs one per target layer '
+           f'(model.n_layers={m.n_layers})')
+  _require(g.method == 'random' or g.ramp_steps == 0,
+           f'growth.ramp_steps applies to method random only, not {g.method!r}')
+  if g.method == 'vcycle':
+    _require(g.small_tokens > 0, "growth.method='vcycle' needs growth.small_tokens > 0")
+    _require(0 <= g.alpha <= 1, f'growth.alpha={g.alpha} must be in [0, 1]')
+  else:
+    _require(g.small_tokens == 0, 'growth.small_tokens applies to method vcycle only')
 
 
 # ----------------------------------------------------------------------------- loading
@@ -329,8 +391,23 @@ def load_module(experiment: str) -> types.ModuleType:
   return module
 
 
+def load_run_dir(run_dir: str | pathlib.Path) -> Config:
+  """The config of an existing run directory (its config.json), placed where it lies."""
+  import json
+  run_dir = pathlib.Path(run_dir)
+  try:
+    cfg = from_dict(json.loads((run_dir / 'config.json').read_text()))
+  except (json.JSONDecodeError, TypeError) as err:
+    raise ConfigError(f'{run_dir / "config.json"} is not a jaxlab config ({err})') from None
+  return dataclasses.replace(cfg, name=run_dir.resolve().name, train=dataclasses.replace(
+      cfg.train, workdir=str(run_dir.parent)))
+
+
 def load(experiment_path: str, overrides: typing.Iterable[str] = ()) -> Config:
-  """Loads an experiment file's config() and applies `key.sub=value` overrides."""
+  """Loads an experiment file's config() -- or a run directory's config.json, to continue
+  that run -- and applies `key.sub=value` overrides."""
+  if (pathlib.Path(experiment_path) / 'config.json').is_file():
+    return apply_overrides(validate(load_run_dir(experiment_path)), list(overrides))
   module = load_module(experiment_path)
   cfg = module.config()
   if not isinstance(cfg, Config):

@@ -128,16 +128,23 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; (carry, out) signature for nn.scan."""
+  """Pre-norm residual block; (carry, out) signature for nn.scan.
+
+  With a gate g (a scalar per layer, used by growth to blend new layers in), the block
+  returns g * f(x) + (1 - g) * x: g = 0 is the identity, g = 1 the plain block.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, gate=None):
+    x_in_BxTxD = x_BxTxD
     h_BxTxD = RMSNorm(self.cfg, name='attn_norm')(x_BxTxD)
     x_BxTxD = x_BxTxD + Attention(self.cfg, name='attn')(h_BxTxD, positions_BxT, segment_ids_BxT)
     x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
     h_BxTxD = RMSNorm(self.cfg, name='mlp_norm')(x_BxTxD)
     x_BxTxD = x_BxTxD + Mlp(self.cfg, name='mlp')(h_BxTxD)
+    if gate is not None:
+      x_BxTxD = x_in_BxTxD + gate.astype(x_BxTxD.dtype) * (x_BxTxD - x_in_BxTxD)
     x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
     return x_BxTxD, None
 
@@ -171,11 +178,16 @@ class Head(nn.Module):
 
 
 class Transformer(nn.Module):
-  """tokens_BxT (int) [, segment_ids_BxT] -> logits_BxTxV (float32)."""
+  """tokens_BxT (int) [, segment_ids_BxT] [, layer_gate_L] -> logits_BxTxV (float32).
+
+  layer_gate_L (optional, one scalar per layer) blends each block with the identity
+  (see Block); growth's 'random' method ramps new layers in with it.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxT: jax.Array, segment_ids_BxT: jax.Array | None = None):
+  def __call__(self, tokens_BxT: jax.Array, segment_ids_BxT: jax.Array | None = None,
+               layer_gate_L: jax.Array | None = None):
     cfg = self.cfg
     B, T = tokens_BxT.shape
     if segment_ids_BxT is None:
@@ -195,10 +207,16 @@ class Transformer(nn.Module):
         raise ValueError(f'model.remat={cfg.remat!r} is not known; allowed: '
                          f"'none', {', '.join(map(repr, _REMAT_POLICIES))}")
       block = nn.remat(Block, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
+    gated = layer_gate_L is not None
+    if gated and layer_gate_L.shape != (cfg.n_layers,):
+      raise ValueError(f'layer_gate_L has shape {layer_gate_L.shape}; it needs one value per '
+                       f'layer, ({cfg.n_layers},)')
+    in_axes = (nn.broadcast, nn.broadcast) + ((0,) if gated else ())
     layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
+                     in_axes=in_axes, length=cfg.n_layers,
                      metadata_params={nn.PARTITION_NAME: 'layers'})
-    x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT)
+    args = (positions_BxT, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
+    x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, *args)
 
     x_BxTxD = RMSNorm(cfg, name='final_norm')(x_BxTxD)
     if cfg.tie_embeddings:

@@ -1,0 +1,145 @@
+"""A run's growth plan: which model trains when, read from the config's growth section.
+
+A run is a list of phases. Without growth there is one phase (the model). With a growth
+method there are two: the source model from step 0, the target (`model`) from the
+growth step on. A V-cycle has three: the big model, the coalesced small model, then the
+big model again (interpolated with the de-coalesced small one).
+
+The growth step is the first step at which `at_tokens` training tokens have been seen
+(rounded up to a whole step). The transition happens after that step's update and
+before its checkpoint, so a checkpoint at step s holds the model of the phase that
+contains s -- that is how a resumed run knows which model to restore.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jaxlab.config import Config, ConfigError, ModelConfig
+from jaxlab.growth.timing import growth_timing
+
+DEPTH_METHODS = ('stack', 'interleave', 'layers', 'zero', 'random')
+_WIDTH_FOR = {'zero': 'zero', 'random': 'random'}   # any other method widens by 'split'
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  start_step: int
+  model: ModelConfig
+  event: str | None      # None (first phase), 'grow', 'coalesce' or 'interpolate'
+
+
+def width_method(cfg: Config) -> str:
+  g = cfg.growth
+  return g.width_method if g.width_method != 'auto' else _WIDTH_FOR.get(g.method, 'split')
+
+
+def depth_method(cfg: Config) -> str:
+  return cfg.growth.method if cfg.growth.method in DEPTH_METHODS else 'stack'
+
+
+def source_model(cfg: Config) -> ModelConfig:
+  """The model trained before the growth event (the coarse model of a V-cycle)."""
+  g, m = cfg.growth, cfg.model
+  f = g.factor
+  vcycle = g.method == 'vcycle'
+  if g.n_layers:
+    n_layers = g.n_layers
+  elif g.method == 'layers':
+    n_layers = max(g.layers) + 1
+  elif g.method in DEPTH_METHODS or vcycle:
+    n_layers = m.n_layers // f
+  else:
+    n_layers = m.n_layers
+
+  def width(explicit: int, target: int, name: str) -> int:
+    if explicit:
+      return explicit
+    if not vcycle:
+      return target
+    if target % f:
+      raise ConfigError(f'growth.method=vcycle divides {name}={target} by growth.factor={f}; '
+                        f'it is not divisible: set growth.{name.split(".")[-1]} explicitly')
+    return target // f
+
+  if n_layers < 1:
+    raise ConfigError(f'the source model would have {n_layers} layers (model.n_layers='
+                      f'{m.n_layers} / growth.factor={f}); lower growth.factor or set '
+                      'growth.n_layers')
+  d_model = width(g.d_model, m.d_model, 'model.d_model')
+  n_heads = width(g.n_heads, m.n_heads, 'model.n_heads')
+  n_kv = width(g.n_kv_heads, m.kv_heads, 'model.n_kv_heads')
+  d_ff = width(g.d_ff, m.ff_dim, 'model.d_ff')
+  same_width = (d_model, n_heads, n_kv, d_ff) == (m.d_model, m.n_heads, m.kv_heads, m.ff_dim)
+  if same_width:
+    return dataclasses.replace(m, n_layers=n_layers)
+  # Width growth keeps the head dim (RoPE frequencies depend on it) and says every size.
+  return dataclasses.replace(m, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                             n_kv_heads=n_kv, d_ff=d_ff, head_dim=m.dim_per_head)
+
+
+def describe(m: ModelConfig) -> str:
+  """Short model label for logs: d_model, layers, query/kv heads, MLP width."""
+  return f'd{m.d_model} L{m.n_layers} H{m.n_heads}/{m.kv_heads} F{m.ff_dim}'
+
+
+def tokens_per_step(cfg: Config) -> int:
+  return cfg.train.batch_size * cfg.data.seq_len
+
+
+def growth_tokens(cfg: Config, n_target_params: int) -> int:
+  """Tokens before the growth event: growth.at_tokens, or the paper's fitted rule."""
+  g = cfg.growth
+  if g.timing == 'tokens':
+    return g.at_tokens
+  total = cfg.train.steps * tokens_per_step(cfg)
+  d = growth_timing(n_target_params, 6.0 * n_target_params * total)
+  if d >= total:
+    raise ConfigError(
+        f'growth.timing=auto: the fitted rule (Du et al. 2024) gives {d:.3g} tokens before '
+        f'growth for N={n_target_params:,} params and D={total:,} tokens, more than the run '
+        'itself; the rule was fitted at 410M-7B params and does not extrapolate this far '
+        'down. Set growth.at_tokens instead')
+  return int(d)
+
+
+def _step_at(tokens: int, cfg: Config, what: str) -> int:
+  step = math.ceil(tokens / tokens_per_step(cfg))
+  if not 1 <= step < cfg.train.steps:
+    raise ConfigError(f'{what} falls at step {step}; it must be in [1, train.steps='
+                      f'{cfg.train.steps})')
+  return step
+
+
+def n_params(model: ModelConfig) -> int:
+  """Parameter count of a model config (shapes only, nothing allocated)."""
+  import jax
+  import jax.numpy as jnp
+  from jaxlab.metrics import count_params
+  from jaxlab.models import Transformer
+  shapes = jax.eval_shape(Transformer(model).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  return count_params(shapes)
+
+
+def phases(cfg: Config) -> list[Phase]:
+  """The run's phases in order."""
+  g = cfg.growth
+  if g.method == 'none':
+    return [Phase(0, cfg.model, None)]
+  small = source_model(cfg)
+  n_target = n_params(cfg.model) if g.timing == 'auto' else 0
+  at = _step_at(growth_tokens(cfg, n_target), cfg, 'the growth point')
+  if g.method != 'vcycle':
+    if small == cfg.model:
+      raise ConfigError(f'growth.method={g.method!r}: the source model equals the target '
+                        '(set growth.factor, growth.n_layers or growth.d_model ...)')
+    return [Phase(0, small, None), Phase(at, cfg.model, 'grow')]
+  back = _step_at(at * tokens_per_step(cfg) + g.small_tokens, cfg,
+                  'the end of the V-cycle (growth.at_tokens + growth.small_tokens)')
+  return [Phase(0, cfg.model, None), Phase(at, small, 'coalesce'),
+          Phase(back, cfg.model, 'interpolate')]
+
+
+def phase_index(plan: list[Phase], step: int) -> int:
+  """Index of the phase that holds the state after `step` steps."""
+  return max(i for i, p in enumerate(plan) if p.start_step <= step)
