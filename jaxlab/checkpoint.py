@@ -75,10 +75,12 @@ class Checkpointer:
     return Restored(step=step, state=out['state'], meta=dict(out['meta']))
 
   def restore_latest(self, abstract_state, data_iterator) -> Restored | None:
-    """The newest readable checkpoint, or None when there is none."""
+    """The newest readable checkpoint, or None when there is none. abstract_state may be
+    a function of the step (a run whose model changes at growth events)."""
     for step in reversed(self.all_steps()):
+      abstract = abstract_state(step) if callable(abstract_state) else abstract_state
       try:
-        return self.restore(step, abstract_state, data_iterator)
+        return self.restore(step, abstract, data_iterator)
       except Exception as err:  # orbax raises many types for a damaged step
         self._set_aside(step, err)
     return None

@@ -149,6 +149,12 @@ class MetricsWriter:
       print(('\r' + line + '   ') if self._tty else line, end='' if self._tty else '\n',
             flush=True)
 
+  def write_event(self, event: dict):
+    """An {"event": ...} line (e.g. a growth event); readers skip it as a metric record."""
+    if self.enabled:
+      self._file.write(json.dumps(event) + '\n')
+      self._file.flush()
+
   def close(self):
     if not self.enabled:
       return
@@ -169,6 +175,11 @@ class Throughput:
 
   def exclude(self, seconds: float):
     self._excluded += seconds
+
+  def restart(self):
+    """The next window holds a compile again (a growth event): it reports None."""
+    self._last = None
+    self._excluded = 0.0
 
   def update(self, tokens: int) -> float | None:
     now = time.perf_counter()

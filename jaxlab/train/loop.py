@@ -17,11 +17,12 @@ import time
 import jax
 
 from jaxlab import data as data_lib
+from jaxlab import growth
 from jaxlab import metrics as metrics_lib
 from jaxlab.checkpoint import Checkpointer
 from jaxlab.config import Config, ConfigError, from_dict, validate
 from jaxlab.parallel import make_mesh, mesh_shape
-from jaxlab.train.program import build_program
+from jaxlab.train.program import Program, build_program
 
 # Keys that may change when a run directory is resumed (they do not change the result).
 RESUMABLE_CHANGES = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
@@ -129,6 +130,16 @@ def _write_json(path: pathlib.Path, obj):
     tmp.replace(path)
 
 
+def _growth_event(cfg: Config, old: Program, new: Program, step: int, tokens: int,
+                  flops: float, val_before, val_after, n_params: int) -> dict:
+  phase = new.phases[new.phase]
+  return {'event': phase.event, 'step': step, 'tokens': tokens, 'flops': flops,
+          'method': cfg.growth.method, 'optimizer': cfg.growth.optimizer,
+          'from': growth.plan.describe(old.model.cfg),
+          'to': growth.plan.describe(new.model.cfg),
+          'n_params': n_params, 'val_loss_before': val_before, 'val_loss_after': val_after}
+
+
 def train(cfg: Config) -> dict:
   """Runs (or resumes) one training run; returns its summary. Raises Diverged or
   Preempted after writing the summary."""
@@ -145,9 +156,26 @@ def train(cfg: Config) -> dict:
   _check_same_run(run_dir, cfg)
   _write_json(run_dir / 'config.json', cfg.to_dict())
 
-  program = build_program(cfg, make_mesh(cfg.mesh))
-  train_step, eval_step, in_sharding = (program.train_step, program.eval_step,
-                                        program.batch_sharding)
+  mesh = make_mesh(cfg.mesh)
+  phases = growth.phases(cfg)
+  programs: dict[int, Program] = {}
+
+  def program_at(step: int) -> Program:
+    k = growth.phase_index(phases, step)
+    if k not in programs:
+      programs[k] = build_program(cfg, mesh, k, phases)
+    return programs[k]
+
+  program = program_at(0)
+  for k in range(1, len(phases)):  # growth operators check their inputs (shapes only)
+    try:
+      jax.eval_shape(program_at(phases[k].start_step).enter,
+                     program_at(phases[k - 1].start_step).abstract_state)
+    except ValueError as err:
+      raise ConfigError(f'growth.method={cfg.growth.method!r} cannot go from '
+                        f'{growth.plan.describe(phases[k - 1].model)} to '
+                        f'{growth.plan.describe(phases[k].model)}: {err}') from None
+  in_sharding = program.batch_sharding
   seq_len = cfg.data.seq_len
 
   proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -160,17 +188,18 @@ def train(cfg: Config) -> dict:
   val_batches = [_to_global(b, in_sharding) for b in val_host]
 
   ckpt = Checkpointer(run_dir / 'checkpoints', tc.keep_checkpoints, tc.async_checkpoint)
-  restored = ckpt.restore_latest(program.abstract_state, iterator)
+  restored = ckpt.restore_latest(lambda s: program_at(s).abstract_state, iterator)
   if restored is None:
     state = program.init_state()
     step, tokens, flops = 0, 0, 0.0
   else:
     state, step = restored.state, restored.step
     tokens, flops = int(restored.meta['tokens']), float(restored.meta['flops'])
+    program = program_at(step)
     print(f'resuming {run_dir} from step {step}', flush=True)
 
   n_params = metrics_lib.count_params(state.params)
-  fpt = metrics_lib.flops_per_token(cfg.model, seq_len)
+  fpt = metrics_lib.flops_per_token(program.model.cfg, seq_len)
   tokens_per_step = tc.batch_size * seq_len
   device_kind = jax.devices()[0].device_kind
   summary = {'name': cfg.name, 'n_params': n_params, 'flops_per_token': fpt,
@@ -192,7 +221,7 @@ def train(cfg: Config) -> dict:
   def evaluate() -> float:
     total = count = 0.0
     for batch in val_batches:
-      s, c = jax.device_get(eval_step(state.params, batch))
+      s, c = jax.device_get(program.eval_step(state.params, batch, state.step))
       total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 
@@ -207,7 +236,7 @@ def train(cfg: Config) -> dict:
     with _StopFlag() as stop:
       while step < tc.steps:
         batch = _to_global(next(iterator), in_sharding)
-        state, step_metrics = train_step(state, batch)
+        state, step_metrics = program.train_step(state, batch)
         step += 1
         tokens += tokens_per_step
         flops += tokens_per_step * fpt
@@ -215,8 +244,9 @@ def train(cfg: Config) -> dict:
 
         last = step == tc.steps
         stopping = stop.signum is not None  # read once: a signal may land mid-iteration
-        do_eval = last or (tc.eval_every and step % tc.eval_every == 0)
-        do_ckpt = last or stopping or (
+        growing = growth.phase_index(phases, step) != program.phase
+        do_eval = last or growing or (tc.eval_every and step % tc.eval_every == 0)
+        do_ckpt = last or stopping or growing or (
             tc.checkpoint_every and step % tc.checkpoint_every == 0)
         do_log = last or do_eval or step % tc.log_every == 0
         if not (do_log or do_ckpt):
@@ -260,6 +290,20 @@ def train(cfg: Config) -> dict:
           done = step - session_step0
           eta = (time.perf_counter() - session_start) / done * (tc.steps - step)
           writer.write(record, eta_sec=eta)
+        if growing:
+          old = program
+          program = program_at(step)
+          state = program.enter(state)
+          fpt = metrics_lib.flops_per_token(program.model.cfg, seq_len)
+          n_params = metrics_lib.count_params(state.params)
+          event = _growth_event(cfg, old, program, step, tokens, flops, last_val,
+                                evaluate() if val_batches else None, n_params)
+          last_val = event['val_loss_after']
+          writer.write_event(event)
+          print(f"growth at step {step}: {event['from']} -> {event['to']} ({event['event']}); "
+                f"val loss {event['val_loss_before']} -> {event['val_loss_after']}", flush=True)
+          summary.update(n_params=n_params, flops_per_token=fpt)
+          throughput.restart()
         if do_ckpt:
           t0 = time.perf_counter()
           ckpt.save(step, state, iterator, {'tokens': tokens, 'flops': flops})

@@ -1,15 +1,26 @@
 """Everything jitted that a run needs, built from a Config and a mesh in one place:
-model, optimizer and schedule, the state's abstract shapes and shardings, and the
-train / eval steps. The loop, the benchmark and (later) growth events all build it here.
+model, optimizer and schedule, the state's abstract shapes and shardings, the train /
+eval steps -- one Program per phase of the run's growth plan (one phase without growth).
+The loop, the benchmark, growth events and grow-from-checkpoint all build it here.
+
+Learning rate across phases: phase 0 follows the run-wide schedule (warmup, then decay
+over train.steps). A later phase under growth.optimizer=reset restarts it: a fresh
+optimizer whose schedule warms up again and decays over the remaining steps. Under
+growth.optimizer=grow the optimizer's counts carry over, and so does the schedule.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
+from jaxlab import growth
 from jaxlab.config import Config
+from jaxlab.growth import events
 from jaxlab.models import Transformer
 from jaxlab.optim import make_optimizer, make_schedule
 from jaxlab.parallel import batch_sharding
@@ -20,28 +31,78 @@ from jaxlab.train.step import make_eval_step, make_train_step
 @dataclasses.dataclass(frozen=True)
 class Program:
   cfg: Config
+  phases: list               # the run's growth plan (jaxlab.growth.plan.Phase)
+  phase: int                 # which of them this program trains
   model: Transformer
   tx: optax.GradientTransformation
-  schedule: optax.Schedule
+  schedule: optax.Schedule   # the optimizer's own: its step count -> lr
+  lr_schedule: Callable      # global step -> lr, valid within this phase
   abstract_state: Any        # TrainState of ShapeDtypeStructs carrying their shardings
   shardings: Any             # TrainState of NamedShardings
   batch_sharding: Any
   train_step: Callable       # (state, batch) -> (state, metrics); donates state
-  eval_step: Callable        # (params, batch) -> (sum of token losses, token count)
+  eval_step: Callable        # (params, batch, step) -> (sum of token losses, token count)
+  enter: Callable | None     # state of the previous phase -> state of this one (jitted)
+
+  @property
+  def start_step(self) -> int:
+    return self.phases[self.phase].start_step
 
   def init_state(self):
+    if self.phase:
+      raise ValueError('only the first phase of a run is initialised from scratch')
     return init_state(self.model, self.tx, self.cfg.data.seq_len, self.cfg.train.seed,
                       self.shardings)
 
 
-def build_program(cfg: Config, mesh) -> Program:
-  model = Transformer(cfg.model)
-  schedule = make_schedule(cfg.optim, cfg.train.steps)
-  tx = make_optimizer(cfg.optim, cfg.model, schedule)
-  abstract, shardings = state_shardings(model, tx, cfg.data.seq_len, mesh)
+def _schedules(cfg: Config, phases: list, k: int):
+  """(optimizer schedule, global-step lr schedule) for phase k."""
+  steps = cfg.train.steps
+  if k == 0 or cfg.growth.optimizer == 'grow':
+    base = make_schedule(cfg.optim, steps)
+    return base, base
+  start = phases[k].start_step
+  restart = make_schedule(cfg.optim, steps - start)
+  return restart, lambda step: restart(step - start)
+
+
+def _gate_fn(cfg: Config, phases: list, k: int):
+  """Per-layer blend-in gate of growth method 'random' with growth.ramp_steps > 0: new
+  layers go 0 -> 1 linearly over ramp_steps steps from the growth step."""
+  g = cfg.growth
+  if k == 0 or phases[k].event != 'grow' or g.method != 'random' or g.ramp_steps == 0:
+    return lambda step: None
+  new_L = jnp.asarray(growth.new_layers(phases[k - 1].model, phases[k].model, g.method,
+                                        g.layers or None))
+  start, ramp = phases[k].start_step, g.ramp_steps
+
+  def gate(step):
+    ramp_value = jnp.clip((step - start) / ramp, 0.0, 1.0)
+    return jnp.where(new_L, ramp_value, 1.0).astype(jnp.float32)
+  return gate
+
+
+def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None) -> Program:
+  phases = phases if phases is not None else growth.phases(cfg)
+  model_cfg = phases[phase].model
+  model = Transformer(model_cfg)
+  schedule, lr_schedule = _schedules(cfg, phases, phase)
+  tx = make_optimizer(cfg.optim, model_cfg, schedule)
+  stash_model = None
+  if phases[phase].event == 'coalesce':        # a V-cycle's coarse phase keeps the big model
+    stash_model = Transformer(phases[phase - 1].model)
+  abstract, shardings = state_shardings(model, tx, cfg.data.seq_len, mesh, stash_model)
   in_sharding = batch_sharding(mesh)
+  gate_fn = _gate_fn(cfg, phases, phase)
+  enter = None
+  if phase:
+    rng = jax.random.fold_in(jax.random.key(cfg.train.seed), phases[phase].start_step)
+    enter = jax.jit(functools.partial(events.transition, cfg, phases, phase, tx=tx, rng=rng),
+                    out_shardings=shardings)
   return Program(
-      cfg=cfg, model=model, tx=tx, schedule=schedule, abstract_state=abstract,
-      shardings=shardings, batch_sharding=in_sharding,
-      train_step=make_train_step(model, tx, schedule, shardings, in_sharding),
-      eval_step=make_eval_step(model, shardings.params, in_sharding))
+      cfg=cfg, phases=phases, phase=phase, model=model, tx=tx, schedule=schedule,
+      lr_schedule=lr_schedule, abstract_state=abstract, shardings=shardings,
+      batch_sharding=in_sharding,
+      train_step=make_train_step(model, tx, lr_schedule, shardings, in_sharding, gate_fn),
+      eval_step=make_eval_step(model, shardings.params, in_sharding, gate_fn),
+      enter=enter)

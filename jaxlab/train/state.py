@@ -17,27 +17,32 @@ class TrainState(struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
+  stash: Any      # {} -- or, inside a V-cycle's coarse phase, the big model's params
 
 
 def _init(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, rng,
-          boxed: bool) -> TrainState:
+          boxed: bool, stash_model: nn.Module | None = None) -> TrainState:
   tokens_BxT = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, tokens_BxT)['params']
+  stash = stash_model.init(rng, tokens_BxT)['params'] if stash_model is not None else {}
   if not boxed:
-    params = nn.unbox(params)
+    params, stash = nn.unbox(params), nn.unbox(stash)
   # Initialising the optimizer on the boxed params keeps the logical axis names on its
   # moments, so the optimizer state shards exactly like the params it mirrors.
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    stash=stash)
 
 
-def state_shardings(model, tx, seq_len: int, mesh):
-  """(abstract TrainState, matching pytree of NamedShardings), without allocating."""
+def state_shardings(model, tx, seq_len: int, mesh, stash_model=None):
+  """(abstract TrainState, matching pytree of NamedShardings), without allocating.
+  stash_model: the model whose params the state stashes (V-cycle), or None."""
   rng = jax.random.key(0)
-  boxed = jax.eval_shape(functools.partial(_init, model, tx, seq_len, boxed=True), rng)
+  _init_fn = functools.partial(_init, stash_model=stash_model)
+  boxed = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=True), rng)
   specs = nn.get_partition_spec(boxed)
   check_divisible(boxed, specs, mesh)
   shardings = logical_sharding(specs, mesh)
-  abstract = jax.eval_shape(functools.partial(_init, model, tx, seq_len, boxed=False), rng)
+  abstract = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=False), rng)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return abstract, shardings

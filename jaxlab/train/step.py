@@ -13,28 +13,35 @@ import optax
 from jaxlab.train.state import TrainState
 
 
-def loss_terms(model, params, batch):
+def loss_terms(model, params, batch, layer_gate_L=None):
   """(sum of token losses, number of target tokens) for one batch."""
   tokens, segment_ids = batch['tokens'], batch['segment_ids']
   inputs_BxT, targets_BxT = tokens[:, :-1], tokens[:, 1:]
   seg_in_BxT, seg_out_BxT = segment_ids[:, :-1], segment_ids[:, 1:]
-  logits_BxTxV = model.apply({'params': params}, inputs_BxT, seg_in_BxT)
+  logits_BxTxV = model.apply({'params': params}, inputs_BxT, seg_in_BxT, layer_gate_L)
   mask_BxT = (seg_in_BxT == seg_out_BxT) & (seg_in_BxT != 0)
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
   return jnp.sum(losses_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
-def make_train_step(model, tx, schedule, state_shardings, batch_sharding):
-  def mean_loss(params, batch):
-    total, count = loss_terms(model, params, batch)
+def _no_gate(step):
+  return None
+
+
+def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gate_fn=_no_gate):
+  """lr_schedule: global step -> lr (logged only; the optimizer holds its own schedule).
+  gate_fn: global step -> per-layer gate for the model (growth's ramp) or None."""
+  def mean_loss(params, batch, gate):
+    total, count = loss_terms(model, params, batch, gate)
     return total / jnp.maximum(count, 1)
 
   def train_step(state: TrainState, batch):
-    loss, grads = jax.value_and_grad(mean_loss)(state.params, batch)
+    gate = gate_fn(state.step)
+    loss, grads = jax.value_and_grad(mean_loss)(state.params, batch, gate)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-               'param_norm': optax.global_norm(params), 'lr': schedule(state.step)}
+               'param_norm': optax.global_norm(params), 'lr': lr_schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
@@ -42,9 +49,10 @@ def make_train_step(model, tx, schedule, state_shardings, batch_sharding):
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def make_eval_step(model, param_shardings, batch_sharding):
-  def eval_step(params, batch):
-    return loss_terms(model, params, batch)
+def make_eval_step(model, param_shardings, batch_sharding, gate_fn=_no_gate):
+  """(params, batch, step) -> (sum of token losses, token count)."""
+  def eval_step(params, batch, step):
+    return loss_terms(model, params, batch, gate_fn(step))
 
   batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
-  return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings))
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings, None))

@@ -1,0 +1,57 @@
+"""A growth event inside a run: the train state of one phase -> the state of the next.
+
+Params go through the phase's operator (grow, coalesce, or de-coalesce + interpolate).
+The optimizer state follows growth.optimizer:
+  reset  fresh moments (tx.init of the new params); the lr schedule restarts with warmup
+         over the remaining steps -- what the G_stack authors' code does;
+  grow   Adam's moments (mu, nu) go through the same operator (new entries zero for
+         'zero' / 'random'; de-coalesce for the way back up a V-cycle), and the step
+         counts and the lr schedule carry on as if nothing happened.
+The step counter never changes: tokens, FLOPs and the data order continue across it.
+"""
+from __future__ import annotations
+
+import jax
+
+from jaxlab.config import Config
+from jaxlab.growth import plan as plan_lib
+
+
+def _map_moments(opt_state, params, fn):
+  """Applies fn to every sub-tree of opt_state shaped like the param tree (Adam's mu,
+  nu); counts and empty states pass through."""
+  keys = set(params)
+
+  def is_moment(x):
+    return isinstance(x, dict) and set(x) == keys
+
+  return jax.tree.map(lambda x: fn(x) if is_moment(x) else x, opt_state, is_leaf=is_moment)
+
+
+def transition(cfg: Config, phases: list, k: int, state, tx, rng):
+  """State at the end of phase k-1 -> state at the start of phase k (jittable)."""
+  from jaxlab.growth import grow, multilevel
+  event, src, dst, g = phases[k].event, phases[k - 1].model, phases[k].model, cfg.growth
+  stash = {}
+  if event == 'grow':
+    def op(tree, moments):
+      return grow(tree, src, dst, g.method, layers=g.layers or None,
+                  width_method=plan_lib.width_method(cfg), rng=rng, moments=moments)
+    params = op(state.params, False)
+  elif event == 'coalesce':
+    def op(tree, moments):
+      return multilevel.coalesce(tree, src, dst, grouping=g.grouping, moments=moments)
+    params = op(state.params, False)
+    stash = state.params
+  elif event == 'interpolate':
+    def op(tree, moments):
+      return multilevel.decoalesce(tree, src, dst, grouping=g.grouping, moments=moments)
+    params = multilevel.interpolate(state.stash, state.params, src, dst, alpha=g.alpha,
+                                    grouping=g.grouping)
+  else:
+    raise ValueError(f'phase {k} has no growth event ({event!r})')
+  if g.optimizer == 'reset':
+    opt_state = tx.init(params)
+  else:
+    opt_state = _map_moments(state.opt_state, state.params, lambda t: op(t, True))
+  return state.replace(params=params, opt_state=opt_state, stash=stash)

@@ -1,0 +1,201 @@
+"""Growth as an event inside a run, growth from a checkpoint, and V-cycles, end to end
+through the CLI on the tiny experiment (d_model 32, 2 -> 4 layers, 20 steps)."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TOKENS_PER_STEP = 4 * 32                    # tiny: batch 4 x seq_len 32
+GROW = ['model.n_layers=4', 'growth.method=stack', 'growth.factor=2',
+        f'growth.at_tokens={8 * TOKENS_PER_STEP}', 'train.log_every=1',
+        'train.keep_checkpoints=10']
+
+
+def launch(*args, workdir=None):
+  cmd = [sys.executable, 'launch.py', *args]
+  if workdir is not None:
+    cmd.append(f'train.workdir={workdir}')
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def lines(run_dir):
+  return [json.loads(l) for l in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def steps_of(run_dir):
+  return [r for r in lines(run_dir) if 'event' not in r]
+
+
+def events_of(run_dir):
+  return [r for r in lines(run_dir) if 'event' in r]
+
+
+def trajectory(run_dir):
+  keep = ('step', 'tokens', 'flops', 'loss', 'val_loss', 'lr', 'grad_norm', 'param_norm')
+  return [{k: r[k] for k in keep if k in r} for r in steps_of(run_dir)]
+
+
+def layer_count(run_dir, step):
+  """n_layers of the model saved in a checkpoint, from the stored array's shape."""
+  import orbax.checkpoint as ocp
+  meta = ocp.StandardCheckpointer().metadata(run_dir / 'checkpoints' / str(step) / 'state')
+  tree = getattr(meta, 'item_metadata', meta)
+  return tree['params']['layers']['attn']['wq'].shape[0]
+
+
+@pytest.fixture(scope='module')
+def grown(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('grown')
+  proc = launch('run', 'tiny', *GROW, workdir=workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert 'growth at step 8' in proc.stdout
+  return workdir / 'tiny'
+
+
+def test_growth_inside_a_run_keeps_counters_and_saves_the_big_model(grown):
+  from jaxlab.config import ModelConfig
+  from jaxlab.metrics import flops_per_token
+  recs = steps_of(grown)
+  assert [r['step'] for r in recs] == list(range(1, 21))
+  small = flops_per_token(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64), 32)
+  big = flops_per_token(ModelConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64), 32)
+  assert big > small
+  for prev, r in zip([{'tokens': 0, 'flops': 0.0}] + recs, recs):
+    assert r['tokens'] - prev['tokens'] == TOKENS_PER_STEP
+    per_token = small if r['step'] <= 8 else big     # the small model's FLOPs are counted
+    assert r['flops'] - prev['flops'] == pytest.approx(TOKENS_PER_STEP * per_token, rel=1e-12)
+  (event,) = events_of(grown)
+  assert event['event'] == 'grow' and event['step'] == 8
+  assert event['tokens'] == 8 * TOKENS_PER_STEP and event['flops'] == recs[7]['flops']
+  assert (event['from'], event['to']) == ('d32 L2 H2/2 F64', 'd32 L4 H2/2 F64')
+  ckpts = sorted(int(p.name) for p in (grown / 'checkpoints').iterdir())
+  assert 8 in ckpts                                   # a checkpoint right after growth
+  assert layer_count(grown, 5) == 2 and layer_count(grown, 8) == 4 and layer_count(grown, 20) == 4
+  summary = json.loads((grown / 'summary.json').read_text())
+  assert summary['flops_per_token'] == big and summary['flops'] == recs[-1]['flops']
+  # optimizer=reset restarts the lr warmup (2 steps): lr at step 9 (first big step) is 0.
+  assert recs[8]['lr'] == 0.0 and recs[9]['lr'] > 0
+
+
+@pytest.mark.parametrize('keep', [[5], [8], [10]], ids=['before', 'at', 'after'])
+def test_resume_before_at_and_after_growth_reproduces_the_run(grown, tmp_path, keep):
+  run_dir = tmp_path / 'tiny'
+  shutil.copytree(grown, run_dir)
+  for p in (run_dir / 'checkpoints').iterdir():
+    if int(p.name) not in keep:
+      shutil.rmtree(p)
+  (run_dir / 'summary.json').unlink()
+  proc = launch('run', 'tiny', *GROW, workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert f'from step {keep[0]}' in proc.stdout
+  assert ('growth at step 8' in proc.stdout) == (keep[0] < 8)   # grows again at the same point
+  assert trajectory(run_dir) == trajectory(grown)
+  assert len(events_of(run_dir)) == 1
+
+
+def test_zero_growth_in_a_run_keeps_the_val_loss(tmp_path):
+  proc = launch('run', 'tiny', *GROW, 'growth.method=zero', workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  (event,) = events_of(tmp_path / 'tiny')
+  # G_zero's new blocks are the identity: same function, so the same val loss up to
+  # float32 summation order in the deeper scan (~1e-7 relative).
+  assert event['val_loss_after'] == pytest.approx(event['val_loss_before'], rel=1e-6)
+
+
+def test_random_growth_ramps_new_layers_in_from_the_identity(tmp_path):
+  proc = launch('run', 'tiny', *GROW, 'growth.method=random', 'growth.ramp_steps=4',
+                workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  (event,) = events_of(tmp_path / 'tiny')
+  # The gate of the new (random) layers is 0 at the growth step: the model is the old one.
+  assert event['val_loss_after'] == pytest.approx(event['val_loss_before'], rel=1e-6)
+
+
+def test_ramp_gate_values():
+  import jax.numpy as jnp
+  from jaxlab.config import load
+  from jaxlab.growth import phases
+  from jaxlab.train.program import _gate_fn
+  cfg = load('tiny', GROW + ['growth.method=random', 'growth.ramp_steps=4'])
+  gate = _gate_fn(cfg, phases(cfg), 1)
+  # stack map 2 -> 4 layers: [0, 1, 0, 1]; layers 2 and 3 are new.
+  assert gate(jnp.asarray(8)).tolist() == [1, 1, 0, 0]
+  assert gate(jnp.asarray(9)).tolist() == [1, 1, 0.25, 0.25]
+  assert gate(jnp.asarray(12)).tolist() == [1, 1, 1, 1]
+  assert gate(jnp.asarray(30)).tolist() == [1, 1, 1, 1]
+  assert _gate_fn(load('tiny', GROW), phases(load('tiny', GROW)), 1)(jnp.asarray(9)) is None
+
+
+def test_grown_optimizer_state_continues_the_schedule(grown, tmp_path):
+  proc = launch('run', 'tiny', *GROW, 'growth.optimizer=grow', workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  with_grow, with_reset = steps_of(tmp_path / 'tiny'), steps_of(grown)
+  assert with_grow[:8] == [dict(r, time=with_grow[i]['time'],
+                                tokens_per_sec=with_grow[i]['tokens_per_sec'])
+                           for i, r in enumerate(with_reset[:8])]
+  from jaxlab.config import OptimConfig
+  from jaxlab.optim import make_schedule
+  schedule = make_schedule(OptimConfig(lr=1e-2, warmup_steps=2), 20)   # tiny's optimizer
+  assert [r['lr'] for r in with_grow] == pytest.approx([float(schedule(s)) for s in range(20)])
+  # Step 9 is the first update after growth; its effect shows in step 10's loss.
+  assert with_grow[9]['loss'] != with_reset[9]['loss']
+
+
+def test_grow_from_checkpoint_equals_growing_in_the_run(grown, tmp_path):
+  src = ['run', 'tiny', 'train.log_every=1', 'train.keep_checkpoints=10',
+         f'train.workdir={tmp_path}']
+  proc = launch(*src)
+  assert proc.returncode == 0, proc.stderr
+  # Take the small run's step-10 checkpoint (it ran on for 20 steps, with the same
+  # schedule as the in-run growth's first phase) and grow it 2x in depth.
+  out = tmp_path / 'big'
+  proc = launch('grow', '--from', str(tmp_path / 'tiny'), '--step', '10', '--method', 'stack',
+                '--factor', '2', '--out', str(out), 'train.log_every=1',
+                'train.keep_checkpoints=10')
+  assert proc.returncode == 0, proc.stderr
+  assert layer_count(out, 10) == 4
+  proc = launch('run', str(out))
+  assert proc.returncode == 0, proc.stderr
+  assert 'resuming' in proc.stdout and 'from step 10' in proc.stdout
+  inrun = tmp_path / 'inrun'
+  proc = launch('run', 'tiny', *GROW, f'growth.at_tokens={10 * TOKENS_PER_STEP}',
+                f'train.workdir={inrun}')
+  assert proc.returncode == 0, proc.stderr
+  assert trajectory(out) == trajectory(inrun / 'tiny')
+  assert [e['event'] for e in events_of(out)] == ['grow']
+
+
+def test_vcycle_in_a_run_resumes_inside_the_coarse_phase(tmp_path):
+  vc = ['model.d_model=64', 'model.n_heads=4', 'model.d_ff=128', 'model.n_layers=4',
+        'growth.method=vcycle', 'growth.factor=2', f'growth.at_tokens={4 * TOKENS_PER_STEP}',
+        f'growth.small_tokens={8 * TOKENS_PER_STEP}', 'train.keep_checkpoints=10',
+        'train.log_every=1']
+  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'a')
+  assert proc.returncode == 0, proc.stderr
+  run_dir = tmp_path / 'a' / 'tiny'
+  assert [(e['event'], e['step'], e['to']) for e in events_of(run_dir)] == [
+      ('coalesce', 4, 'd32 L2 H2/2 F64'), ('interpolate', 12, 'd64 L4 H4/4 F128')]
+  assert layer_count(run_dir, 10) == 2 and layer_count(run_dir, 15) == 4
+  # Resume from step 10: inside the coarse phase, the big model is stashed in the state.
+  copy = tmp_path / 'b' / 'tiny'
+  shutil.copytree(run_dir, copy)
+  for p in (copy / 'checkpoints').iterdir():
+    if int(p.name) != 10:
+      shutil.rmtree(p)
+  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
+  assert proc.returncode == 0, proc.stderr
+  assert trajectory(copy) == trajectory(run_dir)
+
+
+def test_growth_config_errors_are_clear():
+  proc = launch('run', 'tiny', 'model.n_layers=4', 'growth.method=stack', 'growth.timing=auto')
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert 'fitted rule' in proc.stderr and 'growth.at_tokens' in proc.stderr
+  proc = launch('run', 'tiny', 'growth.method=stack', 'growth.at_tokens=999999')
+  assert proc.returncode == 2 and 'growth.at_tokens=999999 must be in (0, 2560)' in proc.stderr
+  proc = launch('run', 'tiny', 'growth.method=stakc')
+  assert proc.returncode == 2 and "did you mean 'stack'" in proc.stderr
