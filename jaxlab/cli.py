@@ -1,4 +1,4 @@
-"""Command line: `python launch.py {run,sweep,report} ...`.
+"""Command line: `python launch.py {run,sweep,grow,report} ...`.
 
 Configuration mistakes exit with status 2 and one clear line (no traceback), before
 anything is compiled. A diverged run exits with 1; a run stopped by SIGTERM / SIGINT
@@ -46,22 +46,31 @@ def _parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str]):
-  """The product of the grid as (label, Config) pairs, all validated up front. Without
-  --grid, an experiment's optional sweep() -> {key: [values]} gives the grid."""
+  """The sweep's (label, Config) pairs, all validated up front. Without --grid, an
+  experiment's optional runs(base_config) -> {label: [key=value, ...]} names each run
+  (studies whose runs differ in several keys at once), else its sweep() ->
+  {key: [values]} gives a grid."""
   base = config_lib.load(experiment, overrides)
   grid = _parse_grid(grid_items)
+  named = None
   if not grid:
     module = config_lib.load_module(experiment)
-    if not callable(getattr(module, 'sweep', None)):
-      raise ConfigError(f'nothing to sweep: pass --grid key=v1,v2 or define sweep() in '
-                        f'{experiment!r}')
-    grid = {k: [str(v) for v in vs] for k, vs in module.sweep().items()}
+    if callable(getattr(module, 'runs', None)):
+      named = module.runs(base)
+    elif callable(getattr(module, 'sweep', None)):
+      grid = {k: [str(v) for v in vs] for k, vs in module.sweep().items()}
+    else:
+      raise ConfigError(f'nothing to sweep: pass --grid key=v1,v2 or define runs() or sweep() '
+                        f'in {experiment!r}')
+  if named is None:
+    named = {}
+    for combo in itertools.product(*grid.values()):
+      pairs = [f'{k}={v}' for k, v in zip(grid, combo)]
+      named[','.join(pairs)] = pairs
   sweep_dir = pathlib.Path(base.train.workdir) / base.name
   out = []
-  for combo in itertools.product(*grid.values()):
-    pairs = [f'{k}={v}' for k, v in zip(grid, combo)]
-    label = ','.join(pairs)
-    cfg = config_lib.apply_overrides(base, pairs + [f'train.workdir={sweep_dir}'])
+  for label, pairs in named.items():
+    cfg = config_lib.apply_overrides(base, list(pairs) + [f'train.workdir={sweep_dir}'])
     out.append((label, dataclasses.replace(cfg, name=label)))
   return sweep_dir, out
 
@@ -91,10 +100,22 @@ def _cmd_sweep(args) -> int:
   return 0
 
 
+def _cmd_grow(args) -> int:
+  from jaxlab.growth.from_checkpoint import grow_checkpoint
+  out = pathlib.Path(args.out)
+  cfg = grow_checkpoint(args.source, out, method=args.method, factor=args.factor,
+                        step=args.step, overrides=args.overrides)
+  g = cfg.growth
+  print(f'wrote {out}: {g.method} growth of {args.source} at step '
+        f'{g.at_tokens // (cfg.train.batch_size * cfg.data.seq_len)}; continue it with: '
+        f'python launch.py run {out}')
+  return 0
+
+
 def _cmd_report(args) -> int:
   from jaxlab.report import write_report
   try:
-    path = write_report(pathlib.Path(args.dir))
+    path = write_report(pathlib.Path(args.dir), baseline=args.baseline)
   except ValueError as err:
     raise ConfigError(str(err)) from None
   print(f'wrote {path}')
@@ -105,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='launch.py', description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True)
   run = sub.add_parser('run', help='train one run: run EXPERIMENT [key=value ...]')
-  run.add_argument('experiment', help="experiment name ('demo') or path to its .py file")
+  run.add_argument('experiment', help="experiment name ('demo'), path to its .py file, or a "
+                   'run directory to continue')
   run.add_argument('overrides', nargs='*', help='config overrides, e.g. train.steps=100')
   run.set_defaults(func=_cmd_run)
   sweep = sub.add_parser('sweep', help='run a grid of configs one after another')
@@ -114,8 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
   sweep.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2',
                      help='a swept key and its values; repeat for a product')
   sweep.set_defaults(func=_cmd_sweep)
+  grow = sub.add_parser('grow', help='grow a run\'s checkpoint into a new run directory')
+  grow.add_argument('--from', dest='source', required=True, metavar='RUN_DIR')
+  grow.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
+  grow.add_argument('--method', default='stack',
+                    choices=['stack', 'interleave', 'layers', 'zero', 'random', 'split'])
+  grow.add_argument('--factor', type=int, default=4,
+                    help='depth growth factor (target layers / source layers); default 4')
+  grow.add_argument('--out', required=True, metavar='RUN_DIR2')
+  grow.add_argument('overrides', nargs='*',
+                    help='overrides for the grown run, e.g. train.steps=2000 model.d_model=256')
+  grow.set_defaults(func=_cmd_grow)
   report = sub.add_parser('report', help='write report.md and plots for a run or sweep dir')
   report.add_argument('dir')
+  report.add_argument('--baseline', default=None, metavar='RUN',
+                      help='also tabulate the FLOPs each run needs to reach this run\'s '
+                      'final val loss (growth studies)')
   report.set_defaults(func=_cmd_report)
   return parser
 

@@ -1,0 +1,117 @@
+"""Grow a trained run's checkpoint into a new run directory that `launch.py run` continues.
+
+The new run's config is the source run's with `model` = the grown model and a growth
+section that describes exactly this event (source sizes, method, at_tokens = the
+checkpoint's tokens). So the new run directory reads like a run that grew in place:
+its checkpoint at the growth step holds the grown state (made by the same transition
+as an in-run growth event), metrics.jsonl holds the source run's records up to that
+step plus the growth event, and token / FLOP counters carry on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+
+from jaxlab import data as data_lib
+from jaxlab.checkpoint import Checkpointer
+from jaxlab.config import Config, ConfigError, GrowthConfig, apply_overrides, from_dict
+from jaxlab.growth import plan as plan_lib
+
+
+def _normalized(m):
+  return dataclasses.replace(m, head_dim=m.dim_per_head, d_ff=m.ff_dim, n_kv_heads=m.kv_heads)
+
+
+def grown_config(src_cfg: Config, out_dir: pathlib.Path, step: int, method: str, factor: int,
+                 overrides: list[str]) -> Config:
+  if src_cfg.growth.method != 'none':
+    raise ConfigError(f'the source run already has a growth section (growth.method='
+                      f'{src_cfg.growth.method!r}); growing a grown run again is not supported')
+  src = src_cfg.model
+  target = src
+  if method in plan_lib.DEPTH_METHODS and method != 'layers':
+    target = dataclasses.replace(src, n_layers=src.n_layers * factor)
+  tps = plan_lib.tokens_per_step(src_cfg)
+  cfg = dataclasses.replace(
+      src_cfg, name=out_dir.name, model=target,
+      train=dataclasses.replace(src_cfg.train, workdir=str(out_dir.parent)),
+      growth=GrowthConfig(method=method, at_tokens=step * tps, factor=factor,
+                          n_layers=src.n_layers, d_model=src.d_model, n_heads=src.n_heads,
+                          n_kv_heads=src.kv_heads, d_ff=src.ff_dim))
+  if step >= cfg.train.steps and not any(o.startswith('train.steps=') for o in overrides):
+    raise ConfigError(f'the checkpoint is at step {step} and the source run has train.steps='
+                      f'{cfg.train.steps}; pass train.steps=N (N > {step}) for the grown run')
+  cfg = apply_overrides(cfg, overrides)
+  phases = plan_lib.phases(cfg)
+  if len(phases) != 2 or phases[1].start_step != step:
+    raise ConfigError(f'the overrides move the growth point away from the checkpoint step '
+                      f'{step} (train.batch_size and data.seq_len must stay as in the source run)')
+  if _normalized(phases[0].model) != _normalized(src):
+    raise ConfigError('the overrides change the source model (growth.* sizes or model fields '
+                      'other than the grown sizes); the grown run must start from the '
+                      f'checkpoint\'s model {src}')
+  return cfg
+
+
+def grow_checkpoint(src_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, method: str,
+                    factor: int = 4, step: int | None = None,
+                    overrides: list[str] = ()) -> Config:
+  """Writes `out_dir` (config.json, metrics.jsonl, checkpoints/<step>); returns its config."""
+  from jaxlab.parallel import make_mesh
+  from jaxlab.train.program import build_program
+
+  src_dir, out_dir = pathlib.Path(src_dir), pathlib.Path(out_dir)
+  if not (src_dir / 'config.json').is_file():
+    raise ConfigError(f'--from {src_dir}: no config.json there (not a jaxlab run directory)')
+  if (out_dir / 'checkpoints').exists() and any((out_dir / 'checkpoints').iterdir()):
+    raise ConfigError(f'--out {out_dir} already holds checkpoints; pick a new directory')
+  src_cfg = from_dict(json.loads((src_dir / 'config.json').read_text()))
+  src_ckpt = Checkpointer(src_dir / 'checkpoints', keep=src_cfg.train.keep_checkpoints,
+                          async_save=False)
+  steps = src_ckpt.all_steps()
+  if not steps:
+    raise ConfigError(f'--from {src_dir}: the run has no checkpoints')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ConfigError(f'--step {step}: {src_dir} has checkpoints at steps {steps}')
+  cfg = grown_config(src_cfg, out_dir, step, method, factor, list(overrides))
+
+  mesh = make_mesh(cfg.mesh)
+  src_program = build_program(src_cfg, mesh)
+  out_program = build_program(cfg, mesh, 1)
+  tokenizer = data_lib.make_tokenizer(cfg.data)
+  batch = cfg.train.batch_size // jax.process_count()
+  proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=batch, **proc)
+  restored = src_ckpt.restore(step, src_program.abstract_state, iterator)
+  src_ckpt.close()
+  state = out_program.enter(restored.state)
+
+  out_dir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (out_dir / 'config.json').write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
+    kept = []
+    metrics = src_dir / 'metrics.jsonl'
+    if metrics.exists():
+      for line in metrics.read_text().splitlines():
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if rec.get('step', 0) <= step and 'event' not in rec:
+          kept.append(line)
+    event = {'event': 'grow', 'step': step, 'tokens': restored.meta['tokens'],
+             'flops': restored.meta['flops'], 'method': method,
+             'optimizer': cfg.growth.optimizer, 'from_run': str(src_dir),
+             'from': plan_lib.describe(src_cfg.model), 'to': plan_lib.describe(cfg.model)}
+    kept.append(json.dumps(event))
+    (out_dir / 'metrics.jsonl').write_text(''.join(k + '\n' for k in kept))
+  out_ckpt = Checkpointer(out_dir / 'checkpoints', keep=cfg.train.keep_checkpoints,
+                          async_save=False)
+  out_ckpt.save(step, state, iterator, dict(restored.meta))
+  out_ckpt.wait()
+  out_ckpt.close()
+  return cfg
