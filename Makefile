@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: a short experiment on the embedded offline corpus, then its report.
+# The main job: a short growth study (G_stack vs scratch at equal FLOPs) on the embedded
+# offline corpus, then its report with the compute-saved table and plots.
 demo: $(STAMP)
-	$(PY) launch.py run demo
-	$(PY) launch.py report runs/demo
+	$(PY) launch.py sweep demo
+	$(PY) launch.py report runs/demo --baseline scratch
 	@echo "report: runs/demo/report.md"
 
 test: $(STAMP)

@@ -292,9 +292,9 @@ def render_markdown(title: str, rows: list[dict], runs: list[Run]) -> str:
   return '\n'.join(lines)
 
 
-def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+def write_csv(path: pathlib.Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
   with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+    writer = csv.DictWriter(f, fieldnames=fieldnames or list(COLUMNS))
     writer.writeheader()
     writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
 
@@ -386,8 +386,10 @@ def plot_loss(runs: list[Run], x: str = 'step'):
 
 # ----------------------------------------------------------------------------- entry point
 
-def write_report(path: str | os.PathLike) -> pathlib.Path:
-  """Writes report.md, runs.csv and the loss plots into `path`; returns report.md's path."""
+def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathlib.Path:
+  """Writes report.md, runs.csv and the loss plots into `path`; returns report.md's path.
+  With `baseline` (a run's label), also the compute-saved table against it
+  (savings.csv) and val_loss_vs_flops.png (see jaxlab.savings)."""
   root = pathlib.Path(path)
   runs = load_runs(root)
   rows = [summarize(r) for r in runs]
@@ -395,8 +397,17 @@ def write_report(path: str | os.PathLike) -> pathlib.Path:
   for x, name in PLOTS.items():
     plot_loss(runs, x).savefig(root / name, bbox_inches='tight')
   title = runs[0].label if len(runs) == 1 and runs[0].dir == root else root.resolve().name
+  text = render_markdown(title, rows, runs)
+  if baseline is not None:
+    from jaxlab import savings
+    saved, target = savings.savings_rows(runs, baseline)
+    write_csv(root / 'savings.csv', saved, list(saved[0]))
+    savings.plot_val_vs_flops(runs, target).savefig(root / 'val_loss_vs_flops.png',
+                                                    bbox_inches='tight')
+    text += '\n' + savings.render_savings(saved, baseline, target) + \
+        '\n![val loss vs FLOPs](val_loss_vs_flops.png)\n'
   out = root / 'report.md'
-  out.write_text(render_markdown(title, rows, runs))
+  out.write_text(text)
   return out
 
 
