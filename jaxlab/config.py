@@ -130,7 +130,8 @@ class GrowthConfig:
   width_method: Literal['auto', 'split', 'zero', 'random'] = 'auto'   # auto: from method
   optimizer: Literal['reset', 'grow'] = 'reset'   # fresh moments + lr re-warmup, or grown moments
   ramp_steps: int = 0              # 'random': blend new layers in over this many steps
-  small_tokens: int = 0            # 'vcycle': tokens trained on the coalesced model
+  small_tokens: int = 0            # 'vcycle': tokens trained on the coarsest model
+  levels: int = 1                  # 'vcycle': coarse levels below the model (recursive V-cycle)
   alpha: float = 0.25              # 'vcycle': interpolation weight of the de-coalesced model
   grouping: Literal['stride', 'adjacent'] = 'stride'   # 'vcycle': which units merge
 
@@ -356,6 +357,11 @@ def _validate_growth(cfg: Config):
            f'(model.n_layers={m.n_layers})')
   _require(g.method == 'random' or g.ramp_steps == 0,
            f'growth.ramp_steps applies to method random only, not {g.method!r}')
+  _require(g.levels >= 1, f'growth.levels={g.levels} must be >= 1')
+  _require(g.method == 'vcycle' or g.levels == 1, 'growth.levels applies to method vcycle only')
+  _require(g.levels == 1 or not (g.n_layers or g.d_model or g.n_heads or g.n_kv_heads or g.d_ff),
+           'growth.levels > 1 coarsens every level by growth.factor; leave the source sizes '
+           '(growth.n_layers, growth.d_model, ...) at 0')
   if g.method == 'vcycle':
     _require(g.small_tokens > 0, "growth.method='vcycle' needs growth.small_tokens > 0")
     _require(0 <= g.alpha <= 1, f'growth.alpha={g.alpha} must be in [0, 1]')

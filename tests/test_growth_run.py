@@ -199,3 +199,25 @@ def test_growth_config_errors_are_clear():
   assert proc.returncode == 2 and 'growth.at_tokens=999999 must be in (0, 2560)' in proc.stderr
   proc = launch('run', 'tiny', 'growth.method=stakc')
   assert proc.returncode == 2 and "did you mean 'stack'" in proc.stderr
+
+
+def test_two_level_vcycle_stashes_every_finer_level(tmp_path):
+  vc = ['model.d_model=64', 'model.n_heads=4', 'model.d_ff=128', 'model.n_layers=4',
+        'growth.method=vcycle', 'growth.factor=2', 'growth.levels=2',
+        f'growth.at_tokens={2 * TOKENS_PER_STEP}', f'growth.small_tokens={4 * TOKENS_PER_STEP}',
+        'train.keep_checkpoints=10', 'train.log_every=1']
+  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'a')
+  assert proc.returncode == 0, proc.stderr
+  run_dir = tmp_path / 'a' / 'tiny'
+  assert [(e['event'], e['step'], e['to']) for e in events_of(run_dir)] == [
+      ('coalesce', 2, 'd32 L2 H2/2 F64'), ('coalesce', 4, 'd16 L1 H1/1 F32'),
+      ('interpolate', 8, 'd32 L2 H2/2 F64'), ('interpolate', 10, 'd64 L4 H4/4 F128')]
+  # Step 5 is on the coarsest level: the state stashes levels 0 and 1.
+  copy = tmp_path / 'b' / 'tiny'
+  shutil.copytree(run_dir, copy)
+  for p in (copy / 'checkpoints').iterdir():
+    if int(p.name) != 5:
+      shutil.rmtree(p)
+  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
+  assert proc.returncode == 0, proc.stderr
+  assert trajectory(copy) == trajectory(run_dir)

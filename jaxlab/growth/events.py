@@ -32,7 +32,7 @@ def transition(cfg: Config, phases: list, k: int, state, tx, rng):
   """State at the end of phase k-1 -> state at the start of phase k (jittable)."""
   from jaxlab.growth import grow, multilevel
   event, src, dst, g = phases[k].event, phases[k - 1].model, phases[k].model, cfg.growth
-  stash = {}
+  stash = dict(state.stash)
   if event == 'grow':
     def op(tree, moments):
       return grow(tree, src, dst, g.method, layers=g.layers or None,
@@ -42,12 +42,12 @@ def transition(cfg: Config, phases: list, k: int, state, tx, rng):
     def op(tree, moments):
       return multilevel.coalesce(tree, src, dst, grouping=g.grouping, moments=moments)
     params = op(state.params, False)
-    stash = state.params
+    stash[str(phases[k - 1].level)] = state.params   # the finer model, as it is now
   elif event == 'interpolate':
     def op(tree, moments):
       return multilevel.decoalesce(tree, src, dst, grouping=g.grouping, moments=moments)
-    params = multilevel.interpolate(state.stash, state.params, src, dst, alpha=g.alpha,
-                                    grouping=g.grouping)
+    params = multilevel.interpolate(stash.pop(str(phases[k].level)), state.params, src, dst,
+                                    alpha=g.alpha, grouping=g.grouping)
   else:
     raise ValueError(f'phase {k} has no growth event ({event!r})')
   if g.optimizer == 'reset':

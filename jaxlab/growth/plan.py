@@ -2,8 +2,11 @@
 
 A run is a list of phases. Without growth there is one phase (the model). With a growth
 method there are two: the source model from step 0, the target (`model`) from the
-growth step on. A V-cycle has three: the big model, the coalesced small model, then the
-big model again (interpolated with the de-coalesced small one).
+growth step on. A V-cycle (jaxlab.growth.multilevel.vcycle_schedule) goes down one
+level per coalesce event (each level trains at_tokens first), trains the coarsest level
+for small_tokens, then comes back up one level per interpolate event (de-coalesce, and
+interpolate into that level's model as it was when it was coalesced); with
+growth.levels = 1 that is: big, small, big again.
 
 The growth step is the first step at which `at_tokens` training tokens have been seen
 (rounded up to a whole step). The transition happens after that step's update and
@@ -27,6 +30,7 @@ class Phase:
   start_step: int
   model: ModelConfig
   event: str | None      # None (first phase), 'grow', 'coalesce' or 'interpolate'
+  level: int = 0         # V-cycle level (0: the model); levels above it are stashed
 
 
 def width_method(cfg: Config) -> str:
@@ -134,10 +138,34 @@ def phases(cfg: Config) -> list[Phase]:
       raise ConfigError(f'growth.method={g.method!r}: the source model equals the target '
                         '(set growth.factor, growth.n_layers or growth.d_model ...)')
     return [Phase(0, small, None), Phase(at, cfg.model, 'grow')]
-  back = _step_at(at * tokens_per_step(cfg) + g.small_tokens, cfg,
-                  'the end of the V-cycle (growth.at_tokens + growth.small_tokens)')
-  return [Phase(0, cfg.model, None), Phase(at, small, 'coalesce'),
-          Phase(back, cfg.model, 'interpolate')]
+  return _vcycle_phases(cfg, small, at)
+
+
+def _vcycle_phases(cfg: Config, small: ModelConfig, at: int) -> list[Phase]:
+  from jaxlab.growth import multilevel
+  g = cfg.growth
+  models = [cfg.model, small]
+  for level in range(2, g.levels + 1):
+    try:
+      models.append(multilevel.coarsen(models[-1], width=g.factor, depth=g.factor))
+    except ValueError as err:
+      raise ConfigError(f'growth.levels={g.levels}: level {level} cannot be made by dividing '
+                        f'by growth.factor={g.factor}: {err}') from None
+  small_steps = math.ceil(g.small_tokens / tokens_per_step(cfg))
+  try:
+    schedule = multilevel.vcycle_schedule(cfg.train.steps, big_steps_before=at,
+                                          small_steps=small_steps, levels=g.levels)
+  except ValueError as err:
+    raise ConfigError(f'growth.method=vcycle (growth.at_tokens, growth.small_tokens, '
+                      f'growth.levels) does not fit in train.steps: {err}') from None
+  out = [Phase(0, cfg.model, None, 0)]
+  for p in schedule:
+    if p.event != 'train':
+      out.append(Phase(p.step, models[p.level], p.event, p.level))
+  if out[-1].start_step >= cfg.train.steps:
+    raise ConfigError(f'the V-cycle ends at step {out[-1].start_step}; it must end before '
+                      f'train.steps={cfg.train.steps}')
+  return out
 
 
 def phase_index(plan: list[Phase], step: int) -> int:

@@ -88,10 +88,11 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
   model = Transformer(model_cfg)
   schedule, lr_schedule = _schedules(cfg, phases, phase)
   tx = make_optimizer(cfg.optim, model_cfg, schedule)
-  stash_model = None
-  if phases[phase].event == 'coalesce':        # a V-cycle's coarse phase keeps the big model
-    stash_model = Transformer(phases[phase - 1].model)
-  abstract, shardings = state_shardings(model, tx, cfg.data.seq_len, mesh, stash_model)
+  # Inside a V-cycle the state also holds the params of every finer level (to interpolate
+  # into on the way back up).
+  level_models = {p.level: p.model for p in phases}
+  stash_models = {str(j): Transformer(level_models[j]) for j in range(phases[phase].level)}
+  abstract, shardings = state_shardings(model, tx, cfg.data.seq_len, mesh, stash_models)
   in_sharding = batch_sharding(mesh)
   gate_fn = _gate_fn(cfg, phases, phase)
   enter = None

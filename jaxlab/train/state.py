@@ -17,14 +17,14 @@ class TrainState(struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
-  stash: Any      # {} -- or, inside a V-cycle's coarse phase, the big model's params
+  stash: Any      # {} -- inside a V-cycle, {str(level): params} of the finer levels
 
 
 def _init(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, rng,
-          boxed: bool, stash_model: nn.Module | None = None) -> TrainState:
+          boxed: bool, stash_models: dict | None = None) -> TrainState:
   tokens_BxT = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, tokens_BxT)['params']
-  stash = stash_model.init(rng, tokens_BxT)['params'] if stash_model is not None else {}
+  stash = {k: m.init(rng, tokens_BxT)['params'] for k, m in (stash_models or {}).items()}
   if not boxed:
     params, stash = nn.unbox(params), nn.unbox(stash)
   # Initialising the optimizer on the boxed params keeps the logical axis names on its
@@ -33,11 +33,11 @@ def _init(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, rng,
                     stash=stash)
 
 
-def state_shardings(model, tx, seq_len: int, mesh, stash_model=None):
+def state_shardings(model, tx, seq_len: int, mesh, stash_models=None):
   """(abstract TrainState, matching pytree of NamedShardings), without allocating.
-  stash_model: the model whose params the state stashes (V-cycle), or None."""
+  stash_models: {name: model} whose params the state stashes (V-cycle), or None."""
   rng = jax.random.key(0)
-  _init_fn = functools.partial(_init, stash_model=stash_model)
+  _init_fn = functools.partial(_init, stash_models=stash_models)
   boxed = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=True), rng)
   specs = nn.get_partition_spec(boxed)
   check_divisible(boxed, specs, mesh)
