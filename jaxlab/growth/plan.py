@@ -21,7 +21,7 @@ import math
 from jaxlab.config import Config, ConfigError, ModelConfig
 from jaxlab.growth.timing import growth_timing
 
-DEPTH_METHODS = ('stack', 'interleave', 'layers', 'zero', 'random')
+from jaxlab.growth.depth import METHODS as DEPTH_METHODS  # noqa: E402
 _WIDTH_FOR = {'zero': 'zero', 'random': 'random'}   # any other method widens by 'split'
 
 
