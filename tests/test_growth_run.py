@@ -221,3 +221,20 @@ def test_two_level_vcycle_stashes_every_finer_level(tmp_path):
   proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
   assert proc.returncode == 0, proc.stderr
   assert trajectory(copy) == trajectory(run_dir)
+
+
+def test_report_with_a_baseline_tabulates_the_compute_saved(grown, tmp_path):
+  study = tmp_path / 'study'
+  shutil.copytree(grown, study / 'stack')
+  shutil.copytree(grown, study / 'scratch')
+  proc = launch('report', str(study), '--baseline', 'scratch')
+  assert proc.returncode == 0, proc.stderr
+  text = (study / 'report.md').read_text()
+  assert "FLOPs to reach the baseline's final val loss" in text
+  assert (study / 'val_loss_vs_flops.png').read_bytes()[:4] == b'\x89PNG'
+  import csv
+  rows = {r['run']: r for r in csv.DictReader(open(study / 'savings.csv'))}
+  assert float(rows['stack']['saving']) == 0.0          # the same run: nothing saved
+  assert float(rows['stack']['growth_at_flops']) == events_of(grown)[0]['flops']
+  proc = launch('report', str(study), '--baseline', 'nope')
+  assert proc.returncode == 2 and "baseline run 'nope' not found" in proc.stderr
