@@ -4,7 +4,8 @@ RESEARCH_NOTES.md), on the embedded offline corpus.
   python launch.py sweep gstack_vs_scratch                      # the full study
   python launch.py report runs/gstack_vs_scratch --baseline scratch
 
-Runs (labels): 'scratch' trains the target model (config()) for train.steps steps.
+Runs (labels): 'scratch' trains the target model (config()) for train.steps steps;
+'scratch_seed1' is the same with another init and data order (the noise floor).
 Every other run spends the same training FLOPs: a source model (quarter depth for
 depth methods, growth factor g = 4) trained for a fraction of scratch's tokens, grown,
 and the target trained for the FLOPs that remain (so it sees more tokens in total).
@@ -64,7 +65,9 @@ def runs(cfg: Config) -> dict[str, list[str]]:
     return f'{round(100 * f)}pct'
 
   ramp = max(1, round(RAMP_FRACTION * cfg.train.steps))
-  out = {'scratch': []}
+  # A second scratch run (other init and data order) measures the run-to-run noise
+  # that every saving in the table has to be read against.
+  out = {'scratch': [], 'scratch_seed1': ['train.seed=1', 'data.seed=1']}
   for f in FRACTIONS:
     out[f'stack_{pct(f)}'] = matched(cfg, 'stack', f)
   out[f'zero_{pct(first)}'] = matched(cfg, 'zero', first)

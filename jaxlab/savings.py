@@ -2,7 +2,11 @@
 
 For each run: the training FLOPs at which its validation loss first reaches the
 baseline's final validation loss, linearly interpolated between the two evaluations
-that bracket it (None when it never gets there). Then
+that bracket it (None when it never gets there). Near the end of a decaying schedule
+the val curve is flat and evaluations fluctuate by about as much as the effects being
+measured, so a single dip would decide the crossing: every curve (the baseline's too)
+is first smoothed by a centred moving average over `smooth` evaluations (3 by default;
+fewer at the ends), and the same rule gives the baseline's own F_baseline. Then
 
   saving  = 1 - F_run / F_baseline        (share of the baseline's compute saved)
   speedup = F_baseline / F_run - 1        (the paper's "54.6% speedup" convention:
@@ -19,9 +23,27 @@ import math
 from jaxlab.report import Run, _styles
 
 
-def flops_to_reach(run: Run, target: float) -> float | None:
-  """First FLOPs at which the run's val loss is <= target (interpolated), or None."""
+def smoothed(ys: list[float], window: int) -> list[float]:
+  """Centred moving average over `window` points (odd), truncated at the ends; non-finite
+  values are left out of each mean."""
+  half = window // 2
+  out = []
+  for i in range(len(ys)):
+    part = [y for y in ys[max(0, i - half):i + half + 1] if math.isfinite(y)]
+    out.append(sum(part) / len(part) if part else math.nan)
+  return out
+
+
+def val_curve(run: Run, smooth: int = 3) -> tuple[list[float], list[float]]:
+  """(FLOPs, smoothed val loss) at the run's evaluations."""
   xs, ys = run.series('val_loss', 'flops')
+  return xs, smoothed(ys, smooth)
+
+
+def flops_to_reach(run: Run, target: float, smooth: int = 1) -> float | None:
+  """First FLOPs at which the run's val loss (smoothed over `smooth` evaluations) is
+  <= target, interpolated between evaluations; None if it never is."""
+  xs, ys = val_curve(run, smooth)
   prev = None
   for x, y in zip(xs, ys):
     if math.isfinite(y) and y <= target:
@@ -34,26 +56,32 @@ def flops_to_reach(run: Run, target: float) -> float | None:
   return None
 
 
-def savings_rows(runs: list[Run], baseline: str) -> list[dict]:
+def _final(ys: list[float]) -> float | None:
+  return next((y for y in reversed(ys) if math.isfinite(y)), None)
+
+
+def savings_rows(runs: list[Run], baseline: str, smooth: int = 3) -> tuple[list[dict], float]:
+  """(one row per run, the target val loss = the baseline's smoothed final val loss)."""
   base = next((r for r in runs if r.label == baseline), None)
   if base is None:
     raise ValueError(f'baseline run {baseline!r} not found; runs: '
                      f'{", ".join(r.label for r in runs)}')
-  _, vy = base.series('val_loss', 'flops')
-  finite = [y for y in vy if math.isfinite(y)]
-  if not finite:
+  target = _final(val_curve(base, smooth)[1])
+  if target is None:
     raise ValueError(f'baseline run {baseline!r} logged no finite val_loss')
-  target = finite[-1]
-  f_base = flops_to_reach(base, target)
+  f_base = flops_to_reach(base, target, smooth)
+  base_final = _final(base.series('val_loss', 'flops')[1])
   rows = []
   for run in runs:
     _, ys = run.series('val_loss', 'flops')
     xs, _ = run.series('loss', 'flops')
-    f = flops_to_reach(run, target)
+    f = flops_to_reach(run, target, smooth)
     grow = next((e for e in run.events if e.get('event') in ('grow', 'coalesce')), None)
+    final = _final(ys)
     rows.append({
         'run': run.label,
-        'final_val_loss': next((y for y in reversed(ys) if math.isfinite(y)), None),
+        'final_val_loss': final,
+        'delta_final_val_loss': None if final is None else final - base_final,
         'flops': xs[-1] if xs else None,
         'growth_at_flops': grow.get('flops') if grow else None,
         'flops_to_target': f,
@@ -70,15 +98,22 @@ def render_savings(rows: list[dict], baseline: str, target: float) -> str:
   def sci(v):
     return '—' if v is None else f'{v:.3g}'
 
-  lines = [f'## FLOPs to reach the baseline\'s final val loss ({baseline}: {target:.4f})', '',
-           '| run | final val loss | FLOPs (total) | growth at FLOPs | FLOPs to reach target '
-           '| saving | speedup |', '|---|---|---|---|---|---|---|']
+  def num(v, fmt):
+    return '—' if v is None else format(v, fmt)
+
+  lines = [f'## FLOPs to reach the baseline\'s final val loss ({baseline}: {target:.4f}, '
+           'smoothed)', '',
+           '| run | final val loss | Δ vs baseline | FLOPs (total) | growth at FLOPs '
+           '| FLOPs to reach target | saving | speedup |', '|---|---|---|---|---|---|---|---|']
   for r in rows:
-    val = '—' if r['final_val_loss'] is None else f"{r['final_val_loss']:.4f}"
-    lines.append(f"| {r['run']} | {val} | {sci(r['flops'])} | {sci(r['growth_at_flops'])} | "
-                 f"{sci(r['flops_to_target'])} | {pct(r['saving'])} | {pct(r['speedup'])} |")
-  lines += ['', 'saving = 1 - F / F_baseline; speedup = F_baseline / F - 1 (the paper\'s '
-            'convention, 54.6% at 7B); "—": never reached the target.', '']
+    lines.append(f"| {r['run']} | {num(r['final_val_loss'], '.4f')} | "
+                 f"{num(r['delta_final_val_loss'], '+.4f')} | {sci(r['flops'])} | "
+                 f"{sci(r['growth_at_flops'])} | {sci(r['flops_to_target'])} | "
+                 f"{pct(r['saving'])} | {pct(r['speedup'])} |")
+  lines += ['', 'Val curves smoothed by a centred 3-evaluation mean before the crossing '
+            '(jaxlab/savings.py). saving = 1 - F / F_baseline; speedup = F_baseline / F - 1 '
+            '(the paper\'s convention, 54.6% at 7B); "—": never reached the target. '
+            'Δ: raw final val loss minus the baseline\'s, at (nearly) equal FLOPs.', '']
   return '\n'.join(lines)
 
 

@@ -106,7 +106,7 @@ def test_grow_composes_width_and_depth_and_keeps_the_function_with_zero():
 
 def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
   from jaxlab.report import Run
-  from jaxlab.savings import flops_to_reach, savings_rows
+  from jaxlab.savings import flops_to_reach, savings_rows, smoothed
 
   def run(label, points, events=()):
     return Run(label=label, dir=tmp_path, config={}, summary=None, events=list(events),
@@ -118,7 +118,7 @@ def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
   assert flops_to_reach(base, 1.5) == 4.0
   assert flops_to_reach(fast, 1.5) == pytest.approx(2.5)   # halfway between 1.7 and 1.3
   assert flops_to_reach(slow, 1.5) is None
-  rows, target = savings_rows([base, fast, slow], 'scratch')
+  rows, target = savings_rows([base, fast, slow], 'scratch', smooth=1)
   assert target == 1.5
   by = {r['run']: r for r in rows}
   assert by['scratch']['saving'] == 0.0
@@ -126,8 +126,14 @@ def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
   assert by['stack']['speedup'] == pytest.approx(4 / 2.5 - 1)
   assert by['stack']['growth_at_flops'] == 0.5
   assert by['zero']['saving'] is None
+  assert by['stack']['delta_final_val_loss'] == pytest.approx(1.3 - 1.5)
   with pytest.raises(ValueError, match="baseline run 'nope' not found"):
     savings_rows([base], 'nope')
+  # Smoothing: centred means, truncated at the ends; a lone dip no longer decides.
+  assert smoothed([3.0, 1.0, 2.0, 2.0], 3) == pytest.approx([2.0, 2.0, 5 / 3, 2.0])
+  dip = run('dip', [(1.0, 2.0), (2.0, 1.4), (3.0, 2.0), (4.0, 1.5)])
+  assert flops_to_reach(dip, 1.5, smooth=1) == pytest.approx(1 + 0.5 / 0.6)
+  assert flops_to_reach(dip, 1.5, smooth=3) is None        # smoothed: 1.7, 1.8, 1.63, 1.75
 
 
 @pytest.mark.parametrize('experiment', ['demo', 'gstack_vs_scratch', 'multilevel_vcycle'])
