@@ -23,6 +23,9 @@ import math
 from jaxlab.report import Run, _styles
 
 
+TAIL = 3   # evaluations averaged for the end-of-run comparison at equal FLOPs
+
+
 def smoothed(ys: list[float], window: int) -> list[float]:
   """Centred moving average over `window` points (odd), truncated at the ends; non-finite
   values are left out of each mean."""
@@ -60,6 +63,11 @@ def _final(ys: list[float]) -> float | None:
   return next((y for y in reversed(ys) if math.isfinite(y)), None)
 
 
+def _tail_mean(ys: list[float], n: int = TAIL) -> float | None:
+  finite = [y for y in ys if math.isfinite(y)][-n:]
+  return sum(finite) / len(finite) if finite else None
+
+
 def savings_rows(runs: list[Run], baseline: str, smooth: int = 3) -> tuple[list[dict], float]:
   """(one row per run, the target val loss = the baseline's smoothed final val loss)."""
   base = next((r for r in runs if r.label == baseline), None)
@@ -70,18 +78,19 @@ def savings_rows(runs: list[Run], baseline: str, smooth: int = 3) -> tuple[list[
   if target is None:
     raise ValueError(f'baseline run {baseline!r} logged no finite val_loss')
   f_base = flops_to_reach(base, target, smooth)
-  base_final = _final(base.series('val_loss', 'flops')[1])
+  base_tail = _tail_mean(base.series('val_loss', 'flops')[1])
   rows = []
   for run in runs:
     _, ys = run.series('val_loss', 'flops')
     xs, _ = run.series('loss', 'flops')
     f = flops_to_reach(run, target, smooth)
     grow = next((e for e in run.events if e.get('event') in ('grow', 'coalesce')), None)
-    final = _final(ys)
+    tail = _tail_mean(ys)
     rows.append({
         'run': run.label,
-        'final_val_loss': final,
-        'delta_final_val_loss': None if final is None else final - base_final,
+        'final_val_loss': _final(ys),
+        'tail_val_loss': tail,
+        'delta_tail_val_loss': None if tail is None or base_tail is None else tail - base_tail,
         'flops': xs[-1] if xs else None,
         'growth_at_flops': grow.get('flops') if grow else None,
         'flops_to_target': f,
@@ -103,17 +112,20 @@ def render_savings(rows: list[dict], baseline: str, target: float) -> str:
 
   lines = [f'## FLOPs to reach the baseline\'s final val loss ({baseline}: {target:.4f}, '
            'smoothed)', '',
-           '| run | final val loss | Δ vs baseline | FLOPs (total) | growth at FLOPs '
-           '| FLOPs to reach target | saving | speedup |', '|---|---|---|---|---|---|---|---|']
+           f'| run | final val loss | mean of last {TAIL} evals | Δ vs baseline | FLOPs (total) '
+           '| growth at FLOPs | FLOPs to reach target | saving | speedup |',
+           '|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['run']} | {num(r['final_val_loss'], '.4f')} | "
-                 f"{num(r['delta_final_val_loss'], '+.4f')} | {sci(r['flops'])} | "
+                 f"{num(r['tail_val_loss'], '.4f')} | "
+                 f"{num(r['delta_tail_val_loss'], '+.4f')} | {sci(r['flops'])} | "
                  f"{sci(r['growth_at_flops'])} | {sci(r['flops_to_target'])} | "
                  f"{pct(r['saving'])} | {pct(r['speedup'])} |")
   lines += ['', 'Val curves smoothed by a centred 3-evaluation mean before the crossing '
             '(jaxlab/savings.py). saving = 1 - F / F_baseline; speedup = F_baseline / F - 1 '
             '(the paper\'s convention, 54.6% at 7B); "—": never reached the target. '
-            'Δ: raw final val loss minus the baseline\'s, at (nearly) equal FLOPs.', '']
+            f'Δ: mean of the last {TAIL} val losses minus the baseline\'s, at (nearly) equal '
+            'FLOPs.', '']
   return '\n'.join(lines)
 
 

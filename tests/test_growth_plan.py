@@ -126,7 +126,8 @@ def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
   assert by['stack']['speedup'] == pytest.approx(4 / 2.5 - 1)
   assert by['stack']['growth_at_flops'] == 0.5
   assert by['zero']['saving'] is None
-  assert by['stack']['delta_final_val_loss'] == pytest.approx(1.3 - 1.5)
+  assert by['stack']['tail_val_loss'] == pytest.approx((2.5 + 1.7 + 1.3) / 3)
+  assert by['stack']['delta_tail_val_loss'] == pytest.approx((2.5 + 1.7 + 1.3 - 3 - 2 - 1.5) / 3)
   with pytest.raises(ValueError, match="baseline run 'nope' not found"):
     savings_rows([base], 'nope')
   # Smoothing: centred means, truncated at the ends; a lone dip no longer decides.
