@@ -21,8 +21,8 @@ def config() -> Config:
   full = _study.config()
   return dataclasses.replace(
       full, model=ModelConfig(d_model=96, n_layers=8, n_heads=4, n_kv_heads=2),
-      train=TrainConfig(steps=500, batch_size=16, log_every=10, eval_every=25,
-                        eval_batches=8, checkpoint_every=250))
+      train=TrainConfig(steps=420, batch_size=16, log_every=10, eval_every=30,
+                        eval_batches=8, checkpoint_every=210))
 
 
 def runs(cfg: Config) -> dict[str, list[str]]:
