@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlab import growth
-from jaxlab.config import ConfigError, GrowthConfig, ModelConfig, load
+from jaxlab.config import ConfigError, ModelConfig, load
 from jaxlab.growth import plan
 
 
