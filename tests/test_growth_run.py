@@ -47,6 +47,16 @@ def layer_count(run_dir, step):
   return tree['params']['layers']['attn']['wq'].shape[0]
 
 
+def copy_keeping(run_dir, dest, step):
+  """A copy of a run dir with only the checkpoint at `step` and no summary: rerunning it
+  resumes from that step."""
+  shutil.copytree(run_dir, dest)
+  for p in (dest / 'checkpoints').iterdir():
+    if int(p.name) != step:
+      shutil.rmtree(p)
+  (dest / 'summary.json').unlink(missing_ok=True)
+
+
 @pytest.fixture(scope='module')
 def grown(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('grown')
@@ -84,11 +94,7 @@ def test_growth_inside_a_run_keeps_counters_and_saves_the_big_model(grown):
 @pytest.mark.parametrize('keep', [[5], [8], [10]], ids=['before', 'at', 'after'])
 def test_resume_before_at_and_after_growth_reproduces_the_run(grown, tmp_path, keep):
   run_dir = tmp_path / 'tiny'
-  shutil.copytree(grown, run_dir)
-  for p in (run_dir / 'checkpoints').iterdir():
-    if int(p.name) not in keep:
-      shutil.rmtree(p)
-  (run_dir / 'summary.json').unlink()
+  copy_keeping(grown, run_dir, keep[0])
   proc = launch('run', 'tiny', *GROW, workdir=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert f'from step {keep[0]}' in proc.stdout
@@ -182,10 +188,7 @@ def test_vcycle_in_a_run_resumes_inside_the_coarse_phase(tmp_path):
   assert layer_count(run_dir, 10) == 2 and layer_count(run_dir, 15) == 4
   # Resume from step 10: inside the coarse phase, the big model is stashed in the state.
   copy = tmp_path / 'b' / 'tiny'
-  shutil.copytree(run_dir, copy)
-  for p in (copy / 'checkpoints').iterdir():
-    if int(p.name) != 10:
-      shutil.rmtree(p)
+  copy_keeping(run_dir, copy, 10)
   proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
   assert proc.returncode == 0, proc.stderr
   assert trajectory(copy) == trajectory(run_dir)
@@ -214,10 +217,7 @@ def test_two_level_vcycle_stashes_every_finer_level(tmp_path):
       ('interpolate', 8, 'd32 L2 H2/2 F64'), ('interpolate', 10, 'd64 L4 H4/4 F128')]
   # Step 5 is on the coarsest level: the state stashes levels 0 and 1.
   copy = tmp_path / 'b' / 'tiny'
-  shutil.copytree(run_dir, copy)
-  for p in (copy / 'checkpoints').iterdir():
-    if int(p.name) != 5:
-      shutil.rmtree(p)
+  copy_keeping(run_dir, copy, 5)
   proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
   assert proc.returncode == 0, proc.stderr
   assert trajectory(copy) == trajectory(run_dir)

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.config import ModelConfig
-from jaxlab.growth.plan import DEPTH_METHODS, Phase, phase_index, phases, source_model
+from jaxlab.growth.plan import (DEPTH_METHODS, Phase, depth_method_for, phase_index, phases,
+                                source_model, width_method_for)
 from jaxlab.growth.timing import GROWTH_FACTOR, growth_fraction, growth_timing
 
 METHODS = DEPTH_METHODS + ('split',)
-_WIDTH_FOR = {'zero': 'zero', 'random': 'random'}
 
 __all__ = ['grow', 'growth_timing', 'growth_fraction', 'GROWTH_FACTOR', 'METHODS', 'Phase',
            'phases', 'phase_index', 'source_model', 'fresh_params', 'new_layers']
@@ -53,8 +53,7 @@ def new_layers(src: ModelConfig, dst: ModelConfig, method: str,
   _check_method(method, None)
   if src.n_layers == dst.n_layers and method != 'layers':
     return [False] * dst.n_layers
-  m = method if method in DEPTH_METHODS else 'stack'
-  return depth.new_layer_mask(m, src.n_layers, dst.n_layers, layers)
+  return depth.new_layer_mask(depth_method_for(method), src.n_layers, dst.n_layers, layers)
 
 
 def grow(params, src: ModelConfig, dst: ModelConfig, method: str, *,
@@ -71,8 +70,8 @@ def grow(params, src: ModelConfig, dst: ModelConfig, method: str, *,
   from jaxlab.growth import depth, width
   _check_method(method, width_method)
   layers = list(layers) if layers else None
-  depth_method = method if method in DEPTH_METHODS else 'stack'
-  width_m = width_method or _WIDTH_FOR.get(method, 'split')
+  depth_method = depth_method_for(method)
+  width_m = width_method or width_method_for(method)
   rng = jax.random.key(0) if rng is None else rng
   rng_width, rng_depth = jax.random.split(rng)
   mid = dataclasses.replace(dst, n_layers=src.n_layers)

@@ -33,13 +33,19 @@ class Phase:
   level: int = 0         # V-cycle level (0: the model); levels above it are stashed
 
 
+def width_method_for(method: str) -> str:
+  """The width operator that goes with a growth method ('split' unless zero / random)."""
+  return _WIDTH_FOR.get(method, 'split')
+
+
+def depth_method_for(method: str) -> str:
+  """The depth operator that goes with a growth method ('stack' for width-only ones)."""
+  return method if method in DEPTH_METHODS else 'stack'
+
+
 def width_method(cfg: Config) -> str:
   g = cfg.growth
-  return g.width_method if g.width_method != 'auto' else _WIDTH_FOR.get(g.method, 'split')
-
-
-def depth_method(cfg: Config) -> str:
-  return cfg.growth.method if cfg.growth.method in DEPTH_METHODS else 'stack'
+  return g.width_method if g.width_method != 'auto' else width_method_for(g.method)
 
 
 def source_model(cfg: Config) -> ModelConfig:
