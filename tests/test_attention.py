@@ -133,7 +133,7 @@ def test_bfloat16_inputs():
 def test_errors_name_allowed_values():
   q, k, v = qkv()
   with pytest.raises(ValueError, match="'xla'"):
-    attention(q, k, v, implementation='pallas')
+    attention(q, k, v, implementation='flash')
   with pytest.raises(ValueError, match='multiple'):
     reference_attention(q[:, :, :3], k, v)
   with pytest.raises(ValueError, match='pair'):

@@ -1,4 +1,5 @@
-"""Attention: one reference implementation (XLA einsums) and a dispatcher.
+"""Attention: one reference implementation (XLA einsums) and a dispatcher
+(xla | cudnn | pallas | auto; the Pallas kernel lives in flash_attention.py).
 
 Layouts: q_BxTxHxK, k_BxSxGxK, v_BxSxGxK with H query heads sharing G kv heads
 (grouped-query attention; H a multiple of G). Masks:
@@ -11,6 +12,7 @@ returns zeros, never NaN.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -79,17 +81,84 @@ def reference_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: j
   return out_BxTxGxRxK.reshape(B, T, H, K).astype(q_BxTxHxK.dtype)
 
 
+def pallas_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
+                     causal: bool = True, segment_ids: Any = None,
+                     sm_scale: float | None = None) -> jax.Array:
+  """The fused Pallas kernel (jaxlab.kernels.flash_attention) with default blocks."""
+  from jaxlab.kernels.flash_attention import flash_attention   # it imports this module
+  return flash_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                         segment_ids=segment_ids, sm_scale=sm_scale)
+
+
+def cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, *, causal: bool, segment_ids: Any) -> str | None:
+  """Why cuDNN's fused attention cannot give the reference answer here, or None."""
+  if jax.default_backend() != 'gpu':
+    return f'cuDNN needs a CUDA GPU, the default backend is {jax.default_backend()}'
+  if segment_ids is not None:
+    # jax.nn.dot_product_attention's cudnn path takes only per-row lengths (one document
+    # per row); a dense mask would not zero queries that see no key, as the reference does.
+    return 'segment ids (packed documents) are not supported by the cuDNN path'
+  if q_BxTxHxK.dtype not in (jnp.bfloat16, jnp.float16):
+    return f'cuDNN attention needs bfloat16 or float16 inputs, got {q_BxTxHxK.dtype}'
+  K = q_BxTxHxK.shape[-1]
+  if K > 128 or K % 8:
+    return f'cuDNN attention needs head_dim <= 128 and a multiple of 8, got {K}'
+  T, S = q_BxTxHxK.shape[1], k_BxSxGxK.shape[1]
+  if causal and T != S:
+    return f'causal cross-attention (T={T} != S={S}) is not checked against the reference'
+  return None
+
+
+def cudnn_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
+                    causal: bool = True, segment_ids: Any = None,
+                    sm_scale: float | None = None) -> jax.Array:
+  """jax.nn.dot_product_attention(implementation='cudnn'); GQA is native there."""
+  why = cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal, segment_ids=segment_ids)
+  if why is not None:
+    raise ValueError(f"attention implementation 'cudnn' cannot run this call: {why}; "
+                     "use 'pallas', 'xla' or 'auto'")
+  return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, scale=sm_scale,
+                                      is_causal=causal, implementation='cudnn')
+
+
 IMPLEMENTATIONS = {
     'xla': reference_attention,
+    'cudnn': cudnn_attention,
+    'pallas': pallas_attention,
 }
+CHOICES = (*IMPLEMENTATIONS, 'auto')
+_log = logging.getLogger('jaxlab.kernels')
+_logged: set = set()
+
+
+def choose_implementation(q_BxTxHxK, k_BxSxGxK, *, causal: bool,
+                          segment_ids: Any) -> tuple[str, str]:
+  """auto's (choice, reason) from static information only (platform, shapes, dtypes)."""
+  platform = jax.default_backend()
+  if platform == 'cpu':
+    return 'xla', 'fused kernels only run interpreted on the CPU'
+  if platform == 'gpu':
+    why = cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal, segment_ids=segment_ids)
+    if why is None:
+      return 'cudnn', 'cuDNN supports this shape, dtype and mask'
+    return 'pallas', why
+  return 'pallas', f'fused Pallas kernel on {platform}'
 
 
 def attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
               causal: bool = True, segment_ids: Any = None, sm_scale: float | None = None,
               implementation: str = 'xla') -> jax.Array:
-  """Dispatches to an attention implementation (see IMPLEMENTATIONS)."""
-  if implementation not in IMPLEMENTATIONS:
+  """Dispatches to an attention implementation: one of IMPLEMENTATIONS or 'auto' (resolved
+  at trace time; each distinct choice is logged once at INFO on 'jaxlab.kernels')."""
+  if implementation not in CHOICES:
     raise ValueError(f'attention implementation {implementation!r} is not known; allowed: '
-                     f'{", ".join(map(repr, IMPLEMENTATIONS))}')
+                     f'{", ".join(map(repr, CHOICES))}')
+  if implementation == 'auto':
+    implementation, reason = choose_implementation(q_BxTxHxK, k_BxSxGxK, causal=causal,
+                                                   segment_ids=segment_ids)
+    key = (jax.default_backend(), implementation, reason)
+    if key not in _logged:
+      _logged.add(key)
+      _log.info('attention: auto chose %s on %s (%s)', implementation, key[0], reason)
   return IMPLEMENTATIONS[implementation](q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
                                          segment_ids=segment_ids, sm_scale=sm_scale)
