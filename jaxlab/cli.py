@@ -1,4 +1,4 @@
-"""Command line: `python launch.py {run,sweep,grow,submit,report} ...`.
+"""Command line: `python launch.py {run,sweep,grow,submit,report,steplaw,coordcheck} ...`.
 
 Configuration mistakes exit with status 2 and one clear line (no traceback), before
 anything is compiled. A diverged run exits with 1; a run stopped by SIGTERM / SIGINT
@@ -12,10 +12,14 @@ import itertools
 import json
 import pathlib
 import sys
+import typing
 
 from jaxlab import config as config_lib
 from jaxlab import submit as submit_lib
 from jaxlab.config import ConfigError
+
+_PARAMETRIZATIONS = typing.get_args(
+    typing.get_type_hints(config_lib.ModelConfig)['parametrization'])
 
 
 def _cmd_run(args) -> int:
@@ -140,6 +144,52 @@ def _cmd_report(args) -> int:
   return 0
 
 
+def _number(option: str, text: str, integer: bool = False) -> float:
+  """A positive number from the command line: 1e9, 1_000_000, 2048."""
+  try:
+    value = float(text)
+  except ValueError:
+    value = float('nan')
+  if not (value > 0 and value != float('inf')) or (integer and not value.is_integer()):
+    kind = 'an integer >= 1' if integer else 'a number > 0 (e.g. 1e9)'
+    raise ConfigError(f'{option} {text!r} is not valid: expected {kind}')
+  return value
+
+
+def _cmd_steplaw(args) -> int:
+  from jaxlab.optim.steplaw import batch_sequences, steplaw
+  n_params = _number('--params', args.params)
+  n_tokens = _number('--tokens', args.tokens)
+  seq_len = (int(_number('--seq-len', args.seq_len, integer=True)) if args.seq_len is not None
+             else config_lib.DataConfig().seq_len)
+  lr, batch_tokens = steplaw(n_params, n_tokens)
+  print(f'step law (Li et al. 2025) for N={n_params:g} non-embedding params, D={n_tokens:g} tokens')
+  print(f'lr: {lr:.4g}')
+  print(f'batch_tokens: {batch_tokens:.0f}')
+  print(f'batch_sequences: {batch_sequences(batch_tokens, seq_len)} (seq_len {seq_len})')
+  return 0
+
+
+def _cmd_coordcheck(args) -> int:
+  from jaxlab.diagnostics import coordcheck
+  widths = coordcheck.parse_widths(args.widths)
+  if args.seeds < 1:
+    raise ConfigError(f'--seeds {args.seeds} must be >= 1')
+  cfg = config_lib.load(args.experiment, args.overrides)
+  cfgs = coordcheck.width_configs(cfg, widths, args.parametrization, args.lr, args.steps)
+  param = cfgs[0].model.parametrization
+  out = pathlib.Path(args.out or
+                     pathlib.Path(cfg.train.workdir) / f'coordcheck_{cfg.name}_{param}')
+  result = coordcheck.run(cfg, widths, param, args.seeds, args.steps, args.lr,
+                          log=lambda line: print(line, flush=True))
+  coordcheck.write_outputs(result, out)
+  print(coordcheck.render_table(result, per_layer=False))
+  n_pass = sum(row['pass'] for row in result['rows'] if '.' not in row['sublayer'])
+  print(f'{n_pass} of {len(coordcheck.SUBLAYERS)} sublayers flat within '
+        f'+-{coordcheck.SLOPE_TOLERANCE}; wrote {out}/coordcheck.{{png,md,json}}')
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='launch.py', description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -181,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help='also tabulate the FLOPs each run needs to reach this run\'s '
                       'final val loss (growth studies)')
   report.set_defaults(func=_cmd_report)
+  coord = sub.add_parser('coordcheck', help='muP coordinate check: mean |activation| of every '
+                         'sublayer vs width over the first steps; writes a plot and a slope table')
+  coord.add_argument('experiment')
+  coord.add_argument('overrides', nargs='*', help='config overrides applied at every width')
+  coord.add_argument('--widths', default='64,128,256,512', metavar='W1,W2,...',
+                     help='d_model values (default 64,128,256,512)')
+  coord.add_argument('--parametrization', default=None, choices=_PARAMETRIZATIONS,
+                     help="default: the experiment's model.parametrization")
+  coord.add_argument('--steps', type=int, default=5, help='training steps (default 5)')
+  coord.add_argument('--seeds', type=int, default=3,
+                     help='init and data seeds to average over (default 3)')
+  coord.add_argument('--lr', type=float, default=1e-2,
+                     help='constant learning rate, no warmup (default 1e-2)')
+  coord.add_argument('--out', default=None, metavar='DIR',
+                     help='default: <train.workdir>/coordcheck_<experiment>_<parametrization>')
+  coord.set_defaults(func=_cmd_coordcheck)
+  steplaw = sub.add_parser('steplaw', help='Step Law (Li et al. 2025): the optimal lr and batch '
+                           'for N non-embedding params and D tokens')
+  steplaw.add_argument('--params', required=True, metavar='N',
+                       help='non-embedding parameter count, e.g. 1e9')
+  steplaw.add_argument('--tokens', required=True, metavar='D', help='training tokens, e.g. 1e11')
+  steplaw.add_argument('--seq-len', default=None, metavar='T',
+                       help='sequence length for the batch in sequences (default: data.seq_len\'s '
+                       'default, %d)' % config_lib.DataConfig().seq_len)
+  steplaw.set_defaults(func=_cmd_steplaw)
   return parser
 
 

@@ -36,9 +36,15 @@ class ModelConfig:
   tie_embeddings: bool = False
   remat: Literal['none', 'full', 'save_dots'] = 'none'
   dtype: Literal['float32', 'bfloat16'] = 'float32'   # compute dtype; params are float32
-  attention: Literal['xla'] = 'xla'
-  parametrization: Literal['sp'] = 'sp'
-  init_std: float = 0.02           # embedding init std (standard parametrization)
+  attention: Literal['xla', 'cudnn', 'pallas', 'auto'] = 'xla'
+  parametrization: Literal['sp', 'mup'] = 'sp'   # see jaxlab/models/parametrization.py
+  init_std: float = 0.02           # embedding init std (and the readout's under tied embeddings)
+  base_d_model: int = 0            # muP base width (0 -> d_model: width multiplier m = 1)
+  base_d_ff: int = 0               # muP base d_ff (0 -> ff_dim * base_d_model / d_model)
+  base_head_dim: int = 0           # muP base head dim (0 -> head_dim if set, else
+                                   #   base_d_model // n_heads)
+  zero_init_head: bool = False     # readout initialised to zero (muP's recommended option)
+  zero_init_query: bool = False    # query projection initialised to zero
 
   @property
   def kv_heads(self) -> int:
@@ -60,10 +66,12 @@ class ModelConfig:
 class OptimConfig:
   name: str = 'adamw'              # adamp | sgdp | any optax optimizer by name (sgd, lion, ...)
   lr: float = 3e-3
+  lr_rule: Literal['fixed', 'steplaw'] = 'fixed'   # steplaw: lr from Step Law (optim.lr=steplaw)
   b1: float = 0.9
   b2: float = 0.95
   eps: float = 1e-8
   weight_decay: float = 0.1        # decoupled where the optimizer has it, else L2 (sgd, adam)
+  wd_width_exponent: float = 0.0   # hidden matrices' decay x m^e (0 const, 0.5 Fan et al., 1 muP)
   momentum: float = 0.9            # sgd / sgdp (and other optax optimizers that take it)
   dampening: float = 0.0           # sgdp only
   nesterov: bool = False           # adamp / sgdp / sgd
@@ -114,6 +122,10 @@ class MeshConfig:
 class TrainConfig:
   steps: int = 1000
   batch_size: int = 16             # global, in sequences of data.seq_len tokens
+  batch_rule: Literal['fixed', 'steplaw'] = 'fixed'  # steplaw: batch_size and steps from
+                                   #   Step Law and train.tokens (train.batch=steplaw)
+  tokens: int = 0                  # token budget D of the steplaw rules (0 -> steps x
+                                   #   batch_size x data.seq_len); see jaxlab/optim/steplaw.py
   seed: int = 0                    # parameter init
   log_every: int = 10
   eval_every: int = 100            # 0 disables periodic eval (eval still runs at the end)
@@ -123,6 +135,8 @@ class TrainConfig:
   checkpoint_dir: str = ''         # '' -> <run dir>/checkpoints; else <this>/<name> (gs://...)
   async_checkpoint: bool = True
   workdir: str = 'runs'
+  spectral_every: int = 0          # log each matrix's top singular value every K steps and
+                                   #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
 
 
 @dataclass(frozen=True)
@@ -287,13 +301,41 @@ def _set(obj, path: list[str], text: str, full_key: str):
   return dataclasses.replace(obj, **{name: _set(getattr(obj, name), path[1:], text, full_key)})
 
 
+# `optim.lr=steplaw` sets optim.lr_rule and `train.batch=steplaw` (or train.batch_size=
+# steplaw) sets train.batch_rule; a number for optim.lr / train.batch_size sets the rule
+# back to 'fixed' (the last override wins).
+_RULE_KEYS = {'optim.lr': 'optim.lr_rule', 'train.batch': 'train.batch_rule',
+              'train.batch_size': 'train.batch_rule'}
+
+
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
+  """Applies `key.sub=value` overrides, then the steplaw rules (jaxlab.optim.steplaw.resolve),
+  then validates."""
+  steps_set = None
   for item in overrides:
     if '=' not in item:
       raise ConfigError(f'override {item!r} must look like key.sub=value (e.g. train.steps=100)')
     key, text = item.split('=', 1)
-    key = key.strip()
-    cfg = _set(cfg, key.split('.'), text.strip(), key)
+    key, text = key.strip(), text.strip()
+    rule = _RULE_KEYS.get(key)
+    if rule and text == 'steplaw':
+      key = rule
+    elif key == 'train.batch':
+      raise ConfigError(f"train.batch={text!r} is not allowed: train.batch takes only 'steplaw'; "
+                        'set a fixed batch with train.batch_size=N')
+    elif rule:
+      cfg = _set(cfg, rule.split('.'), 'fixed', rule)
+    if key == 'train.steps':
+      steps_set = text
+    cfg = _set(cfg, key.split('.'), text, key)
+  if cfg.optim.lr_rule == 'steplaw' or cfg.train.batch_rule == 'steplaw':
+    if steps_set is not None and cfg.train.batch_rule == 'steplaw':
+      raise ConfigError(f"train.steps={steps_set} cannot be set under train.batch_rule='steplaw' "
+                        '(steps = train.tokens / (batch_size x data.seq_len)); set train.tokens, '
+                        'or train.batch_size=N for a fixed batch')
+    from jaxlab.optim.steplaw import resolve   # only here: jaxlab.optim imports jax
+    _check_type('', cfg, Config)
+    cfg = resolve(cfg)
   validate(cfg)
   return cfg
 

@@ -406,10 +406,8 @@ def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathli
                                                     bbox_inches='tight')
     text += '\n' + savings.render_savings(saved, baseline, target) + \
         '\n![val loss vs FLOPs](val_loss_vs_flops.png)\n'
-  from jaxlab.diagnostics import weights
-  if weights.has_stats(runs):   # weight norms / effective steps / AdamP projections
-    weights.plot(runs).savefig(root / 'weight_stats.png', bbox_inches='tight')
-    text += '\n' + weights.render(weights.summary_rows(runs))
+  from jaxlab.diagnostics import write_report_sections
+  text += write_report_sections(runs, root)   # weight_stats.png, spectral.png: if logged
   out = root / 'report.md'
   out.write_text(text)
   return out

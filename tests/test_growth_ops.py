@@ -326,23 +326,26 @@ def test_zero_random_moments_new_entries_zero(method):
 # -------------------------------------------------------------------------------- muP
 
 def _fake_mup():
-  def m_of(c):
+  def m_of(c, key):
     return c.d_model / 32
 
   def role(mult):
     return pz.Role(init_std=lambda c, fan_in, m: fan_in ** -0.5, multiplier=mult,
-                   lr_scale=lambda m: 1.0, wd_scale=lambda m: 1.0)
+                   lr_scale=lambda m: 1.0, wd_scale=lambda m, e: 1.0)
   return pz.Parametrization(
       roles={'embedding': role(lambda m: m ** 0.5), 'hidden': role(lambda m: m ** -0.5),
-             'output': role(lambda m: 1.0 / m), 'norm': role(lambda m: m ** 0.25)},
+             'output': role(lambda m: 1.0 / m), 'norm': role(lambda m: m ** 0.25),
+             'bias': role(lambda m: 1.0)},
       width_mult=m_of,
       attn_scale=lambda c: c.dim_per_head ** -0.5 * (32 / c.d_model) ** 0.5)
 
 
 @pytest.mark.parametrize('method', ['split', 'zero'])
-def test_width_growth_is_mup_aware(monkeypatch, method):
+@pytest.mark.parametrize('table', ['fake_mup', 'mup'])
+def test_width_growth_is_mup_aware(monkeypatch, method, table):
   monkeypatch.setitem(pz.PARAMETRIZATIONS, 'fake_mup', _fake_mup())
-  src, dst = (dataclasses.replace(c, parametrization='fake_mup')
+  # The real muP column: the source is the base model (m = 1), the target m = 2.
+  src, dst = (dataclasses.replace(c, parametrization=table, base_d_model=16)
               for c in WIDTH_CASES['all'])
   assert pz.multiplier(src, 'output') != pz.multiplier(dst, 'output')
   p = _params(src)

@@ -267,6 +267,6 @@ def test_optimizer_scales():
 
 
 def test_unknown_parametrization_names_allowed():
-  bad = dataclasses.replace(CFG, parametrization='mup')   # not (yet) in the table
-  with pytest.raises(ValueError, match="'sp'"):
+  bad = dataclasses.replace(CFG, parametrization='nope')   # not in the table
+  with pytest.raises(ValueError, match="'sp', 'mup'"):
     pz.get(bad)

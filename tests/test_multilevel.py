@@ -96,8 +96,8 @@ def fake_mup(monkeypatch):
       roles={'embedding': role('embedding', lambda m: 1.5 * m),
              'hidden': role('hidden', lambda m: m ** -0.5),
              'output': role('output', lambda m: 0.7 / m),
-             'norm': role('norm', lambda m: 1.3 * m)},
-      width_mult=lambda cfg: cfg.d_model / 16,
+             'norm': role('norm', lambda m: 1.3 * m), 'bias': sp.roles['bias']},
+      width_mult=lambda cfg, key: cfg.d_model / 16,
       attn_scale=lambda cfg: cfg.dim_per_head ** -0.5 * 16 / cfg.d_model)
   monkeypatch.setitem(pz.PARAMETRIZATIONS, 'fake', fake)
   return lambda cfg: dataclasses.replace(cfg, parametrization='fake')

@@ -12,6 +12,8 @@ The step counter never changes: tokens, FLOPs and the data order continue across
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import optax
 
 from jaxlab.config import Config
 from jaxlab.growth import plan as plan_lib
@@ -19,13 +21,25 @@ from jaxlab.growth import plan as plan_lib
 
 def _map_moments(opt_state, params, fn):
   """Applies fn to every sub-tree of opt_state shaped like the param tree (Adam's mu,
-  nu); counts and empty states pass through."""
+  nu); counts and empty states pass through. The optimizer keeps one state per param
+  group (optax.multi_transform), where another group's leaves are optax.MaskedNode:
+  fn sees zeros there and they stay MaskedNode (a param never changes group)."""
   keys = set(params)
 
   def is_moment(x):
     return isinstance(x, dict) and set(x) == keys
 
-  return jax.tree.map(lambda x: fn(x) if is_moment(x) else x, opt_state, is_leaf=is_moment)
+  def is_masked(x):
+    return isinstance(x, optax.MaskedNode)
+
+  def grow_moment(x):
+    filled = jax.tree.map(lambda m, p: jnp.zeros_like(p) if is_masked(m) else m, x, params,
+                          is_leaf=is_masked)
+    return jax.tree.map(lambda m, g: m if is_masked(m) else g, x, fn(filled),
+                        is_leaf=is_masked)
+
+  return jax.tree.map(lambda x: grow_moment(x) if is_moment(x) else x, opt_state,
+                      is_leaf=is_moment)
 
 
 def transition(cfg: Config, phases: list, k: int, state, tx, rng):

@@ -31,7 +31,7 @@ NORM_PRECEDED = ('layers/attn/wq', 'layers/attn/wk', 'layers/attn/wv', 'layers/m
 
 def _param(module: nn.Module, name: str, role: str, shape: tuple[int, ...],
            names: tuple[str, ...], fan_in: int = 1) -> jax.Array:
-  init = pz.initializer(module.cfg, role, fan_in)
+  init = pz.initializer(module.cfg, role, fan_in, key=(module.name, name))
   return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
 
 
@@ -217,7 +217,10 @@ class Transformer(nn.Module):
       raise ValueError(f'layer_gate_L has shape {layer_gate_L.shape}; it needs one value per '
                        f'layer, ({cfg.n_layers},)')
     in_axes = (nn.broadcast, nn.broadcast) + ((0,) if gated else ())
-    layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+    # 'intermediates': per-layer captures (capture_intermediates / sow, e.g. the coordinate
+    # check) stack along the layer axis instead of being dropped by the scan.
+    layers = nn.scan(block, variable_axes={'params': 0, 'intermediates': 0},
+                     split_rngs={'params': True},
                      in_axes=in_axes, length=cfg.n_layers,
                      metadata_params={nn.PARTITION_NAME: 'layers'})
     args = (positions_BxT, segment_ids_BxT) + ((layer_gate_L,) if gated else ())

@@ -87,7 +87,7 @@ def project(u, g, p, layout: Layout | None, delta: float, eps: float):
 
 
 def _project_tree(updates, grads, params, layout, delta, eps):
-  """(projected updates, per-leaf fired masks, fraction of all param entries fired)."""
+  """(projected updates, per-leaf fired masks, number of param entries fired)."""
   layouts = _resolve(layout, params)
   out = jax.tree.map(lambda lay, u, g, p: project(u, g, p, lay, delta, eps),
                      layouts, updates, grads, params, is_leaf=_is_layout)
@@ -95,10 +95,13 @@ def _project_tree(updates, grads, params, layout, delta, eps):
   pairs = treedef.flatten_up_to(out)
   new_updates = treedef.unflatten([u for u, _ in pairs])
   fired = treedef.unflatten([f for _, f in pairs])
-  total = sum(p.size for p in jax.tree.leaves(params))
   count = sum(jnp.sum(jnp.broadcast_to(f, p.shape).astype(jnp.float32))
               for f, p in zip(jax.tree.leaves(fired), jax.tree.leaves(params)))
-  return new_updates, fired, count / max(total, 1)
+  return new_updates, fired, jnp.asarray(count, jnp.float32)
+
+
+def _entries(params) -> jax.Array:
+  return jnp.asarray(sum(p.size for p in jax.tree.leaves(params)), jnp.float32)
 
 
 def _decay(updates, params, fired, weight_decay, wd_ratio, scale, mask):
@@ -122,7 +125,8 @@ class ScaleByAdamPState(NamedTuple):
   count: jax.Array
   mu: Any
   nu: Any
-  fired_fraction: jax.Array    # share of all param entries projected at the last step
+  fired: jax.Array             # param entries projected at the last step (float32)
+  entries: jax.Array           # param entries this transform updates
 
 
 def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
@@ -136,7 +140,7 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     zeros = optax.tree_utils.tree_zeros_like(params)
     return ScaleByAdamPState(count=jnp.zeros((), jnp.int32), mu=zeros,
                              nu=optax.tree_utils.tree_zeros_like(params),
-                             fired_fraction=jnp.zeros((), jnp.float32))
+                             fired=jnp.zeros((), jnp.float32), entries=_entries(params))
 
   def update(grads, state, params=None):
     if params is None:
@@ -153,10 +157,10 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       denom = jnp.sqrt(v) / jnp.sqrt(bc2) + eps
       return (b1 * m + (1 - b1) * g) / denom if nesterov else m / denom
     perturb = jax.tree.map(direction, mu, nu, grads)
-    perturb, fired, fraction = _project_tree(perturb, grads, params, layout, delta, eps)
+    perturb, fired, n_fired = _project_tree(perturb, grads, params, layout, delta, eps)
     updates = jax.tree.map(lambda u: u / bc1, perturb)
     updates = _decay(updates, params, fired, weight_decay, wd_ratio, 1.0, mask)
-    return updates, ScaleByAdamPState(count, mu, nu, fraction)
+    return updates, ScaleByAdamPState(count, mu, nu, n_fired, state.entries)
 
   return optax.GradientTransformation(init, update)
 
@@ -175,7 +179,8 @@ def adamp(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
 class SGDPState(NamedTuple):
   momentum: Any
-  fired_fraction: jax.Array
+  fired: jax.Array
+  entries: jax.Array
 
 
 def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
@@ -191,18 +196,18 @@ def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, weight_decay: f
 
   def init(params):
     return SGDPState(momentum=optax.tree_utils.tree_zeros_like(params),
-                     fired_fraction=jnp.zeros((), jnp.float32))
+                     fired=jnp.zeros((), jnp.float32), entries=_entries(params))
 
   def update(grads, state, params=None):
     if params is None:
       raise ValueError('scale_by_sgdp needs params (the projection tests the weights)')
     buf = jax.tree.map(lambda b, g: momentum * b + (1 - dampening) * g, state.momentum, grads)
     d_p = jax.tree.map(lambda g, b: g + momentum * b, grads, buf) if nesterov else buf
-    d_p, fired, fraction = _project_tree(d_p, grads, params, layout, delta, eps)
+    d_p, fired, n_fired = _project_tree(d_p, grads, params, layout, delta, eps)
     if not nesterov:
       buf = d_p
     updates = _decay(d_p, params, fired, weight_decay, wd_ratio, 1 / (1 - momentum), mask)
-    return updates, SGDPState(buf, fraction)
+    return updates, SGDPState(buf, n_fired, state.entries)
 
   return optax.GradientTransformation(init, update)
 
@@ -220,8 +225,10 @@ def sgdp(learning_rate, momentum: float = 0.0, dampening: float = 0.0,
 
 def fired_fraction(opt_state) -> jax.Array | None:
   """The projection-fired share of param entries at the last step, from an optimizer
-  state holding an AdamP / SGDP transform (None when it holds neither)."""
-  found = [s.fired_fraction for s in jax.tree.leaves(
+  state holding AdamP / SGDP transforms (one per param group; None when it holds none)."""
+  found = [s for s in jax.tree.leaves(
       opt_state, is_leaf=lambda x: isinstance(x, (ScaleByAdamPState, SGDPState)))
       if isinstance(s, (ScaleByAdamPState, SGDPState))]
-  return found[0] if found else None
+  if not found:
+    return None
+  return sum(s.fired for s in found) / jnp.maximum(sum(s.entries for s in found), 1.0)

@@ -21,6 +21,7 @@ from jaxlab import growth
 from jaxlab import metrics as metrics_lib
 from jaxlab.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config import Config, ConfigError, from_dict, validate
+from jaxlab.diagnostics.spectral import top_singular_values
 from jaxlab.parallel import initialize_distributed, make_mesh
 from jaxlab.train.program import Program, build_program
 
@@ -28,7 +29,8 @@ from jaxlab.train.program import Program, build_program
 # Every mesh.* key may change too: checkpoints restore onto any mesh (up to the order of
 # floating-point reductions the result is the same).
 RESUMABLE_CHANGES = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
-                     'train.keep_checkpoints', 'train.async_checkpoint', 'train.workdir')
+                     'train.keep_checkpoints', 'train.async_checkpoint', 'train.workdir',
+                     'train.spectral_every')
 RESUMABLE_PREFIXES = ('mesh.',)
 
 
@@ -222,6 +224,7 @@ def train(cfg: Config) -> dict:
                                      enabled=jax.process_index() == 0)
   throughput = metrics_lib.Throughput()
   pending: list[tuple[int, dict]] = []
+  spectral = jax.jit(top_singular_values)   # retraces when growth changes the shapes
   last_loss = last_val = None
   last_rate = None
   session_start, session_step0 = time.perf_counter(), step
@@ -256,7 +259,9 @@ def train(cfg: Config) -> dict:
         do_eval = last or growing or (tc.eval_every and step % tc.eval_every == 0)
         do_ckpt = last or stopping or growing or (
             tc.checkpoint_every and step % tc.checkpoint_every == 0)
-        do_log = last or do_eval or step % tc.log_every == 0
+        # A spectral step is a log step: its sigma_max values join that step's record.
+        do_spectral = tc.spectral_every and (last or step % tc.spectral_every == 0)
+        do_log = last or do_eval or do_spectral or step % tc.log_every == 0
         if not (do_log or do_ckpt):
           continue
 
@@ -294,6 +299,10 @@ def train(cfg: Config) -> dict:
           t0 = time.perf_counter()
           last_val = evaluate()
           record['val_loss'] = last_val
+          throughput.exclude(time.perf_counter() - t0)
+        if do_spectral:
+          t0 = time.perf_counter()
+          record.update({k: float(v) for k, v in jax.device_get(spectral(state.params)).items()})
           throughput.exclude(time.perf_counter() - t0)
         if record is not None:
           done = step - session_step0
