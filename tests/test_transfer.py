@@ -1,0 +1,69 @@
+"""The transfer studies' smoke variants end to end (sweep -> report), and the transfer
+tables on hand-made runs."""
+import math
+import pathlib
+
+import pytest
+
+from jaxlab import cli
+from jaxlab.diagnostics import transfer
+from jaxlab.report import Run, load_runs
+
+
+def fake_run(p, width, lr, loss, wd=0.0, e=0.0):
+  config = {'model': {'d_model': width, 'parametrization': p},
+            'optim': {'lr': lr, 'weight_decay': wd, 'wd_width_exponent': e}}
+  return Run(label=f'{p}{width}_{lr}', dir=pathlib.Path('.'), config=config,
+             metrics=[{'step': 10, 'loss': loss, 'val_loss': loss}],
+             summary={'status': 'completed', 'final_val_loss': loss})
+
+
+def test_best_rows_and_shift():
+  runs = [fake_run('sp', 32, 2 ** -8, 3.0), fake_run('sp', 32, 2 ** -6, 2.9),
+          fake_run('sp', 128, 2 ** -8, 2.7), fake_run('sp', 128, 2 ** -6, 2.8),
+          fake_run('mup', 32, 2 ** -8, 3.0), fake_run('mup', 32, 2 ** -6, 2.9),
+          fake_run('mup', 128, 2 ** -8, math.nan), fake_run('mup', 128, 2 ** -6, 2.6)]
+  assert transfer.studies(runs) == ['optim.lr']
+  rows = {(r['panel'], r['width']): r for r in transfer.best_rows(runs, 'optim.lr')}
+  assert rows['sp', 128]['best'] == 2 ** -8 and rows['sp', 128]['shift_log2'] == -2.0
+  assert rows['mup', 128]['best'] == 2 ** -6 and rows['mup', 128]['shift_log2'] == 0.0
+  assert rows['mup', 128]['finished'] == 1          # the NaN run is not a candidate
+  assert '| sp | 128 | 0.003906 | 2.7000 | -2.00 | 2/2 |' in transfer.render(runs)
+  assert transfer.studies(runs[:2]) == []           # one width: not a transfer study
+
+
+def sweep_and_report(name, tmp_path):
+  assert cli.main(['sweep', name, f'train.workdir={tmp_path}']) == 0
+  assert cli.main(['report', str(tmp_path / name)]) == 0
+  return load_runs(tmp_path / name), (tmp_path / name / 'report.md').read_text()
+
+
+def test_mup_transfer_smoke(tmp_path):
+  runs, report = sweep_and_report('mup_transfer_smoke', tmp_path)
+  assert len(runs) == 8 and all(r.status == 'completed' for r in runs)
+  rows = transfer.best_rows(runs, 'optim.lr')
+  assert {(r['panel'], r['width']) for r in rows} == {(p, w) for p in ('sp', 'mup')
+                                                       for w in (16, 64)}
+  assert '## Transfer across widths: lr' in report
+  assert (tmp_path / 'mup_transfer_smoke' / 'transfer_lr.png').stat().st_size > 10_000
+  # At the base width muP is SP: the same losses, bit for bit.
+  loss = {r.label: r.summary['final_val_loss'] for r in runs}
+  for k in (-8, -5):
+    assert loss[f'sp_w16_log2lr{k}'] == loss[f'mup_w16_log2lr{k}']
+    assert loss[f'sp_w64_log2lr{k}'] != loss[f'mup_w64_log2lr{k}']
+
+
+def test_wd_transfer_smoke(tmp_path):
+  runs, report = sweep_and_report('wd_transfer_smoke', tmp_path)
+  assert len(runs) == 8 and all(r.status == 'completed' for r in runs)
+  ratios = transfer.sigma_ratio_rows(runs)
+  assert {(r['exponent'], r['weight_decay']) for r in ratios} == {
+      (e, wd) for e in (0.0, 1.0) for wd in (0.1, 1.0)}
+  assert all(r['matrices'] == 14 and 0.1 < r['ratio'] < 10 for r in ratios)  # 7 x 2 layers
+  assert '## Transfer across widths: weight decay' in report
+  assert 'sigma_max(width) / sigma_max(narrowest width)' in report
+  loss = {r.label: r.summary['final_val_loss'] for r in runs}
+  # m = 1 at the base width: the exponent changes nothing there, and something at 4x.
+  for wd in ('0.1', '1'):
+    assert loss[f'w16_e0_wd{wd}'] == loss[f'w16_e1_wd{wd}']
+    assert loss[f'w64_e0_wd{wd}'] != pytest.approx(loss[f'w64_e1_wd{wd}'], abs=1e-9)
