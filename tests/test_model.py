@@ -270,3 +270,19 @@ def test_unknown_parametrization_names_allowed():
   bad = dataclasses.replace(CFG, parametrization='nope')   # not in the table
   with pytest.raises(ValueError, match="'sp', 'mup'"):
     pz.get(bad)
+
+
+@pytest.mark.parametrize('implementation', ['xla', 'pallas'])
+def test_fused_attention_runs_per_shard_under_a_mesh(implementation):
+  """XLA cannot partition a Pallas call: on a multi-device mesh the model runs fused
+  attention under shard_map (batch over data x fsdp, heads over tensor); the XLA
+  reference is left to the partitioner. Traced on an abstract 2x2x2 mesh (no devices)."""
+  from jaxlab.parallel import DEFAULT_RULES
+  cfg = dataclasses.replace(CFG, attention=implementation)
+  mesh = jax.sharding.AbstractMesh((2, 2, 2), ('data', 'fsdp', 'tensor'))
+
+  def forward(p, t):
+    with jax.sharding.use_abstract_mesh(mesh), nn.logical_axis_rules(list(DEFAULT_RULES)):
+      return Transformer(cfg).apply({'params': p}, t)
+  jaxpr = str(jax.make_jaxpr(forward)(params(), tokens((4, 8))))
+  assert ('shard_map' in jaxpr) == (implementation == 'pallas')

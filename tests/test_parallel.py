@@ -100,6 +100,7 @@ def eight(tmp_path_factory):
   runs = {name: COMMON + mesh_args(*shape) for name, shape in MESHES.items()}
   runs['grow'] = COMMON + GROW + mesh_args(2, 2, 2)
   runs['adamp'] = COMMON + ADAMP + mesh_args(1, 2, 4)
+  runs['pallas'] = COMMON + ['model.attention=pallas'] + mesh_args(2, 2, 2)
   run_all(workdir, runs, devices=8)
   return workdir
 
@@ -188,6 +189,12 @@ def test_growth_on_sharded_params_matches_one_device(single, eight):
   events = [json.loads(line) for line in (eight / 'grow' / 'metrics.jsonl').read_text()
             .splitlines() if 'event' in json.loads(line)]
   assert [e['step'] for e in events] == [4]
+
+
+def test_pallas_attention_runs_per_shard_and_matches_one_device(single, eight):
+  """The Pallas kernel is an opaque call XLA cannot partition: the model runs it under
+  shard_map (batch over data x fsdp, heads over tensor) and gets the XLA run's curves."""
+  assert_same_curves(single / 'one', eight / 'pallas')
 
 
 def test_adamp_on_sharded_weights_matches_one_device(single, eight):

@@ -15,6 +15,7 @@ import flax.linen as nn
 from jaxlab.config import ModelConfig
 from jaxlab.kernels import attention
 from jaxlab.models import parametrization as pz
+from jaxlab.parallel.rules import shard_map_logical
 
 _REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -27,6 +28,9 @@ _REMAT_POLICIES = {
 # The matrices whose input is an RMSNorm's output (optimizer diagnostics read them).
 NORM_PRECEDED = ('layers/attn/wq', 'layers/attn/wk', 'layers/attn/wv', 'layers/mlp/w_gate',
                  'layers/mlp/w_up', 'head/kernel')
+
+
+QKV_NAMES = ('batch', 'seq', 'heads', 'kv')
 
 
 def _param(module: nn.Module, name: str, role: str, shape: tuple[int, ...],
@@ -105,9 +109,17 @@ class Attention(nn.Module):
                            'batch', 'seq', 'kv_heads', 'kv')
     v_BxTxGxK = _constrain(v_BxTxGxK, 'batch', 'seq', 'kv_heads', 'kv')
 
-    out_BxTxHxK = attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, causal=True,
-                            segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
-                            implementation=cfg.attention)
+    def attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
+      return attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, causal=True,
+                       segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
+                       implementation=cfg.attention)
+    args = (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)
+    if cfg.attention == 'xla':     # XLA partitions the einsums itself
+      out_BxTxHxK = attend(*args)
+    else:                          # fused kernels run per shard: batch and heads split
+      kv = ('batch', 'seq', 'kv_heads', 'kv')
+      out_BxTxHxK = shard_map_logical(attend, args, (QKV_NAMES, kv, kv, ('batch', 'seq')),
+                                      QKV_NAMES)
     out_BxTxHxK = _constrain(out_BxTxHxK, 'batch', 'seq', 'heads', 'kv')
     y_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, wo_HxKxD.astype(dt))
     return _scaled(y_BxTxD, cfg, 'hidden')

@@ -72,3 +72,25 @@ def check_divisible(abstract_tree, logical_specs, mesh: Mesh, rules=DEFAULT_RULE
         raise ConfigError(
             f'{key}={size} cannot be split evenly over mesh axes {"x".join(axes)} '
             f'({ways} ways); use a multiple of {ways} (e.g. {key}={good}) or change the mesh')
+
+
+def shard_map_logical(fn, args: tuple, names: tuple, out_names: tuple[str, ...]):
+  """fn(*args), run shard by shard (jax.shard_map) over the mesh the step traces under
+  (activation_rules), with each arg's and the output's PartitionSpec from its logical
+  names under the current rules; plain fn(*args) when no multi-device mesh is in context.
+  For code XLA cannot partition by itself (Pallas kernels are opaque custom calls). None
+  args pass through unsharded."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn(*args)
+  present = [i for i, a in enumerate(args) if a is not None]
+  specs = tuple(nn.logical_to_mesh_axes(names[i]) for i in present)
+
+  def per_shard(*given):
+    full = list(args)
+    for i, a in zip(present, given):
+      full[i] = a
+    return fn(*full)
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=specs,
+                       out_specs=nn.logical_to_mesh_axes(out_names), check_vma=False)(
+                           *(args[i] for i in present))
