@@ -11,14 +11,18 @@ from jaxlab.config import Config, load_module
 mup_transfer = load_module('mup_transfer')
 
 
-def config() -> Config:
-  cfg = mup_transfer.config()
+def shrink(cfg: Config, **train) -> Config:
+  """A study's config at toy size: d_model 16 (the muP base), 20 steps of 4 x 32 tokens."""
   return dataclasses.replace(
       cfg, model=dataclasses.replace(cfg.model, d_model=16, base_d_model=16, n_heads=2),
       optim=dataclasses.replace(cfg.optim, warmup_steps=5),
       data=dataclasses.replace(cfg.data, seq_len=32),
       train=dataclasses.replace(cfg.train, steps=20, batch_size=4, log_every=10,
-                                eval_batches=2))
+                                eval_batches=2, **train))
+
+
+def config() -> Config:
+  return shrink(mup_transfer.config())
 
 
 def runs(cfg: Config) -> dict[str, list[str]]:

@@ -54,8 +54,10 @@ def adamp_layout(model_cfg: ModelConfig):
   separate weights; the output channels are the last axis, (heads, head_dim) of a q / k /
   v kernel, and the token of the embedding table (vocab, embed) -- one row per token, as
   in torch's nn.Embedding. Vectors (norm gains, per layer) are never projected."""
-  boxed = _boxed_shapes(model_cfg)
+  return _layouts(_boxed_shapes(model_cfg))
 
+
+def _layouts(boxed):
   def one(spec):
     names = tuple(spec)
     batch = tuple(i for i, n in enumerate(names) if n == 'layers')
@@ -121,11 +123,14 @@ def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Sch
     parts.append(optax.add_noise(cfg.grad_noise_eta, cfg.grad_noise_gamma, key=seed))
   if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  _, groups = param_groups(nn.unbox(_boxed_shapes(model_cfg)), cfg, model_cfg)
+  boxed = _boxed_shapes(model_cfg)
+  # Labels on the unboxed tree, a prefix of the boxed params the sharded init passes: each
+  # group's MaskedNode then replaces a whole box there, as it does on the unboxed state.
+  labels, groups = param_groups(nn.unbox(boxed), cfg, model_cfg)
   layout = None
   if cfg.name in ('adamp', 'sgdp'):
     flat = jax.tree_util.tree_flatten_with_path(
-        adamp_layout(model_cfg), is_leaf=lambda x: x is None or isinstance(x, Layout))[0]
+        _layouts(boxed), is_leaf=lambda x: x is None or isinstance(x, Layout))[0]
     by_key = {parametrization.dict_keys(path): lay for path, lay in flat}
 
     def layout(params):   # one group's params (optax.MaskedNode where another group's)
@@ -134,10 +139,7 @@ def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Sch
   transforms = {label: _optimizer(cfg, _scaled_schedule(schedule, lr_s), cfg.weight_decay * wd_s,
                                   layout)
                 for label, (lr_s, wd_s) in groups.items()}
-  parts.append(optax.multi_transform(
-      # Labels on the unboxed tree: on boxed params (the sharded init) each group's
-      # MaskedNode then replaces the whole box, as it does on the unboxed state.
-      transforms, lambda params: param_groups(nn.unbox(params), cfg, model_cfg)[0]))
+  parts.append(optax.multi_transform(transforms, labels))
   return optax.chain(*parts)
 
 
