@@ -16,7 +16,7 @@ import typing
 
 from jaxlab import config as config_lib
 from jaxlab import submit as submit_lib
-from jaxlab.config import ConfigError
+from jaxlab.config_types import ConfigError
 
 _PARAMETRIZATIONS = typing.get_args(
     typing.get_type_hints(config_lib.ModelConfig)['parametrization'])

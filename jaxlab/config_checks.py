@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import inspect
 
-from jaxlab.config import Config, ConfigError, OptimConfig, _check_type
+from jaxlab.config_types import Config, ConfigError, OptimConfig, check_type
 
 
 def _require(cond: bool, message: str):
@@ -17,7 +17,7 @@ def _require(cond: bool, message: str):
 
 def validate(cfg: Config) -> Config:
   """Type checks every field, then the relations between fields."""
-  _check_type('', cfg, Config)
+  check_type('', cfg, Config)
   m, o, d, t, me = cfg.model, cfg.optim, cfg.data, cfg.train, cfg.mesh
   for key, value in [('model.vocab_size', m.vocab_size), ('model.d_model', m.d_model),
                      ('model.n_layers', m.n_layers), ('model.n_heads', m.n_heads),

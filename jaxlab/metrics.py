@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from jaxlab.config import ModelConfig
+from jaxlab.config_types import ModelConfig
 
 
 def matmul_params(cfg: ModelConfig) -> int:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 
-from jaxlab.report import Run, _styles
+from jaxlab.plotting import styles
+from jaxlab.run_data import Run
 
 
 TAIL = 3   # evaluations averaged for the end-of-run comparison at equal FLOPs
@@ -138,7 +139,7 @@ def plot_val_vs_flops(runs: list[Run], target: float | None = None):
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   finite = []
-  for run, (color, ls) in zip(runs, _styles(len(runs))):
+  for run, (color, ls) in zip(runs, styles(len(runs))):
     xs, ys = run.series('val_loss', 'flops')
     kept = [(x, y) for x, y in zip(xs, ys) if x > 0]
     if not kept:

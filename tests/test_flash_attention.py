@@ -115,7 +115,7 @@ def test_bfloat16_matches_reference():
 def test_causal_skips_fully_masked_blocks():
   # T = S = 32 in blocks of 8: 4 x 4 blocks, of which 4 + 3 + 2 + 1 = 10 are not masked.
   q, k, v = qkv(B=1, T=32, S=32, H=4, G=2, K=16)
-  cfg = fa_mod._Cfg(sm_scale=0.25, causal=True, block_q=8, block_k=8, seq_q=32, seq_k=32,
+  cfg = fa_mod.KernelCfg(sm_scale=0.25, causal=True, block_q=8, block_k=8, seq_q=32, seq_k=32,
                     interpret=True, layout='bthk')
   o, lse, fwd_n = fa_mod._forward_call(q, k, v, None, None, cfg, count=True)
   np.testing.assert_array_equal(fwd_n, np.broadcast_to([1, 2, 3, 4], (1, 4, 4)))

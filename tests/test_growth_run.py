@@ -125,15 +125,15 @@ def test_ramp_gate_values():
   import jax.numpy as jnp
   from jaxlab.config import load
   from jaxlab.growth import phases
-  from jaxlab.train.program import _gate_fn
+  from jaxlab.train.program import layer_gate_fn
   cfg = load('tiny', GROW + ['growth.method=random', 'growth.ramp_steps=4'])
-  gate = _gate_fn(cfg, phases(cfg), 1)
+  gate = layer_gate_fn(cfg, phases(cfg), 1)
   # stack map 2 -> 4 layers: [0, 1, 0, 1]; layers 2 and 3 are new.
   assert gate(jnp.asarray(8)).tolist() == [1, 1, 0, 0]
   assert gate(jnp.asarray(9)).tolist() == [1, 1, 0.25, 0.25]
   assert gate(jnp.asarray(12)).tolist() == [1, 1, 1, 1]
   assert gate(jnp.asarray(30)).tolist() == [1, 1, 1, 1]
-  assert _gate_fn(load('tiny', GROW), phases(load('tiny', GROW)), 1)(jnp.asarray(9)) is None
+  assert layer_gate_fn(load('tiny', GROW), phases(load('tiny', GROW)), 1)(jnp.asarray(9)) is None
 
 
 def test_grown_optimizer_state_continues_the_schedule(grown, tmp_path):

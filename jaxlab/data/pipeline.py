@@ -31,7 +31,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxlab.config import DataConfig
+from jaxlab.config_types import DataConfig
 from jaxlab.data import corpus
 
 Batch = dict[str, np.ndarray]

@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import sentencepiece as spm
 
-from jaxlab.config import DataConfig
+from jaxlab.config_types import DataConfig
 
 
 class ByteTokenizer:

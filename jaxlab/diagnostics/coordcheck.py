@@ -42,7 +42,8 @@ import pathlib
 import jax
 import numpy as np
 
-from jaxlab.config import Config, ConfigError, apply_overrides
+from jaxlab.config_types import Config, ConfigError
+from jaxlab.config import apply_overrides
 
 SUBLAYERS = ('embed', 'attn', 'mlp', 'block', 'final_norm', 'logits')
 PER_LAYER = ('attn', 'mlp', 'block')

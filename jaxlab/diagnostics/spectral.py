@@ -132,7 +132,7 @@ def plot(runs):
   from matplotlib.figure import Figure
   from matplotlib.lines import Line2D
 
-  from jaxlab.report import _styles
+  from jaxlab.plotting import styles
   series = []   # per run: {name: {layer: [(step, sigma)]}}
   for run in runs:
     per: dict[str, dict] = {}
@@ -150,7 +150,7 @@ def plot(runs):
   single = len(runs) == 1
   cmap = matplotlib.colormaps['viridis']
   for ax, name in zip(axes, names):
-    for per, (color, ls) in zip(series, _styles(len(runs))):
+    for per, (color, ls) in zip(series, styles(len(runs))):
       layers = per.get(name, {})
       n_layers = max((k for k in layers if k is not None), default=0) + 1
       for layer, pts in sorted(layers.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
@@ -167,7 +167,7 @@ def plot(runs):
                Line2D([], [], color=cmap(0.9), label='last layer')]
   else:
     handles = [Line2D([], [], color=c, ls=ls, label=run.label)
-               for run, (c, ls) in zip(runs, _styles(len(runs)))]
+               for run, (c, ls) in zip(runs, styles(len(runs)))]
   axes[cols - 1].legend(handles=handles, loc='upper left', bbox_to_anchor=(1.02, 1.0),
                         frameon=False, fontsize='small' if len(handles) <= 12 else 'x-small')
   return fig

@@ -36,7 +36,7 @@ def _get(run, dotted: str):
 
 
 def _val_loss(run) -> float | None:
-  from jaxlab.report import summarize
+  from jaxlab.run_data import summarize
   v = summarize(run)['final_val_loss']
   return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 

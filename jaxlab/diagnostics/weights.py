@@ -82,13 +82,13 @@ def plot(runs):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  from jaxlab.report import _styles
+  from jaxlab.plotting import styles
   keys = [k for k in KEYS if any(k in r for run in runs for r in run.metrics)]
   fig = Figure(figsize=(5 * len(keys), 4.2), dpi=110)
   FigureCanvasAgg(fig)
   axes = fig.subplots(1, len(keys), squeeze=False)[0]
   for ax, key in zip(axes, keys):
-    for run, (color, ls) in zip(runs, _styles(len(runs))):
+    for run, (color, ls) in zip(runs, styles(len(runs))):
       pts = [(r['step'], r[key]) for r in run.metrics
              if r.get(key) is not None and math.isfinite(r[key])]
       if pts:

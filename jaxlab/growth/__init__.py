@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlab.config import ModelConfig
+from jaxlab.config_types import ModelConfig
 from jaxlab.growth.plan import (DEPTH_METHODS, Phase, depth_method_for, phase_index, phases,
                                 source_model, width_method_for)
 from jaxlab.growth.timing import GROWTH_FACTOR, growth_fraction, growth_timing

@@ -25,7 +25,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import ModelConfig
+from jaxlab.config_types import ModelConfig
 from jaxlab.growth.width import check_shape, leaf_axes, map_tree, mup_ratio, scaled
 
 METHODS = ('stack', 'interleave', 'layers', 'zero', 'random')

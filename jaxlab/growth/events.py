@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.config import Config
+from jaxlab.config_types import Config
 from jaxlab.growth import plan as plan_lib
 
 

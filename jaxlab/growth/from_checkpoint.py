@@ -17,7 +17,8 @@ import jax
 
 from jaxlab import data as data_lib
 from jaxlab.checkpoint import Checkpointer, checkpoint_dir
-from jaxlab.config import Config, ConfigError, GrowthConfig, apply_overrides, from_dict
+from jaxlab.config_types import Config, ConfigError, GrowthConfig
+from jaxlab.config import apply_overrides, from_dict
 from jaxlab.growth import plan as plan_lib
 
 

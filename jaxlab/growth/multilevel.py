@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config import ModelConfig
+from jaxlab.config_types import ModelConfig
 from jaxlab.models import parametrization as pz
 
 GROUPINGS = ('stride', 'adjacent')

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxlab.config import Config, ConfigError, ModelConfig
+from jaxlab.config_types import Config, ConfigError, ModelConfig
 from jaxlab.growth.timing import growth_timing
 
 from jaxlab.growth.depth import METHODS as DEPTH_METHODS  # noqa: E402

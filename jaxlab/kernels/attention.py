@@ -18,36 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-
-def _segment_pair(segment_ids: Any, T: int, S: int):
-  if segment_ids is None:
-    return None, None
-  if isinstance(segment_ids, (tuple, list)):
-    if len(segment_ids) != 2:
-      raise ValueError('segment_ids must be a BxT array or a (q_ids_BxT, kv_ids_BxS) pair, '
-                       f'got a sequence of length {len(segment_ids)}')
-    q_ids, kv_ids = segment_ids
-  else:
-    if T != S:
-      raise ValueError(f'one segment_ids array needs self-attention (T == S), got T={T}, S={S}; '
-                       'pass a (q_ids_BxT, kv_ids_BxS) pair instead')
-    q_ids = kv_ids = segment_ids
-  if q_ids.shape[-1] != T or kv_ids.shape[-1] != S:
-    raise ValueError(f'segment ids of shapes {q_ids.shape}, {kv_ids.shape} do not match '
-                     f'T={T}, S={S}')
-  return q_ids, kv_ids
-
-
-def attention_mask(T: int, S: int, *, causal: bool, segment_ids: Any = None):
-  """Boolean mask BxTxS (or 1xTxS) of visible keys, or None when nothing is masked."""
-  mask_BxTxS = None
-  if causal:
-    mask_BxTxS = jnp.tril(jnp.ones((T, S), dtype=bool))[None]
-  q_ids_BxT, kv_ids_BxS = _segment_pair(segment_ids, T, S)
-  if q_ids_BxT is not None:
-    same_BxTxS = q_ids_BxT[:, :, None] == kv_ids_BxS[:, None, :]
-    mask_BxTxS = same_BxTxS if mask_BxTxS is None else mask_BxTxS & same_BxTxS
-  return mask_BxTxS
+from jaxlab.kernels.masks import attention_mask
 
 
 def reference_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,

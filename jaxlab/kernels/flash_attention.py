@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jaxlab.kernels.attention import _segment_pair
-from jaxlab.kernels.flash_kernels import (_Cfg, _dkdv_kernel, _dq_kernel, _fwd_kernel,
-                                          _round_up)
+from jaxlab.kernels.masks import segment_pair
+from jaxlab.kernels.flash_kernels import (KernelCfg, dkdv_kernel, dq_kernel, fwd_kernel,
+                                          round_up)
 
 # (block_q, block_k) per backend before clamping to the sequence lengths.
 DEFAULT_BLOCKS = {'gpu': (128, 64), 'tpu': (128, 128), 'cpu': (128, 128)}
@@ -79,7 +79,7 @@ def _validate(q, k, v, block_q, block_k):
       raise ValueError(f'flash_attention: {name}={b!r} must be a positive int or None')
 
 
-def _compiler_params(cfg: _Cfg, K: int):
+def _compiler_params(cfg: KernelCfg, K: int):
   # On GPU, jax 0.10 lowers pallas_call to Mosaic GPU unless handed Triton parameters (or
   # jax_pallas_use_mosaic_gpu=False); these kernels are written for the Triton lowering.
   if cfg.interpret or jax.default_backend() != 'gpu':
@@ -88,7 +88,7 @@ def _compiler_params(cfg: _Cfg, K: int):
   return pltriton.CompilerParams(num_warps=4 if K <= 64 else 8, num_stages=2)
 
 
-def _dims(q, k, cfg: _Cfg):
+def _dims(q, k, cfg: KernelCfg):
   """(B, H, G, K, padded T, padded S) of inputs in cfg.layout."""
   if cfg.layout == 'bthk':
     (B, Tp, H, K), (Sp, G) = q.shape, k.shape[1:3]
@@ -97,7 +97,7 @@ def _dims(q, k, cfg: _Cfg):
   return B, H, G, K, Tp, Sp
 
 
-def _seq_spec(cfg: _Cfg, n: int, K: int, index):
+def _seq_spec(cfg: KernelCfg, n: int, K: int, index):
   """Block of n tokens x K of one head; index(*grid ids) -> (batch, token block, head)."""
   if cfg.layout == 'bthk':
     return pl.BlockSpec((None, n, None, K), lambda *g: (lambda b, t, h: (b, t, h, 0))(*index(*g)))
@@ -115,7 +115,7 @@ def _count_out(shape, out_shape, out_specs):
   out_specs.append(pl.BlockSpec((None, None, 1), lambda b, h, i: (b, h, i)))
 
 
-def _q_major_specs(cfg: _Cfg, H, G, K, Sp, has_seg):
+def _q_major_specs(cfg: KernelCfg, H, G, K, Sp, has_seg):
   """Specs shared by the forward and dq kernels (grid B x H x q blocks)."""
   R, bq = H // G, cfg.block_q
   q_spec = _seq_spec(cfg, bq, K, lambda b, h, i: (b, i, h))
@@ -126,7 +126,7 @@ def _q_major_specs(cfg: _Cfg, H, G, K, Sp, has_seg):
   return q_spec, kv_spec, row_spec, ids
 
 
-def _forward_call(q, k, v, q_ids, kv_ids, cfg: _Cfg, count: bool = False):
+def _forward_call(q, k, v, q_ids, kv_ids, cfg: KernelCfg, count: bool = False):
   """Padded inputs -> (o, lse_BxHx1xT float32[, k blocks run per q block])."""
   B, H, G, K, Tp, Sp = _dims(q, k, cfg)
   nq = Tp // cfg.block_q
@@ -137,14 +137,14 @@ def _forward_call(q, k, v, q_ids, kv_ids, cfg: _Cfg, count: bool = False):
   out_specs = [q_spec, row_spec]
   if count:
     _count_out((B, H, nq), out_shape, out_specs)
-  kernel = functools.partial(_fwd_kernel, cfg=cfg, num_kv=Sp // cfg.block_k, has_seg=has_seg,
+  kernel = functools.partial(fwd_kernel, cfg=cfg, num_kv=Sp // cfg.block_k, has_seg=has_seg,
                              count=count)
   args = (q, k, v) + ((q_ids, kv_ids) if has_seg else ())
   return _pallas(kernel, 'flash_attention_fwd', (B, H, nq), cfg, K,
                  [q_spec, kv_spec, kv_spec, *ids_specs], out_specs, out_shape, args)
 
 
-def _dq_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: _Cfg, count: bool = False):
+def _dq_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: KernelCfg, count: bool = False):
   B, H, G, K, Tp, Sp = _dims(q, k, cfg)
   nq = Tp // cfg.block_q
   has_seg = q_ids is not None
@@ -152,7 +152,7 @@ def _dq_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: _Cfg, count: bool = Fa
   out_shape, out_specs = [jax.ShapeDtypeStruct(q.shape, q.dtype)], [q_spec]
   if count:
     _count_out((B, H, nq), out_shape, out_specs)
-  kernel = functools.partial(_dq_kernel, cfg=cfg, num_kv=Sp // cfg.block_k, has_seg=has_seg,
+  kernel = functools.partial(dq_kernel, cfg=cfg, num_kv=Sp // cfg.block_k, has_seg=has_seg,
                              count=count)
   args = (q, k, v, do, lse, delta) + ((q_ids, kv_ids) if has_seg else ())
   return _pallas(kernel, 'flash_attention_dq', (B, H, nq), cfg, K,
@@ -160,7 +160,7 @@ def _dq_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: _Cfg, count: bool = Fa
                  out_specs, out_shape, args)
 
 
-def _dkdv_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: _Cfg, count: bool = False):
+def _dkdv_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: KernelCfg, count: bool = False):
   B, H, G, K, Tp, Sp = _dims(q, k, cfg)
   R, bk, nk = H // G, cfg.block_k, Sp // cfg.block_k
   has_seg = q_ids is not None
@@ -177,7 +177,7 @@ def _dkdv_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: _Cfg, count: bool = 
   out_specs = [kv_spec, kv_spec]
   if count:
     _count_out((B, G, nk), out_shape, out_specs)
-  kernel = functools.partial(_dkdv_kernel, cfg=cfg, num_q=Tp // cfg.block_q, R=R,
+  kernel = functools.partial(dkdv_kernel, cfg=cfg, num_q=Tp // cfg.block_q, R=R,
                              has_seg=has_seg, count=count)
   args = (q, k, v, do, lse, delta) + ((q_ids, kv_ids) if has_seg else ())
   return _pallas(kernel, 'flash_attention_dkdv', (B, G, nk), cfg, K,
@@ -186,16 +186,16 @@ def _dkdv_call(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: _Cfg, count: bool = 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, q_ids, kv_ids, cfg: _Cfg):
+def _flash(q, k, v, q_ids, kv_ids, cfg: KernelCfg):
   return _forward_call(q, k, v, q_ids, kv_ids, cfg)[0]
 
 
-def _flash_fwd(q, k, v, q_ids, kv_ids, cfg: _Cfg):
+def _flash_fwd(q, k, v, q_ids, kv_ids, cfg: KernelCfg):
   o, lse = _forward_call(q, k, v, q_ids, kv_ids, cfg)
   return o, (q, k, v, q_ids, kv_ids, o, lse)
 
 
-def _flash_bwd(cfg: _Cfg, res, do):
+def _flash_bwd(cfg: KernelCfg, res, do):
   q, k, v, q_ids, kv_ids, o, lse = res
   spec = 'bthk,bthk->bht' if cfg.layout == 'bthk' else 'bhtk,bhtk->bht'
   delta_BxHx1xT = jnp.einsum(spec, do.astype(jnp.float32), o.astype(jnp.float32))[:, :, None]
@@ -208,11 +208,11 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _prepare(q, k, v, causal, segment_ids, sm_scale, block_q, block_k, interpret):
-  """Validates, picks blocks, pads: (q, k, v, q_ids, kv_ids) padded and the static _Cfg."""
+  """Validates, picks blocks, pads: (q, k, v, q_ids, kv_ids) padded and the static KernelCfg."""
   _validate(q, k, v, block_q, block_k)
   B, T, H, K = q.shape
   S = k.shape[1]
-  q_ids, kv_ids = _segment_pair(segment_ids, T, S)
+  q_ids, kv_ids = segment_pair(segment_ids, T, S)
   if q_ids is not None and (q_ids.shape != (B, T) or kv_ids.shape != (B, S)):
     raise ValueError(f'flash_attention: segment ids of shapes {q_ids.shape}, '
                      f'{kv_ids.shape} must be ({B}, {T}) and ({B}, {S})')
@@ -222,10 +222,10 @@ def _prepare(q, k, v, causal, segment_ids, sm_scale, block_q, block_k, interpret
   backend = jax.default_backend()
   dq_, dk_ = DEFAULT_BLOCKS.get(backend, DEFAULT_BLOCKS['gpu'])
   interpret = backend == 'cpu' if interpret is None else bool(interpret)
-  cfg = _Cfg(sm_scale=float(K ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
+  cfg = KernelCfg(sm_scale=float(K ** -0.5 if sm_scale is None else sm_scale), causal=bool(causal),
              block_q=_pick_block(block_q, dq_, T), block_k=_pick_block(block_k, dk_, S),
              seq_q=T, seq_k=S, interpret=interpret, layout=LAYOUTS.get(backend, 'bthk'))
-  Tp, Sp, Kp = _round_up(T, cfg.block_q), _round_up(S, cfg.block_k), K
+  Tp, Sp, Kp = round_up(T, cfg.block_q), round_up(S, cfg.block_k), K
   if backend == 'gpu' and not interpret:   # Triton tiles are powers of two, >= 16
     for name, b in (('block_q', cfg.block_q), ('block_k', cfg.block_k)):
       if b < _MIN_BLOCK or b & (b - 1):

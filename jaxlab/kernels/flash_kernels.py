@@ -1,7 +1,7 @@
 """The Pallas kernel bodies of flash_attention.py: forward (online softmax), dq, and dk/dv.
 
 Each works on keys x queries tiles (s_CxQ = k q^T), so per-query statistics (running
-max, sum, logsumexp, delta) are 1 x block_q rows, the layout Mosaic TPU wants. `_Cfg`
+max, sum, logsumexp, delta) are 1 x block_q rows, the layout Mosaic TPU wants. `KernelCfg`
 holds the static choices (scale, mask, blocks, true lengths, layout); the pallas_call
 grids, BlockSpecs and the custom_vjp that runs these are in flash_attention.py.
 """
@@ -15,7 +15,7 @@ from jax.experimental import pallas as pl
 
 
 @dataclasses.dataclass(frozen=True)
-class _Cfg:
+class KernelCfg:
   sm_scale: float
   causal: bool
   block_q: int
@@ -26,7 +26,7 @@ class _Cfg:
   layout: str              # 'bthk' (inputs as given) or 'bhtk' (transposed, for Mosaic TPU)
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
@@ -36,14 +36,14 @@ def _dot(a, b, contract_a: int = 1, contract_b: int = 0):
                              preferred_element_type=jnp.float32)
 
 
-def _block_mask(q_start, k_start, cfg: _Cfg, q_ids_1xQ, kv_ids_Cx1):
+def _block_mask(q_start, k_start, cfg: KernelCfg, q_ids_1xQ, kv_ids_Cx1):
   """Boolean block_k x block_q mask (keys down, queries across), None if all visible."""
   shape = (cfg.block_k, cfg.block_q)
   key_CxQ = k_start + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
   mask = None
   if cfg.causal:
     mask = key_CxQ <= q_start + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-  if _round_up(cfg.seq_k, cfg.block_k) != cfg.seq_k:
+  if round_up(cfg.seq_k, cfg.block_k) != cfg.seq_k:
     pad = key_CxQ < cfg.seq_k
     mask = pad if mask is None else mask & pad
   if q_ids_1xQ is not None:
@@ -52,14 +52,14 @@ def _block_mask(q_start, k_start, cfg: _Cfg, q_ids_1xQ, kv_ids_Cx1):
   return mask
 
 
-def _kv_block_hi(i, cfg: _Cfg, num_kv: int):
+def _kv_block_hi(i, cfg: KernelCfg, num_kv: int):
   """Number of k blocks q block i needs: causal stops at the diagonal."""
   if not cfg.causal:
     return num_kv
   return jnp.minimum(num_kv, ((i + 1) * cfg.block_q + cfg.block_k - 1) // cfg.block_k)
 
 
-def _q_block_lo(j, cfg: _Cfg):
+def _q_block_lo(j, cfg: KernelCfg):
   """First q block that sees k block j: causal starts at the diagonal."""
   if not cfg.causal:
     return 0
@@ -88,7 +88,7 @@ def _slice(start, size):
   return pl.ds(pl.multiple_of(start, size), size)
 
 
-def _fwd_kernel(*refs, cfg: _Cfg, num_kv: int, has_seg: bool, count: bool):
+def fwd_kernel(*refs, cfg: KernelCfg, num_kv: int, has_seg: bool, count: bool):
   (q_ref, k_ref, v_ref), (qid_ref, kid_ref), outs = _split(refs, 3 + 2 * has_seg, has_seg)
   o_ref, lse_ref = outs[:2]
   i = pl.program_id(2)
@@ -126,12 +126,12 @@ def _fwd_kernel(*refs, cfg: _Cfg, num_kv: int, has_seg: bool, count: bool):
     outs[2][...] = jnp.full((1,), n, jnp.int32)
 
 
-def _probs(k_CxK, q_QxK, lse_1xQ, mask_CxQ, cfg: _Cfg):
+def _probs(k_CxK, q_QxK, lse_1xQ, mask_CxQ, cfg: KernelCfg):
   p_CxQ = jnp.exp(_dot(k_CxK, q_QxK, 1, 1) * cfg.sm_scale - lse_1xQ)
   return p_CxQ if mask_CxQ is None else jnp.where(mask_CxQ, p_CxQ, 0.0)
 
 
-def _dq_kernel(*refs, cfg: _Cfg, num_kv: int, has_seg: bool, count: bool):
+def dq_kernel(*refs, cfg: KernelCfg, num_kv: int, has_seg: bool, count: bool):
   ins, (qid_ref, kid_ref), outs = _split(refs, 6 + 2 * has_seg, has_seg)
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = ins
   i = pl.program_id(2)
@@ -155,7 +155,7 @@ def _dq_kernel(*refs, cfg: _Cfg, num_kv: int, has_seg: bool, count: bool):
     outs[1][...] = jnp.full((1,), n, jnp.int32)
 
 
-def _dkdv_kernel(*refs, cfg: _Cfg, num_q: int, R: int, has_seg: bool, count: bool):
+def dkdv_kernel(*refs, cfg: KernelCfg, num_q: int, R: int, has_seg: bool, count: bool):
   ins, (qid_ref, kid_ref), outs = _split(refs, 6 + 2 * has_seg, has_seg)
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = ins
   j = pl.program_id(2)

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxlab.config import ModelConfig
+from jaxlab.config_types import ModelConfig
 
 ROLES = ('embedding', 'hidden', 'output', 'norm', 'bias')
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxlab.config import ModelConfig
+from jaxlab.config_types import ModelConfig
 from jaxlab.kernels import attention
 from jaxlab.models import parametrization as pz
 from jaxlab.parallel.rules import shard_map_logical

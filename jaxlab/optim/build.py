@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.config import ModelConfig, OptimConfig
+from jaxlab.config_types import ModelConfig, OptimConfig
 from jaxlab.models import Transformer, parametrization
 from jaxlab.optim.adamp import Layout, adamp, sgdp
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxlab.config import Config, ConfigError, ModelConfig
+from jaxlab.config_types import Config, ConfigError, ModelConfig
 
 LR_COEF = 1.79
 LR_N_EXP = -0.713

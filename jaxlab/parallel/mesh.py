@@ -11,6 +11,7 @@ within a node as long as it is no larger than the GPUs per node.
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-from jaxlab.config import ConfigError, MeshConfig
+from jaxlab.config_types import ConfigError, MeshConfig
 
 AXES = ('data', 'fsdp', 'tensor')
 
@@ -97,12 +98,11 @@ def detected_cluster() -> str | None:
     return 'Open MPI'
   if env.get('TPU_WORKER_HOSTNAMES', '').count(',') or env.get('MEGASCALE_COORDINATOR_ADDRESS'):
     return 'Cloud TPU'
-  try:  # a Cloud TPU VM (single- or multi-host): jax asks the metadata server itself
-    from jax._src.clusters import cloud_tpu_cluster
-    if cloud_tpu_cluster.running_in_cloud_tpu_vm:
-      return 'Cloud TPU'
-  except (ImportError, AttributeError):
-    pass
+  # A Cloud TPU VM (single- or multi-host): its TPU device files, or the variables its
+  # runtime sets; jax.distributed then asks the metadata server itself.
+  if env.get('TPU_ACCELERATOR_TYPE') or env.get('TPU_WORKER_ID') or os.path.exists('/dev/accel0') \
+      or glob.glob('/dev/vfio/[0-9]*'):
+    return 'Cloud TPU'
   return None
 
 
@@ -111,8 +111,7 @@ def initialize(cfg: MeshConfig) -> bool:
   detected (auto); returns whether it is running. Explicit mesh.coordinator_address /
   num_processes / process_id (or $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES /
   $JAX_PROCESS_ID) take precedence over auto-detection. Idempotent."""
-  from jax._src import distributed  # is_initialized() is not public in this jax
-  if distributed.global_state.client is not None:
+  if jax.distributed.is_initialized():
     return True
   env = os.environ
   address = cfg.coordinator_address or env.get('JAX_COORDINATOR_ADDRESS') or None

@@ -9,7 +9,7 @@ import pathlib
 import sys
 
 from jaxlab import config as config_lib
-from jaxlab.config import ConfigError
+from jaxlab.config_types import ConfigError
 from jaxlab.submit import slurm, tpu
 from jaxlab.submit.common import ROOT, StepFailed, execute, experiment_arg, require_tool
 from jaxlab.submit.common import check_project, run_argv, sweep_argv

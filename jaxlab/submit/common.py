@@ -10,7 +10,7 @@ import subprocess
 import typing
 
 from jaxlab import config as config_lib
-from jaxlab.config import ConfigError
+from jaxlab.config_types import ConfigError
 
 ROOT = config_lib.EXPERIMENTS_DIR.parent   # the project checkout that holds launch.py
 

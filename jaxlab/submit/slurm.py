@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 
-from jaxlab.config import ConfigError
+from jaxlab.config_types import ConfigError
 from jaxlab.submit.common import ROOT, StepFailed, require_tool
 
 # H100 defaults (RESEARCH_NOTES section 9): overlap collectives with compute, cuBLAS

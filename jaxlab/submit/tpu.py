@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import time
 
-from jaxlab.config import ConfigError
+from jaxlab.config_types import ConfigError
 from jaxlab.submit.common import ROOT, Step, StepFailed, command
 
 REMOTE_DIR = 'jaxlab'        # the project's copy on each worker, under the home directory

@@ -20,7 +20,8 @@ from jaxlab import data as data_lib
 from jaxlab import growth
 from jaxlab import metrics as metrics_lib
 from jaxlab.checkpoint import Checkpointer, checkpoint_dir
-from jaxlab.config import Config, ConfigError, from_dict, validate
+from jaxlab.config_types import Config, ConfigError
+from jaxlab.config import from_dict, validate
 from jaxlab.diagnostics.spectral import top_singular_values
 from jaxlab.parallel import initialize_distributed, make_mesh
 from jaxlab.train.program import Program, build_program

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab import growth
-from jaxlab.config import Config
+from jaxlab.config_types import Config
 from jaxlab.growth import events
 from jaxlab.models import Transformer
 from jaxlab.optim import make_optimizer, make_schedule
@@ -66,7 +66,7 @@ def _schedules(cfg: Config, phases: list, k: int):
   return restart, lambda step: restart(step - start)
 
 
-def _gate_fn(cfg: Config, phases: list, k: int):
+def layer_gate_fn(cfg: Config, phases: list, k: int):
   """Per-layer blend-in gate of growth method 'random' with growth.ramp_steps > 0: new
   layers go 0 -> 1 linearly over ramp_steps steps from the growth step."""
   g = cfg.growth
@@ -94,7 +94,7 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
   stash_models = {str(j): Transformer(level_models[j]) for j in range(phases[phase].level)}
   abstract, shardings = state_shardings(model, tx, cfg.data.seq_len, mesh, stash_models)
   in_sharding = batch_sharding(mesh)
-  gate_fn = _gate_fn(cfg, phases, phase)
+  gate_fn = layer_gate_fn(cfg, phases, phase)
   enter = None
   if phase:
     rng = jax.random.fold_in(jax.random.key(cfg.train.seed), phases[phase].start_step)
