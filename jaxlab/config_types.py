@@ -32,7 +32,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   remat: Literal['none', 'full', 'save_dots'] = 'none'
   dtype: Literal['float32', 'bfloat16'] = 'float32'   # compute dtype; params are float32
-  attention: Literal['xla', 'cudnn', 'pallas', 'auto'] = 'xla'
+  attention: Literal['xla', 'cudnn', 'pallas', 'splash', 'auto'] = 'xla'   # jaxlab/kernels
   parametrization: Literal['sp', 'mup'] = 'sp'   # see jaxlab/models/parametrization.py
   init_std: float = 0.02           # embedding init std (and the readout's under tied embeddings)
   base_d_model: int = 0            # muP base width (0 -> d_model: width multiplier m = 1)
