@@ -198,6 +198,46 @@ def test_dispatcher_cudnn_on_cpu_and_unknown_names():
     attention(q, k, v, implementation='flash')
 
 
+def test_splash_matches_reference_in_interpret_mode():
+  # JAX's TPU splash kernel, interpreted on CPU: GQA 4:2, causal, packed documents (one
+  # boundary inside a 128-block), through jaxlab's wrapper (q pre-scaled, per-row vmap).
+  # Observed max abs errors: out 7.7e-7, dq 9.5e-7, dk 3.3e-6, dv 2.9e-6 on values up to
+  # ~6: within F32_TOL (at most 0.7 of it, for dk).
+  from jaxlab.kernels import splash
+  q, k, v = qkv(B=2, T=128, S=128, H=4, G=2, K=32)
+  seg = jnp.array([[1] * 50 + [2] * 78, [3] * 128])
+  got = values_and_grads(lambda q, k, v: splash.splash_attention(
+      q, k, v, causal=True, segment_ids=seg), q, k, v)
+  want = values_and_grads(lambda q, k, v: reference_attention(
+      q, k, v, causal=True, segment_ids=seg), q, k, v)
+  for label, a, b in zip(('out', 'dq', 'dk', 'dv'), got, want):
+    np.testing.assert_allclose(a, b, **F32_TOL, err_msg=label)
+
+
+def test_backend_checks_and_auto_on_each_platform():
+  # auto's choice is a function of the traced-for device (here given directly).
+  q = jax.ShapeDtypeStruct((2, 256, 4, 128), jnp.bfloat16)    # the checks read shapes only
+  k = jax.ShapeDtypeStruct((2, 256, 2, 128), jnp.bfloat16)
+  seg = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+  call = lambda platform, **kw: attention_mod.Call(**{  # noqa: E731
+      'q': q, 'k': k, 'causal': True, 'segment_ids': seg, 'platform': platform,
+      'device_kind': '', **kw})
+  choose = attention_mod.choose_implementation
+  assert choose(call('tpu'))[0] == 'splash'
+  assert choose(call('cpu'))[0] == 'xla'
+  name, reason = choose(call('gpu'))        # packed documents: cuDNN cannot, Pallas can
+  assert name == 'pallas' and 'segment ids' in reason
+  short = [jax.ShapeDtypeStruct((2, 200, *x.shape[2:]), x.dtype) for x in (q, k)]
+  name, reason = choose(call('tpu', q=short[0], k=short[1], segment_ids=None))
+  assert name == 'pallas' and 'multiple of 128' in reason
+  name, reason = choose(call('tpu', segment_ids=(seg, seg)))
+  assert name == 'pallas' and 'separate query / key segment ids' in reason
+  with pytest.raises(attention_mod.AttentionUnsupported, match="'splash' .model.attention. "
+                     "cannot run this call: the sequence length T=8 must be a multiple of 128"):
+    attention(jax.ShapeDtypeStruct((2, 8, 4, 16), jnp.float32),
+              *[jax.ShapeDtypeStruct((2, 8, 2, 16), jnp.float32)] * 2, implementation='splash')
+
+
 def test_auto_logs_its_choice_once(caplog, monkeypatch):
   monkeypatch.setattr(attention_mod, '_logged', set())
   caplog.set_level(logging.INFO, logger='jaxlab.kernels')
