@@ -117,10 +117,14 @@ def test_growth_phases_compile_on_a_two_host_slice():
   assert 'enter' in rows[1]['memory'] and 'enter' not in rows[0]['memory']
 
 
+# Too big for one v5e chip: ~13B params of float32 with AdamW, which the compiler refuses
+# within a second.
+HUGE = ('model.d_model=4096', 'model.n_heads=32', 'model.d_ff=16384', 'model.n_layers=48')
+
+
 def test_a_run_that_does_not_fit_exits_2_naming_phase_and_remedies(tmp_path, capsys):
-  code = cli.main(['compile', 'tiny', 'model.d_model=4096', 'model.n_heads=32', 'model.d_ff=16384',
-                   'model.n_layers=48', f'train.workdir={tmp_path}', '--target', 'tpu:v5e:1x1',
-                   '--no-estimate'])
+  code = cli.main(['compile', 'tiny', *HUGE, f'train.workdir={tmp_path}', '--target',
+                   'tpu:v5e:1x1', '--no-estimate'])
   err = capsys.readouterr().err
   assert code == 2
   assert 'phase 0 (d4096 L48 H32/32 F16384) does not fit on tpu:v5e:1x1' in err
@@ -128,6 +132,23 @@ def test_a_run_that_does_not_fit_exits_2_naming_phase_and_remedies(tmp_path, cap
     assert remedy in err, remedy
   [row] = json.loads((tmp_path / 'tiny' / 'compile.json').read_text())
   assert row['fits'] is False and row['hbm_bytes_per_chip'] > row['hbm_capacity_bytes']
+
+
+def test_submit_stops_before_gcloud_when_the_run_does_not_fit(tmp_path, capsys, monkeypatch):
+  gcloud = tmp_path / 'gcloud'                     # records any call; none may happen
+  gcloud.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+  gcloud.chmod(0o755)
+  monkeypatch.setenv('PATH', f'{tmp_path}:/usr/bin:/bin')
+  tpu = ['submit', '--target', 'tpu', '--tpu-name', 'my-tpu', '--zone', 'us-east5-a']
+  code = cli.main([*tpu, '--accelerator', 'v5litepod-1', 'tiny', *HUGE,
+                   f'train.workdir={tmp_path}'])
+  out, err = capsys.readouterr()
+  assert code == 2 and 'phase 0 (d4096 L48 H32/32 F16384) does not fit on tpu:v5litepod-1' in err
+  assert 'nothing was submitted (--skip-compile-check submits anyway)' in err
+  assert not (tmp_path / 'calls').exists()
+  assert cli.main([*tpu, 'tiny', '--dry-run']) == 2      # no --accelerator: nothing to check
+  assert 'pass --accelerator (or $ACCELERATOR_TYPE), e.g. v5p-32, or --skip-compile-check' in (
+      capsys.readouterr().err)
 
 
 def test_bad_targets_exit_2_before_compiling(tmp_path, capsys):
