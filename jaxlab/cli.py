@@ -207,10 +207,11 @@ def _add_compile(sub) -> None:
   comp.add_argument('overrides', nargs='*', help='config overrides, e.g. model.remat=full')
   comp.add_argument('--target', required=True, metavar='tpu:TYPE',
                     help='a Cloud TPU accelerator type (tpu:v5p-64, tpu:v5e-16 or '
-                    'tpu:v5litepod-16, tpu:v6e-8, tpu:v4-32) or topology (tpu:v5e:2x2)')
+                    'tpu:v5litepod-16, tpu:v6e-8, tpu:v4-32) or topology (tpu:v5e:2x2); or '
+                    'gpu:h100xN (N GPUs per host; needs the [gpu] extra)')
   comp.add_argument('--slices', type=int, default=1, metavar='N',
-                    help='multi-slice: N such slices over the data-center network (set '
-                    'mesh.dcn_* to span them)')
+                    help='TPU: N such slices over the data-center network (set mesh.dcn_* to '
+                    'span them); GPU: N such hosts')
   comp.add_argument('--no-estimate', action='store_true',
                     help="skip XLA's FLOPs and step-time estimate (two more compiles per "
                     'phase, of the step with 0 and 1 layers)')

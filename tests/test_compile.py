@@ -15,12 +15,15 @@ import pytest
 
 from jaxlab import aot, cli, metrics
 from jaxlab import config as config_lib
-from jaxlab.aot import check, targets
+from jaxlab.aot import check, gpu, targets
 from jaxlab.config_types import ConfigError
 from jaxlab.kernels import flash_attention
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
-                                reason='needs libtpu: pip install -e ".[tpu]" (make test does)')
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                                  reason='needs libtpu: pip install -e ".[tpu]" (make test does)')
+needs_cuda_plugin = pytest.mark.skipif(
+    not gpu.available(), reason='needs jax\'s CUDA plugin: pip install -e ".[gpu]" (~5 GB; '
+    'not installed by make test)')
 
 
 def test_accelerator_types_map_to_topologies_like_gcloud():
@@ -54,6 +57,7 @@ def _custom_calls(compiled) -> str:
 WIDER = ('model.d_model=128', 'model.d_ff=512', 'data.seq_len=128', 'train.batch_size=8')
 
 
+@needs_libtpu
 def test_tiny_compiles_for_v5e_and_reports_memory_analysis(tmp_path, capsys):
   # What `launch.py compile tiny --target tpu:v5e:2x2` runs: the table, compile.json, exit
   # 0; xla attention, data-parallel mesh, train and eval steps, the XLA estimate.
@@ -90,6 +94,7 @@ def test_tiny_compiles_for_v5e_and_reports_memory_analysis(tmp_path, capsys):
       row['flops_per_step'] / (row['estimated_step_seconds'] * peak * 4))
 
 
+@needs_libtpu
 @pytest.mark.parametrize('attention, mesh, kernel', [
     ('pallas', ('mesh.data=1', 'mesh.fsdp=2', 'mesh.tensor=2', 'model.vocab_size=258'),
      'flash_attention_dkdv'),
@@ -104,6 +109,7 @@ def test_fused_attention_compiles_with_mosaic_for_v5e(attention, mesh, kernel):
   assert 'tpu_custom_call' in calls and kernel in calls   # Mosaic kernels, not interpreted
 
 
+@needs_libtpu
 def test_growth_phases_compile_on_a_two_host_slice():
   # G_stack 1 -> 2 layers on v5p-16 (8 chips, 2 hosts) under a (2, 2, 2) mesh: both phases
   # and the growth transition between them.
@@ -122,6 +128,7 @@ def test_growth_phases_compile_on_a_two_host_slice():
 HUGE = ('model.d_model=4096', 'model.n_heads=32', 'model.d_ff=16384', 'model.n_layers=48')
 
 
+@needs_libtpu
 def test_a_run_that_does_not_fit_exits_2_naming_phase_and_remedies(tmp_path, capsys):
   code = cli.main(['compile', 'tiny', *HUGE, f'train.workdir={tmp_path}', '--target',
                    'tpu:v5e:1x1', '--no-estimate'])
@@ -134,6 +141,7 @@ def test_a_run_that_does_not_fit_exits_2_naming_phase_and_remedies(tmp_path, cap
   assert row['fits'] is False and row['hbm_bytes_per_chip'] > row['hbm_capacity_bytes']
 
 
+@needs_libtpu
 def test_submit_stops_before_gcloud_when_the_run_does_not_fit(tmp_path, capsys, monkeypatch):
   gcloud = tmp_path / 'gcloud'                     # records any call; none may happen
   gcloud.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
@@ -151,9 +159,10 @@ def test_submit_stops_before_gcloud_when_the_run_does_not_fit(tmp_path, capsys, 
       capsys.readouterr().err)
 
 
+@needs_libtpu
 def test_bad_targets_exit_2_before_compiling(tmp_path, capsys):
-  assert cli.main(['compile', 'tiny', '--target', 'gpu:h100x8']) == 2
-  assert "--target 'gpu:h100x8' is not valid" in capsys.readouterr().err
+  assert cli.main(['compile', 'tiny', '--target', 'gpu:a100x8']) == 2
+  assert "--target 'gpu:a100x8' is not valid: expected gpu:MODELxN" in capsys.readouterr().err
   assert cli.main(['compile', 'tiny', '--target', 'tpu:v5e-8', '--slices', '2']) == 2
   assert 'set mesh.dcn_data' in capsys.readouterr().err
 
@@ -170,6 +179,7 @@ def _kernel_grad(fn, mesh, T, H=8, G=2, K=128):
   return compiled
 
 
+@needs_libtpu
 def test_flash_kernel_compiles_forward_and_backward_at_32k():
   # It used to run out of scoped VMEM here (whole-sequence K/V per head); splash at 32k and
   # both at 128k are in experiments/compile_kernels.py (tens of seconds each).
@@ -177,3 +187,17 @@ def test_flash_kernel_compiles_forward_and_backward_at_32k():
   mesh = jax.sharding.Mesh(np.array(devices), ('x',))
   compiled = _kernel_grad(flash_attention, mesh, 32 * 1024)
   assert _custom_calls(compiled).count('tpu_custom_call') >= 3   # forward, dq, dk/dv
+
+
+@needs_cuda_plugin
+def test_tiny_compiles_for_eight_h100s_without_a_gpu():
+  # jax[cuda12]'s plugin compiles against a GPU description (jaxlab/aot/gpu.py); the Pallas
+  # kernel goes through Triton and ptxas for sm_90. No cost analysis on GPU: no estimate.
+  cfg = _tiny('model.attention=pallas', 'train.batch_size=8')
+  target = targets.parse_target('gpu:h100x8')
+  assert (target.chips, target.hosts) == (8, 1)
+  [row] = aot.check_run(cfg, target, log=lambda line: None)
+  assert row['fits'] and row['mesh'] == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert row['hbm_capacity_bytes'] == int(84942979072 * 0.75)   # JAX's default preallocation
+  assert '__gpu$xla.gpu.triton' in _custom_calls(row['compiled']['train'])
+  assert row['estimated_step_seconds'] is None and 'no cost analysis' in row['estimate_note']

@@ -115,7 +115,7 @@ def abstract_batch(cfg: Config, program: Program) -> dict:
 
 def target_mesh(cfg: Config, target: Target):
   """The run's mesh over the target's devices, with the checks `run` makes before compiling."""
-  if target.slices > 1 and all(getattr(cfg.mesh, f'dcn_{a}') == 1 for a in ('data', 'fsdp',
+  if target.platform == 'tpu' and target.slices > 1 and all(getattr(cfg.mesh, f'dcn_{a}') == 1 for a in ('data', 'fsdp',
                                                                              'tensor')):
     raise ConfigError(f'--slices {target.slices}: set mesh.dcn_data (or dcn_fsdp / dcn_tensor) '
                       f'so the mesh spans the slices, e.g. mesh.dcn_data={target.slices}')
@@ -133,6 +133,8 @@ def _cost(compiled) -> tuple[float, float, bool]:
   whether splash kernels -- which XLA cannot cost -- are in the program)."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if not cost:          # XLA's GPU compiler gives none
+    return None
   text = compiled.as_text()
   return (float(cost.get('flops', 0.0)), float(cost.get('optimal_seconds', 0.0)) +
           text.count(_UNCOSTED), 'splash_' in text)
@@ -151,7 +153,11 @@ def estimate_step(cfg: Config, mesh, model, cache: dict) -> dict:
       costs.append(_cost(compiled))
       seconds += dt
     cache[key] = (costs, seconds)
-  (f0, s0, _), (f1, s1, splash), seconds = *cache[key][0], cache[key][1]
+  (c0, c1), seconds = cache[key]
+  if c0 is None or c1 is None:
+    return {'xla_flops_per_device': None, 'seconds': None, 'compile_seconds': seconds,
+            'note': 'the compiler gives no cost analysis for this target'}
+  (f0, s0, _), (f1, s1, splash) = c0, c1
   L = model.n_layers
   out = {'xla_flops_per_device': f0 + L * (f1 - f0), 'seconds': s0 + L * (s1 - s0),
          'compile_seconds': seconds, 'note': None}
@@ -204,7 +210,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
   row = {'phase': k, 'start_step': program.start_step, 'event': program.phases[k].event,
          'model': growth.plan.describe(model), 'target': target.name, 'chips': target.chips,
          'hosts': target.hosts, 'mesh': dict(mesh.shape), 'attention': model.attention,
-         'remat': model.remat, 'hbm_capacity_bytes': target.gen.hbm_bytes,
+         'remat': model.remat, 'hbm_capacity_bytes': target.hbm_bytes,
          'flops_per_step': metrics.flops_per_token(model, cfg.data.seq_len) *
          cfg.train.batch_size * cfg.data.seq_len}
   programs_run = {'train': (program.train_step, (state, batch), 0)}
@@ -231,7 +237,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
     return row
   peak = max(m['peak'] for m in mem.values())
   row.update(hbm_bytes_per_chip=peak, hbm_is_lower_bound=False,
-             fits=peak <= target.gen.hbm_bytes, memory=mem, compile_seconds=seconds)
+             fits=peak <= target.hbm_bytes, memory=mem, compile_seconds=seconds)
   if not row['fits']:
     row['remedies'] = remedies(cfg, model, mesh)
   row.update(xla_flops_per_step=None, estimated_step_seconds=None, estimated_mfu=None,
@@ -239,9 +245,13 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
   row['compiled'] = compiled
   if cache is None:
     return row
+  if _cost(compiled['train']) is None:
+    row['estimate_note'] = 'the compiler gives no cost analysis for this target'
+    return row
   est = estimate_step(cfg, mesh, model, cache)
   peak_flops = metrics.peak_flops_per_device(target_device_kind(mesh))
-  row.update(xla_flops_per_step=est['xla_flops_per_device'] * mesh.size,
+  flops = est['xla_flops_per_device']
+  row.update(xla_flops_per_step=None if flops is None else flops * mesh.size,
              estimated_step_seconds=est['seconds'], estimate_compile_seconds=est['compile_seconds'],
              estimate_note=est['note'], estimated_mfu=None)
   if est['seconds'] and peak_flops:

@@ -1,5 +1,6 @@
 """Compile targets: Cloud TPU accelerator types (as gcloud names them) -> the topology that
-libtpu compiles for, and that topology's devices, without a TPU.
+libtpu compiles for, and that topology's devices, without a TPU; and GPU hosts
+(`gpu:h100x8`, jaxlab/aot/gpu.py).
 
 `--target tpu:TYPE` takes gcloud's accelerator type, `v4-32`, `v5p-256`, `v5litepod-16`
 (or `v5e-16`), `v6e-64`, or a topology, `v5e:4x4`, `v5p:2x4x4`, like gcloud's --topology:
@@ -29,6 +30,7 @@ import re
 import sys
 import tempfile
 
+from jaxlab.aot import gpu
 from jaxlab.config_types import ConfigError
 
 GIB = 2 ** 30
@@ -56,9 +58,10 @@ _SINGLE_HOST_2D = 8                                  # v5e / v6e: up to 8 chips 
 @dataclasses.dataclass(frozen=True)
 class Target:
   name: str                  # as given, e.g. 'tpu:v5p-64'
-  generation: str            # key of GENERATIONS
-  topology: tuple[int, ...]  # chips per dimension of one slice
-  slices: int
+  generation: str            # key of GENERATIONS, or of gpu.GPUS
+  topology: tuple[int, ...]  # chips per dimension of one slice (GPU: (GPUs per host,))
+  slices: int                # TPU slices over the data-center network (GPU: hosts)
+  platform: str = 'tpu'
 
   @property
   def gen(self) -> Generation:
@@ -74,6 +77,8 @@ class Target:
 
   @property
   def chips_per_host(self) -> tuple[int, int, int]:
+    if self.platform == 'gpu':
+      return (self.topology[0], 1, 1)
     if self.gen.dims == 2 and self.chips_per_slice <= _SINGLE_HOST_2D:
       return (*self.topology, 1)
     return (2, 2, 1)
@@ -83,14 +88,24 @@ class Target:
     return self.chips // math.prod(self.chips_per_host)
 
   @property
+  def hbm_bytes(self) -> int:
+    """Per chip (GPU): what a program may use."""
+    if self.platform == 'gpu':
+      return gpu.capacity_bytes(gpu.GPUS[self.generation])
+    return self.gen.hbm_bytes
+
+  @property
   def topology_name(self) -> str:
+    if self.platform == 'gpu':
+      return f'{self.slices} host(s) x {self.topology[0]} {self.generation}'
     return f'{self.gen.libtpu_name}:{"x".join(map(str, self.topology))}'
 
   def describe(self) -> str:
-    slices = f' x {self.slices} slices' if self.slices > 1 else ''
-    return (f'{self.name}: {self.generation} {"x".join(map(str, self.topology))}{slices}, '
-            f'{self.chips} chips on {self.hosts} host(s), {self.gen.hbm_bytes / GIB:.2f} GiB '
-            'HBM per chip')
+    unit = 'GPUs' if self.platform == 'gpu' else 'chips'
+    shape = '' if self.platform == 'gpu' else f'{self.generation} ' + 'x'.join(
+        map(str, self.topology)) + (f' x {self.slices} slices' if self.slices > 1 else '') + ', '
+    return (f'{self.name}: {shape}{self.chips} {unit} on {self.hosts} host(s), '
+            f'{self.hbm_bytes / GIB:.2f} GiB HBM per {unit[:-1]}')
 
 
 def _generation(text: str) -> str:
@@ -120,10 +135,12 @@ def parse_target(text: str, slices: int = 1) -> Target:
   if slices < 1:
     raise ConfigError(f'--slices {slices} must be >= 1')
   platform, _, rest = text.partition(':')
+  if platform == 'gpu':
+    return _parse_gpu(text, rest, slices)
   if platform != 'tpu' or not rest:
     raise ConfigError(f'--target {text!r} is not valid: expected tpu:TYPE, e.g. tpu:v5p-64, '
-                      'tpu:v5e-16, tpu:v6e-8, tpu:v4-32, or a topology such as tpu:v5e:2x2 '
-                      '(no GPU target: see the README, "Compile before you pay")')
+                      'tpu:v5e-16, tpu:v6e-8, tpu:v4-32, or a topology such as tpu:v5e:2x2, '
+                      'or gpu:h100x8')
   shape = re.fullmatch(r'([a-z0-9]+):(\d+(?:x\d+){1,2})', rest)
   if shape:
     key = _generation(shape.group(1))
@@ -150,6 +167,15 @@ def parse_target(text: str, slices: int = 1) -> Target:
   return Target(text, key, _torus(chips), slices)
 
 
+def _parse_gpu(text: str, rest: str, hosts: int) -> Target:
+  """gpu:MODELxN: N GPUs on each of --slices hosts."""
+  match = re.fullmatch(r'([a-z0-9]+)x(\d+)', rest)
+  if not match or match.group(1) not in gpu.GPUS or int(match.group(2)) < 1:
+    raise ConfigError(f'--target {text!r} is not valid: expected gpu:MODELxN (N GPUs per host; '
+                      f'--slices hosts), MODEL one of {", ".join(gpu.GPUS)}, e.g. gpu:h100x8')
+  return Target(text, match.group(1), (int(match.group(2)),), hosts, platform='gpu')
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
   """libtpu prints warnings about the missing TPU (no metadata server, no worker list) to
@@ -168,6 +194,11 @@ def _quiet_stderr():
 
 def devices(target: Target) -> list:
   """The target's devices (compile-only: they lower and compile, never run)."""
+  if target.platform == 'gpu':
+    if not gpu.available():
+      raise ConfigError('compiling for a GPU needs jax\'s CUDA plugin, which is not installed: '
+                        'pip install -e ".[gpu]" (about 5 GB, with ptxas; no GPU needed)')
+    return gpu.devices(target.generation, target.hosts, target.topology[0])
   if importlib.util.find_spec('libtpu') is None:
     raise ConfigError('compiling for a TPU needs libtpu, which is not installed: '
                       'pip install -e ".[tpu]" (about 700 MB; no TPU needed)')

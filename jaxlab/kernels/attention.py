@@ -108,6 +108,8 @@ def cudnn_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.A
 
 
 def splash_unsupported(call: Call) -> str | None:
+  if call.platform == 'gpu':
+    return 'splash is a TPU kernel (on a GPU it would only run interpreted)'
   return splash.unsupported(call.q, call.k, segment_ids=call.segment_ids)
 
 
