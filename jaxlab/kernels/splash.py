@@ -28,9 +28,12 @@ from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jaxlab.kernels.target import target_device
 
 LANES = 128
-# Block (q and kv, forward and backward) per chip, by device_kind. 512 is MaxText's default
-# (sa_block_* in its base.yml); its tuned v5p / v6e recipes at seq >= 4096 use 2048.
-BLOCKS = {'TPU v4': 512, 'TPU v5 lite': 512, 'TPU v5': 2048, 'TPU v6 lite': 2048}
+# Block (q and kv, forward and backward) per chip, by device_kind: MaxText's default
+# (sa_block_* = 512 in its base.yml). Its tuned v5p / v6e recipes use 2048, but with the
+# default scoped-VMEM limit that does not compile (CompileTimeScopedVmemOom for v5p at
+# T = 4k and v6e at 32k, experiments/compile_kernels.py); it needs a raised limit
+# (LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=...), which jaxlab does not set.
+BLOCKS = {'TPU v4': 512, 'TPU v5 lite': 512, 'TPU v5': 512, 'TPU v6 lite': 512}
 DEFAULT_BLOCK = 512
 
 
