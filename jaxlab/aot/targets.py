@@ -202,6 +202,10 @@ def devices(target: Target) -> list:
   if importlib.util.find_spec('libtpu') is None:
     raise ConfigError('compiling for a TPU needs libtpu, which is not installed: '
                       'pip install -e ".[tpu]" (about 700 MB; no TPU needed)')
+  # libtpu takes /tmp/libtpu_lockfile so that one process owns a machine's TPU chips; a
+  # compile-only topology owns none, and without this a second `launch.py compile` (or a
+  # test worker) on the same machine fails while the first runs.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies
   with _quiet_stderr() as log:
     try:
