@@ -180,7 +180,8 @@ def remedies(cfg: Config, model, mesh) -> list[str]:
   if mesh.shape['fsdp'] < chips:
     out.append(f'mesh.fsdp=-1 mesh.data=1 (shard params and optimizer state over all {chips} '
                f'chips; now fsdp={mesh.shape["fsdp"]})')
-  if mesh.shape['tensor'] == 1 and model.n_heads % 2 == 0 and model.kv_heads % 2 == 0:
+  if (mesh.size > 1 and mesh.shape['tensor'] == 1 and model.n_heads % 2 == 0
+      and model.kv_heads % 2 == 0):
     out.append('mesh.tensor=2 or more (split heads, MLP and vocab across chips)')
   per_device = cfg.train.batch_size // (mesh.shape['data'] * mesh.shape['fsdp'])
   if per_device > 1:
