@@ -1,9 +1,10 @@
-"""Compile every phase of a run for a TPU target from a CPU host, and say what it needs.
+"""Compile every phase of a run for a TPU (or GPU) target from a CPU host, and say what it
+needs.
 
 Each phase of the run's growth plan is built by jaxlab.train.program.build_program on a
 mesh of the target's devices (jaxlab.parallel.make_mesh, as `run` builds it), so the
 model, optimizer, shardings, remat policy and attention backend are the run's. Per phase
-it compiles, with libtpu (Mosaic for the Pallas kernels):
+it compiles, with libtpu (Mosaic for the Pallas kernels; XLA GPU and Triton for a GPU):
   train  the jitted train step (state donated), on a batch of the run's shape;
   eval   the eval step (when the run evaluates), while the optimizer state stays in HBM;
   enter  the growth transition from the previous phase's state (phases after the first).
@@ -115,8 +116,8 @@ def abstract_batch(cfg: Config, program: Program) -> dict:
 
 def target_mesh(cfg: Config, target: Target):
   """The run's mesh over the target's devices, with the checks `run` makes before compiling."""
-  if target.platform == 'tpu' and target.slices > 1 and all(getattr(cfg.mesh, f'dcn_{a}') == 1 for a in ('data', 'fsdp',
-                                                                             'tensor')):
+  no_dcn = all(getattr(cfg.mesh, f'dcn_{a}') == 1 for a in ('data', 'fsdp', 'tensor'))
+  if target.platform == 'tpu' and target.slices > 1 and no_dcn:
     raise ConfigError(f'--slices {target.slices}: set mesh.dcn_data (or dcn_fsdp / dcn_tensor) '
                       f'so the mesh spans the slices, e.g. mesh.dcn_data={target.slices}')
   mesh = make_mesh(cfg.mesh, devices=devices(target))

@@ -120,7 +120,8 @@ def dkdv(q, k, v, do, lse, delta, q_ids, kv_ids, cfg: KernelCfg, count: bool = F
     return jnp.maximum(i, q_block_lo(j, cfg)) if cfg.causal else i
   q_spec = _block(bq, K, lambda b, g, j, r, i: (b, g * R + r, q_index(j, i)))
   kv_spec = _block(bk, K, lambda b, g, j, r, i: (b, g, j))
-  row_spec = pl.BlockSpec((None, None, 1, bq), lambda b, g, j, r, i: (b, g * R + r, 0, q_index(j, i)))
+  row_spec = pl.BlockSpec((None, None, 1, bq),
+                          lambda b, g, j, r, i: (b, g * R + r, 0, q_index(j, i)))
   ids_specs = [pl.BlockSpec((None, 1, bq), lambda b, g, j, r, i: (b, 0, q_index(j, i))),
                pl.BlockSpec((None, bk, 1), lambda b, g, j, r, i: (b, j, 0))] if has_seg else []
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
