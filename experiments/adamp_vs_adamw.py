@@ -28,7 +28,7 @@ def config() -> Config:
       model=ModelConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512),
       optim=OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.1, momentum=0.9),
       data=DataConfig(seq_len=128),
-      train=TrainConfig(steps=400, batch_size=16, log_every=10, eval_every=50,
+      train=TrainConfig(steps=400, batch_size=16, log_every=10, eval_every=50, weight_stats=True,
                         eval_batches=8, checkpoint_every=200),
   )
 

@@ -196,6 +196,7 @@ def from_dict(data: dict, cls=Config):
   """Inverse of Config.to_dict (used to read a run's config.json back)."""
   kwargs = {}
   types_ = fields_of(cls)
+  data = _migrated(data, cls)
   for name, value in data.items():
     if name not in types_:
       raise ConfigError(f'unknown config key {name!r} in {cls.__name__}')
@@ -206,3 +207,13 @@ def from_dict(data: dict, cls=Config):
       value = tuple(value)
     kwargs[name] = value
   return cls(**kwargs)
+
+
+def _migrated(data: dict, cls) -> dict:
+  """Keys renamed since a config.json was written: model.zero_init_head=true is
+  model.readout_init='zero'."""
+  if cls is ModelConfig and 'zero_init_head' in data:
+    data = dict(data)
+    if data.pop('zero_init_head'):
+      data['readout_init'] = 'zero'
+  return data

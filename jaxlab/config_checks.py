@@ -47,6 +47,8 @@ def validate(cfg: Config) -> Config:
   _require(o.lr > 0, f'optim.lr={o.lr} must be > 0')
   _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f'optim.b1={o.b1}, optim.b2={o.b2} must be in [0, 1)')
   _validate_optimizer(o)
+  if m.parametrization == 'mup':
+    _validate_mup(cfg)
   _require(0 <= o.final_lr_fraction <= 1,
            f'optim.final_lr_fraction={o.final_lr_fraction} must be in [0, 1]')
   _require(0 < d.val_fraction < 1, f'data.val_fraction={d.val_fraction} must be in (0, 1)')
@@ -85,6 +87,16 @@ def _validate_optimizer(o: OptimConfig):
   _require(o.grad_noise_eta >= 0 and o.grad_noise_gamma >= 0,
            f'optim.grad_noise_eta={o.grad_noise_eta} and optim.grad_noise_gamma='
            f'{o.grad_noise_gamma} must be >= 0')
+
+
+def _validate_mup(cfg: Config):
+  """muP needs a base model whose sizes are whole numbers and an optimizer whose family
+  it knows (jaxlab.models.parametrization)."""
+  from jaxlab.models import parametrization   # only under muP: it imports jax
+  for key in ('base_d_model', 'base_n_heads', 'base_head_dim', 'base_d_ff'):
+    _require(getattr(cfg.model, key) >= 0, f'model.{key}={getattr(cfg.model, key)} must be >= 0')
+  parametrization.base_model(cfg.model)
+  parametrization.check_optimizer(cfg.model, cfg.optim.name)
 
 
 def _validate_growth(cfg: Config):

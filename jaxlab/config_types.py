@@ -35,11 +35,12 @@ class ModelConfig:
   attention: Literal['xla', 'cudnn', 'pallas', 'auto'] = 'xla'
   parametrization: Literal['sp', 'mup'] = 'sp'   # see jaxlab/models/parametrization.py
   init_std: float = 0.02           # embedding init std (and the readout's under tied embeddings)
-  base_d_model: int = 0            # muP base width (0 -> d_model: width multiplier m = 1)
-  base_d_ff: int = 0               # muP base d_ff (0 -> ff_dim * base_d_model / d_model)
-  base_head_dim: int = 0           # muP base head dim (0 -> head_dim if set, else
-                                   #   base_d_model // n_heads)
-  zero_init_head: bool = False     # readout initialised to zero (muP's recommended option)
+  readout_init: Literal['mup', 'fan_in', 'zero'] = 'mup'   # untied head's init: microsoft/
+                                   #   mup's MuReadout (std constant in width), fan_in^-1/2, 0
+  base_d_model: int = 0            # muP base width (0 -> d_model: every multiplier is 1)
+  base_n_heads: int = 0            # muP base model sizes; 0 -> derived from base_d_model by
+  base_head_dim: int = 0           #   the rules the model uses (explicit head_dim: fixed, heads
+  base_d_ff: int = 0               #   scale; else heads fixed; d_ff: its ratio, or LLaMA's rule)
   zero_init_query: bool = False    # query projection initialised to zero
 
   @property
@@ -133,6 +134,8 @@ class TrainConfig:
   workdir: str = 'runs'
   spectral_every: int = 0          # log each matrix's top singular value every K steps and
                                    #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
+  weight_stats: bool = False       # weight norm and effective step of the norm-fed matrices
+                                   #   in every step (jaxlab/diagnostics/weights.py)
 
 
 @dataclass(frozen=True)

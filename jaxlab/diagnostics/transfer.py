@@ -23,7 +23,6 @@ STUDIES = {   # hyperparameter key -> (label, panel key)
     'optim.lr': ('lr', 'model.parametrization'),
     'optim.weight_decay': ('weight decay', 'optim.wd_width_exponent'),
 }
-HIDDEN = ('attn.wq', 'attn.wk', 'attn.wv', 'attn.wo', 'mlp.w_gate', 'mlp.w_up', 'mlp.w_down')
 
 
 def _get(run, dotted: str):
@@ -99,13 +98,18 @@ def sigma_ratio_rows(runs) -> list[dict]:
 
 
 def _final_sigmas(run) -> dict[str, float]:
+  """The hidden matrices' sigma_max at the last step that logged them (the run's model's
+  hidden matrices, from the parameter schema)."""
   recs = [r for r in run.metrics if any(k.startswith(spectral.PREFIX) for k in r)]
   if not recs:
     return {}
+  from jaxlab.config import from_dict
+  from jaxlab.config_types import ModelConfig
+  hidden = spectral.hidden_names(from_dict(run.config.get('model', {}), ModelConfig))
   out = {}
   for k, v in recs[-1].items():
     parsed = spectral.parse_key(k)
-    if parsed and parsed[0] in HIDDEN and isinstance(v, (int, float)):
+    if parsed and parsed[0] in hidden and isinstance(v, (int, float)):
       out[k] = float(v)
   return out
 

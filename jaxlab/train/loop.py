@@ -31,7 +31,7 @@ from jaxlab.train.program import Program, build_program
 # floating-point reductions the result is the same).
 RESUMABLE_CHANGES = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
                      'train.keep_checkpoints', 'train.async_checkpoint', 'train.workdir',
-                     'train.spectral_every')
+                     'train.spectral_every', 'train.weight_stats')
 RESUMABLE_PREFIXES = ('mesh.',)
 
 
@@ -225,7 +225,7 @@ def train(cfg: Config) -> dict:
                                      enabled=jax.process_index() == 0)
   throughput = metrics_lib.Throughput()
   pending: list[tuple[int, dict]] = []
-  spectral = jax.jit(top_singular_values)   # retraces when growth changes the shapes
+  spectral = jax.jit(top_singular_values, static_argnums=1)   # retraces at growth
   last_loss = last_val = None
   last_rate = None
   session_start, session_step0 = time.perf_counter(), step
@@ -303,7 +303,8 @@ def train(cfg: Config) -> dict:
           throughput.exclude(time.perf_counter() - t0)
         if do_spectral:
           t0 = time.perf_counter()
-          record.update({k: float(v) for k, v in jax.device_get(spectral(state.params)).items()})
+          sigmas = spectral(state.params, program.model.cfg)
+          record.update({k: float(v) for k, v in jax.device_get(sigmas).items()})
           throughput.exclude(time.perf_counter() - t0)
         if record is not None:
           done = step - session_step0
