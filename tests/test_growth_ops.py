@@ -183,6 +183,9 @@ WIDTH_CASES = {   # name -> (src, dst)
     'heads_kv_grow': (SRC, cfg(n_heads=4, n_kv_heads=2)),
     'heads_mha': (cfg(n_kv_heads=0), cfg(n_heads=4, n_kv_heads=0)),
     'all': (SRC, cfg(d_model=32, n_heads=6, n_kv_heads=2, d_ff=80)),
+    # QK-norm gains (over the head dim, shared by the heads) need no rule of their own.
+    'all_qk_norm': (cfg(qk_norm=True), cfg(qk_norm=True, d_model=32, n_heads=6, n_kv_heads=2,
+                                           d_ff=80)),
 }
 
 
@@ -236,6 +239,8 @@ ZERO_CASES = {
     'heads_kv_fixed': WIDTH_CASES['heads_kv_fixed'],
     'heads_kv_grow': WIDTH_CASES['heads_kv_grow'],
     'all': (SRC, cfg(d_model=24, n_heads=6, n_kv_heads=2, d_ff=48)),
+    'all_qk_norm': (cfg(qk_norm=True), cfg(qk_norm=True, d_model=24, n_heads=6, n_kv_heads=2,
+                                           d_ff=48)),
 }
 
 

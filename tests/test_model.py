@@ -273,6 +273,39 @@ def test_schema_declares_every_leaf_once():
   assert schema.count(CFG) == sum(x.size for x in jax.tree.leaves(params()))
 
 
+def test_qk_norm_is_one_gain_per_head_dim_after_the_projections():
+  """model.qk_norm: an RMSNorm with a learned gain on q and on k (shared by the heads, over
+  the head dim), after the projections and before RoPE, as Qwen3 / OLMo-2 (the exact
+  placement is checked against transformers' Qwen3 in the Hugging Face interop tests)."""
+  cfg = dataclasses.replace(CFG, qk_norm=True)
+  p = params(cfg)
+  K = cfg.dim_per_head
+  for name in ('q_norm', 'k_norm'):
+    assert schema.specs(cfg)[('layers', 'attn', name, 'scale')].axes == ('layers', 'kv')
+    assert p['layers']['attn'][name]['scale'].shape == (cfg.n_layers, K)
+  p['layers']['attn']['q_norm']['scale'] = p['layers']['attn']['q_norm']['scale'] * 1.5
+  t = tokens((1, 6))
+  _, state = Transformer(cfg).apply({'params': p}, t, capture_intermediates=True,
+                                    mutable=['intermediates'])
+  q_LxBxTxHxK = np.asarray(state['intermediates']['layers']['attn']['q_norm']['__call__'][0])
+  assert q_LxBxTxHxK.shape == (cfg.n_layers, 1, 6, cfg.n_heads, K)
+  # Normalised per head over K (eps 1e-6 against mean squares ~1e-2: < 1e-4 off), times 1.5.
+  rms = np.sqrt(np.mean(np.square(q_LxBxTxHxK / 1.5), axis=-1))
+  np.testing.assert_allclose(rms, 1.0, rtol=1e-4)
+  # The logits then see wq and wk only through each head's direction: scaling both by 3
+  # leaves them unchanged (up to eps), which it does not without QK-norm.
+  def scaled(tree):
+    out = jax.tree.map(lambda a: a, tree)
+    for w in ('wq', 'wk'):
+      out['layers']['attn'][w] = tree['layers']['attn'][w] * 3.0
+    return out
+  np.testing.assert_allclose(Transformer(cfg).apply({'params': scaled(p)}, t),
+                             Transformer(cfg).apply({'params': p}, t), rtol=1e-4, atol=1e-4)
+  off = params(CFG)
+  assert not np.allclose(Transformer(CFG).apply({'params': scaled(off)}, t),
+                         Transformer(CFG).apply({'params': off}, t), rtol=1e-3, atol=1e-3)
+
+
 def test_unknown_parametrization_names_allowed():
   bad = dataclasses.replace(CFG, parametrization='nope')   # not in the table
   with pytest.raises(ValueError, match="'sp', 'mup'"):

@@ -396,3 +396,17 @@ def test_vcycle_edges_and_errors():
   with pytest.raises(ValueError, match='big_steps_before=-1'):
     ml.vcycle_schedule(10, big_steps_before=-1, small_steps=1)
 
+
+def test_qk_norm_needs_no_rule_of_its_own():
+  """QK-norm gains (over the fixed head dim) de-coalesce by copying whole heads' shared
+  gain: the widened model computes the same logits, and coalesce undoes de-coalesce."""
+  small = dataclasses.replace(SMALL_W, qk_norm=True)
+  big = dataclasses.replace(BIG, n_layers=SMALL_W.n_layers, qk_norm=True)
+  params = random_tree(small)
+  tok = tokens(small)
+  up = ml.decoalesce(params, small, big)
+  np.testing.assert_allclose(apply_fn(big)(up, tok), apply_fn(small)(params, tok),
+                             rtol=1e-5, atol=1e-5)
+  back = ml.coalesce(up, big, small)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

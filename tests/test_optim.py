@@ -77,7 +77,7 @@ def test_gradient_noise_has_the_configured_variance_and_comes_before_clipping():
 
 
 def test_adamp_layout_follows_the_parameter_schema():
-  cfg = tiny('model.n_kv_heads=1')
+  cfg = tiny('model.n_kv_heads=1', 'model.qk_norm=true')
   layout = adamp_layout(cfg.model)
   assert layout[('layers', 'attn', 'wq')] == Layout((0,), (2, 3))   # (L, embed, heads, head_dim)
   assert layout[('layers', 'attn', 'wk')] == Layout((0,), (2, 3))   # (L, embed, kv_heads, K)
@@ -85,7 +85,8 @@ def test_adamp_layout_follows_the_parameter_schema():
   assert layout[('layers', 'mlp', 'w_down')] == Layout((0,), (2,))
   assert layout[('embed', 'embedding')] == Layout((), (0,))         # a row per token
   assert layout[('head', 'kernel')] == Layout((), (1,))
-  for vector in (('layers', 'attn_norm', 'scale'), ('final_norm', 'scale')):
+  for vector in (('layers', 'attn_norm', 'scale'), ('final_norm', 'scale'),
+                 ('layers', 'attn', 'q_norm', 'scale')):
     assert layout[vector] is None
 
 

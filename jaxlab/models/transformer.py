@@ -28,7 +28,7 @@ _REMAT_POLICIES = {
 
 # ------------------------------------------------------------------- the parameter schema
 # Every param, declared once: (logical axis, growth, is fan-in) per dim; see
-# jaxlab.models.param_spec. Names in the Hugging Face Llama layout.
+# jaxlab.models.param_spec. Names in the Hugging Face Llama / Qwen3 layout.
 _L = 'model.layers.{layer}.'
 WQ = spec('hidden', ('embed', 'split', True), ('heads', 'copy', False), ('kv', 'keep', False),
           hf=_L + 'self_attn.q_proj.weight', norm_input=True, absorbs=('attention',))
@@ -38,6 +38,8 @@ WV = spec('hidden', ('embed', 'split', True), ('kv_heads', 'copy', False), ('kv'
           hf=_L + 'self_attn.v_proj.weight', norm_input=True)
 WO = spec('hidden', ('heads', 'split', True), ('kv', 'keep', True), ('embed', 'zero', False),
           hf=_L + 'self_attn.o_proj.weight')
+Q_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.q_norm.weight')
+K_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.k_norm.weight')
 W_GATE = spec('hidden', ('embed', 'split', True), ('mlp', 'copy', False),
               hf=_L + 'mlp.gate_proj.weight', norm_input=True)
 W_UP = spec('hidden', ('embed', 'split', True), ('mlp', 'copy', False),
@@ -105,7 +107,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    """Normalises the last axis."""
+    """Normalises the last axis (D here; the head dim K for QK-norm)."""
     scale_D = _param(self, 'scale', self.declared)
     x32_BxTxD = x_BxTxD.astype(jnp.float32)
     ms_BxTx1 = jnp.mean(jnp.square(x32_BxTxD), axis=-1, keepdims=True)
@@ -130,6 +132,9 @@ class Attention(nn.Module):
     q_BxTxHxK = _scaled(jnp.einsum('btd,dhk->bthk', x_BxTxD, wq_DxHxK.astype(dt)), cfg, WQ)
     k_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wk_DxGxK.astype(dt)), cfg, WK)
     v_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wv_DxGxK.astype(dt)), cfg, WV)
+    if cfg.qk_norm:   # OLMo-2 / Qwen3: RMSNorm over each head's K dims, before RoPE
+      q_BxTxHxK = RMSNorm(cfg, Q_NORM, name='q_norm')(q_BxTxHxK)
+      k_BxTxGxK = RMSNorm(cfg, K_NORM, name='k_norm')(k_BxTxGxK)
     q_BxTxHxK = _constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_theta),
                            'batch', 'seq', 'heads', 'kv')
     k_BxTxGxK = _constrain(rope(k_BxTxGxK, positions_BxT, cfg.rope_theta),
