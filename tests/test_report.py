@@ -21,6 +21,9 @@ def write_run(d, name, lines, summary=None, raw_tail=''):
   return d
 
 
+VAL_TOKENS = 4096
+
+
 def steps(losses, tps=None, val=None, flops_per_step=2.5e12, tokens_per_step=1000):
   """Metric lines at steps 10, 20, ...; `val` maps index -> val_loss."""
   out = []
@@ -31,6 +34,7 @@ def steps(losses, tps=None, val=None, flops_per_step=2.5e12, tokens_per_step=100
            'tokens_per_sec': None if tps is None else tps[i], 'mfu': None, 'time': float(i)}
     if val and i in val:
       rec['val_loss'] = val[i]
+      rec['val_tokens'] = VAL_TOKENS
     out.append(rec)
   return out
 
@@ -55,15 +59,15 @@ def test_single_run_table_uses_summary_and_median_tps(tmp_path):
                   steps([5.5, 4.0, 3.25, 3.0, 2.875], tps=TPS, val={1: 4.125, 3: 3.0625}),
                   # The run ended at step 55, after the last logged step (50): summary wins.
                   summary={'status': 'completed', 'step': 55, 'tokens': 55000, 'flops': 1.234e15,
-                           'final_loss': 2.8125, 'final_val_loss': 3.03125,
+                           'final_loss': 2.8125, 'final_val_loss': 3.03125, 'val_tokens': 194291,
                            'tokens_per_sec': 999.0, 'n_params': 1234567})
   out = report.write_report(run)
   assert out == run / 'report.md'
   md = out.read_text()
   assert md.startswith('# Report: my-run')
   rows = table_rows(md)
-  assert rows == [['my-run', 'completed', '55', '2.8125', '**3.0312**', '55,000', '1.23e15',
-                   '250', '1,234,567']]
+  assert rows == [['my-run', 'completed', '55', '2.8125', '**3.0312**', '194,291', '55,000',
+                   '1.23e15', '250', '1,234,567']]
   assert 'median over logged steps with a non-null value' in md
   assert 'Best run: `my-run`' in md
   assert '![Loss vs step](loss_vs_step.png)' in md
@@ -81,6 +85,7 @@ def test_runs_csv_parses_back_exactly(tmp_path):
   assert int(row['steps']) == 30
   assert float(row['final_train_loss']) == 3.141592653589793   # full precision, not 3.1416
   assert float(row['final_val_loss']) == 3.3
+  assert int(row['val_tokens']) == VAL_TOKENS
   assert int(row['tokens']) == 30000
   assert float(row['flops']) == 2.5e12 * 30
   assert float(row['tokens_per_sec']) == 200.0   # median of 100, 300
@@ -92,7 +97,7 @@ def test_missing_summary_takes_last_logged_values(tmp_path):
   lines = steps([5.0, 4.5, 4.25, 4.0], tps=[None, 10.0, 30.0, 20.0], val={1: 4.75})
   run = write_run(tmp_path / 'live', 'live', lines)
   rows = table_rows(report.write_report(run).read_text())
-  assert rows == [['live', report.UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '40,000',
+  assert rows == [['live', report.UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '4,096', '40,000',
                    '1.00e14', '20', report._MISSING]]
 
 
@@ -135,7 +140,7 @@ def test_diverged_empty_and_unfinished_runs(tmp_path):
   report.write_report(sweep)
   rows = {r[0]: r for r in table_rows((sweep / 'report.md').read_text())}
   assert rows['diverged'][1:4] == ['diverged', '50', 'nan']
-  assert rows['empty'][1:] == [report.UNKNOWN_STATUS] + [report._MISSING] * 7
+  assert rows['empty'][1:] == [report.UNKNOWN_STATUS] + [report._MISSING] * 8
   assert rows['running'][1:4] == [report.UNKNOWN_STATUS, '30', '**3.0000**']
   assert (sweep / 'loss_vs_step.png').read_bytes()[:8] == PNG_MAGIC
   runs = {r.label: r for r in report.load_runs(sweep)}

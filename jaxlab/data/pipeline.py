@@ -236,20 +236,55 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   return DataIterator(batches, _describe(cfg, tokenizer, batch_size, process_index, process_count))
 
 
-def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int,
+def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | str,
                  process_index: int = 0, process_count: int = 1) -> list[Batch]:
-  """The first `n_batches` packed batches of this process's validation documents.
+  """Validation batches of `batch_size` rows for this process, the same on every call
+  and for every data.seed.
 
-  The same on every call and for every data.seed. Raises ValueError if the validation
-  split cannot fill `n_batches` batches.
+  n_batches = N: the first N packed batches of this process's validation documents;
+  raises ValueError if they cannot fill N batches. n_batches = 'all' (train.eval_batches
+  =all): every token of the split. All processes then pack the whole split in one fixed
+  order -- the same rows whatever the process count -- and each takes its share of
+  every global batch of batch_size x process_count rows; the last global batch is
+  filled up with padding rows (segment id 0, which the loss skips), so every process
+  gets the same number of batches and the evaluated tokens are exactly the split's.
   """
+  if n_batches == 'all':
+    return _whole_split(cfg, tokenizer, batch_size, process_index, process_count)
   docs = _shard(_documents(cfg, 'validation'), process_index, process_count, 'validation')
-  docs = docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval'))
-  batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
+  batches = _eval_rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
   out = list(itertools.islice(iter(batches), n_batches))
   if len(out) < n_batches:
     raise ValueError(
         f'the validation split has only {len(out)} batches of {batch_size} rows x '
         f'{cfg.seq_len + 1} tokens for this process, but train.eval_batches={n_batches} '
-        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len)')
+        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len), '
+        'or set train.eval_batches=all')
   return out
+
+
+def _eval_rows(docs: grain.MapDataset, tokenizer, seq_len: int) -> grain.IterDataset:
+  """Validation rows in the one fixed order (independent of data.seed)."""
+  return _rows(docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval')), tokenizer, seq_len)
+
+
+def _whole_split(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
+                 process_count: int) -> list[Batch]:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
+  rows = list(_eval_rows(_documents(cfg, 'validation'), tokenizer, cfg.seq_len))
+  if not rows:
+    raise ValueError('the validation split is empty (data.source): train.eval_batches=all '
+                     'has nothing to evaluate; set train.eval_batches=0')
+  tokens = np.stack([r['tokens'] for r in rows]).astype(np.int32)
+  segments = np.stack([r['segment_ids'] for r in rows]).astype(np.int32)
+  global_batch = batch_size * process_count
+  pad = -len(rows) % global_batch
+  tokens = np.pad(tokens, ((0, pad), (0, 0)))
+  segments = np.pad(segments, ((0, pad), (0, 0)))
+  out = []
+  for start in range(0, len(tokens), global_batch):
+    mine = slice(start + process_index * batch_size, start + (process_index + 1) * batch_size)
+    out.append({'tokens': tokens[mine], 'segment_ids': segments[mine]})
+  return out
+
