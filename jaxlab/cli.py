@@ -272,9 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
   submit.set_defaults(func=submit_lib.submit)
   report = sub.add_parser('report', help='write report.md and plots for a run or sweep dir')
   report.add_argument('dir')
-  report.add_argument('--baseline', default=None, metavar='RUN',
-                      help='also tabulate the FLOPs each run needs to reach this run\'s '
-                      'final val loss (growth studies)')
+  report.add_argument('--baseline', default=None, metavar='RUN|KEY=V1,V2',
+                      help='RUN: also tabulate the FLOPs each run (method, over seeds) needs '
+                      'to reach this one\'s final val loss (growth studies); KEY=V1,V2: each '
+                      'run\'s paired differences against the run that differs only in KEY '
+                      '(e.g. optim.name=adamw,sgd)')
   report.set_defaults(func=_cmd_report)
   coord = sub.add_parser('coordcheck', help='muP coordinate check: mean |activation| of every '
                          'sublayer vs width over the first steps; writes a plot and a slope table')

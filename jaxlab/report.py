@@ -27,7 +27,7 @@ import pathlib
 import sys
 from typing import Any
 
-from jaxlab import savings, stats
+from jaxlab import paired, savings, stats
 from jaxlab.diagnostics import write_report_sections
 from jaxlab.plotting import styles
 from jaxlab.run_data import (METRICS_FILE, UNKNOWN_STATUS, Run, aligned, find_run_dirs,
@@ -252,10 +252,19 @@ def plot_loss(runs: list[Run], x: str = 'step'):
 
 # ----------------------------------------------------------------------------- entry point
 
+_PAIR_COLUMNS = ['run', 'baseline', 'n']
+
+
+def _pair_order(column: str):
+  return (_PAIR_COLUMNS.index(column) if column in _PAIR_COLUMNS else len(_PAIR_COLUMNS), column)
+
+
 def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathlib.Path:
   """Writes report.md, runs.csv and the loss plots into `path`; returns report.md's path.
-  With `baseline` (a run's label), also the compute-saved table against it
-  (savings.csv) and val_loss_vs_flops.png (see jaxlab.savings)."""
+  With `baseline` a method's label (growth studies), also the compute-saved table
+  against it (savings.csv) and val_loss_vs_flops.png (see jaxlab.savings); with
+  `baseline` KEY=V1,V2 the paired differences of every method against the one that
+  differs only in KEY (paired.csv; see jaxlab.paired)."""
   root = pathlib.Path(path)
   runs = load_runs(root)
   rows = [summarize(r) for r in runs]
@@ -264,7 +273,13 @@ def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathli
     plot_loss(runs, x).savefig(root / name, bbox_inches='tight')
   title = runs[0].label if len(runs) == 1 and runs[0].dir == root else root.resolve().name
   text = render_markdown(title, rows, runs)
-  if baseline is not None:
+  pairing = paired.parse(baseline) if baseline is not None else None
+  if pairing is not None:   # --baseline KEY=V1,V2: paired differences in one config key
+    rows = paired.pair_rows(runs, *pairing)
+    write_csv(root / 'paired.csv', savings.flatten(rows),
+              sorted({k for r in savings.flatten(rows) for k in r}, key=_pair_order))
+    text += '\n' + paired.render(rows, *pairing)
+  elif baseline is not None:
     saved, target = savings.method_rows(runs, baseline)
     flat = savings.flatten(saved)
     write_csv(root / 'savings.csv', flat, list(flat[0]))

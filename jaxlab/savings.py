@@ -187,7 +187,7 @@ def flatten(rows: list[dict]) -> list[dict]:
       if isinstance(v, stats.Interval):
         flat[k] = v.estimate
         flat[f'{k}_ci'] = None if math.isnan(v.half) else v.half
-        if k in ('delta_tail_val_loss', 'saving'):
+        if k.startswith('delta_') or k == 'saving':
           flat[f'{k}_resolved'] = v.resolved
       else:
         flat[k] = v

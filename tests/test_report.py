@@ -3,9 +3,11 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from jaxlab import report
+from jaxlab.config_types import ConfigError
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -216,3 +218,55 @@ def test_stale_summary_of_a_resumed_run_is_ignored(tmp_path):
                   summary={'status': 'preempted', 'step': 20, 'final_loss': 4.0})
   [row] = table_rows(report.write_report(run).read_text())
   assert row[1:4] == [report.UNKNOWN_STATUS, '30', '**3.5000**']
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def test_sweep_configs_pair_seeds_across_methods():
+  # demo: 2 methods x SEEDS = 3; seed k of both has train.seed = data.seed = k and lives
+  # in <sweep>/<method>/seed<k>; points go seed by seed.
+  from jaxlab import cli
+  sweep_dir, points = cli.sweep_configs('demo', [], [])
+  assert [label for label, _ in points] == [
+      f'{m}/seed{k}' for k in range(3) for m in ('scratch', 'stack_20pct')]
+  for label, cfg in points:
+    k = int(label[-1])
+    assert (cfg.train.seed, cfg.data.seed, cfg.name) == (k, k, f'seed{k}')
+    assert cfg.train.workdir == str(sweep_dir / label.split('/')[0])
+  _, points = cli.sweep_configs('tiny', ['optim.lr=1e-2'], ['train.seed=5'], seeds=2,
+                                vary='init')
+  assert [(c.train.seed, c.data.seed) for _, c in points] == [(5, 0), (6, 0)]
+  with pytest.raises(ConfigError, match='seeds=0 must be an integer >= 1'):
+    cli.sweep_configs('tiny', ['optim.lr=1e-2'], [], seeds=0)
+
+
+def test_sweep_with_seeds_in_parallel_processes_then_report(tmp_path, capsys):
+  # Two seeds of one point, as two `sweep --point i` processes at once; then the report
+  # groups them into one method with its mean ± CI.
+  from jaxlab import cli
+  args = ['sweep', 'tiny', '--grid', 'optim.lr=0.01', '--seeds', '2', '--jobs', '2',
+          'train.steps=4', 'train.log_every=2', 'train.eval_every=0', 'train.checkpoint_every=0',
+          f'train.workdir={tmp_path}']
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out
+  assert 'optim.lr=0.01/seed1: completed after' in out and '2 completed' in out
+  method = tmp_path / 'tiny' / 'optim.lr=0.01'
+  configs = [json.loads((method / f'seed{k}' / 'config.json').read_text()) for k in (0, 1)]
+  assert [(c['train']['seed'], c['data']['seed']) for c in configs] == [(0, 0), (1, 1)]
+  assert all((method / f'seed{k}' / 'launch.log').is_file() for k in (0, 1))
+  runs = report.load_runs(tmp_path / 'tiny')
+  assert [r.status for r in runs] == ['completed', 'completed']
+  assert runs[0].metrics[0]['loss'] != runs[1].metrics[0]['loss']   # other init and data
+  # Tokens evaluated: the targets the loss counts in tiny's 2 validation batches.
+  from jaxlab import config, data
+  cfg = config.load('tiny')
+  segs = [b['segment_ids'] for b in data.eval_batches(cfg.data, data.make_tokenizer(cfg.data),
+                                                      4, 2)]
+  counted = sum(int(np.sum((s[:, :-1] == s[:, 1:]) & (s[:, :-1] != 0))) for s in segs)
+  assert 200 < counted <= 2 * 4 * 32
+  assert [r.summary['val_tokens'] for r in runs] == [counted, counted]
+  assert runs[0].metrics[-1]['val_tokens'] == counted
+  assert cli.main(args) == 0                                         # finished: skipped
+  assert capsys.readouterr().out.count('finished earlier, skipped') == 2
+  md = report.write_report(tmp_path / 'tiny').read_text()
+  assert '## Over seeds' in md and '| optim.lr=0.01 | 2 | 2 |' in md
