@@ -13,7 +13,7 @@ Sizes: an 8-layer, d 96 target grown from 2 layers (g = 4) after 20% of scratch'
 tokens. Three seeds is the least that gives an interval (t_{0.975, 2} = 4.3; two seeds
 would give 12.7) and two methods x three seeds x 420 steps is what fits the time.
 Validation: 16 batches (32k tokens) every 30 steps, the same tokens each time, about
-10% of the run (the whole split every 30 steps would cost about 60%).
+8-10% of the run (the whole split every 30 steps would cost about half of it).
 See experiments/gstack_vs_scratch.py for the full study.
 """
 from __future__ import annotations

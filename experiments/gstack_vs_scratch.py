@@ -22,9 +22,9 @@ depth; the token budget is what three seeds of three runs allow in about an hour
 CPU cores. The other depth operators, at one growth time, are in gstack_operators.py;
 `experiments/demo.py` is the short version (make demo).
 
-Validation: 16 batches (32k tokens, a sixth of the split) at every evaluation, the same
-tokens every time: the whole split (194k tokens) at 20 evaluations would cost about 40%
-of the run; this costs about 8%.
+Validation: 16 batches (32k tokens, a sixth of the split) every 40 steps, the same tokens
+every time: about 8% of the run (an evaluation batch costs ~0.2 train steps); the whole
+split (194k tokens) at every evaluation would cost about half of it.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def config() -> Config:
       model=ModelConfig(d_model=128, n_layers=16, n_heads=4, n_kv_heads=2),
       optim=OptimConfig(lr=3e-3, warmup_steps=30, weight_decay=0.1),
       data=DataConfig(seq_len=128),
-      train=TrainConfig(steps=600, batch_size=16, log_every=10, eval_every=30,
+      train=TrainConfig(steps=600, batch_size=16, log_every=10, eval_every=40,
                         eval_batches=16, checkpoint_every=300),
   )
 

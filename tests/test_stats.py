@@ -193,3 +193,38 @@ def test_headlines_say_resolved_or_not():
             _run('stack', zip(FLOPS, [3.0, 2.0, 0.9, 0.5]))]
   rows, _ = savings.method_rows(single, 'scratch', smooth=1)
   assert 'no confidence interval' in savings.headline(rows[1], 'scratch')
+
+
+def _opt_run(name, lr, seed, losses):
+  config = {'name': f'seed{seed}', 'optim': {'name': name, 'lr': lr},
+            'train': {'seed': seed, 'workdir': f'runs/x/{name}_{lr}'}, 'data': {'seed': seed}}
+  run = _run(f'{name}_lr{lr}/seed{seed}', zip(FLOPS, losses))
+  run.config = config
+  return run
+
+
+def test_paired_differences_in_one_config_key_by_hand():
+  from jaxlab import paired
+  # AdamP - AdamW at lr 1e-3, seed by seed: final losses 2.0 - 2.1, 2.2 - 2.25, 1.9 - 2.05
+  # = -0.1, -0.05, -0.15: mean -0.1; deviations 0, 0.05, -0.05 -> s^2 = 0.005 / 2;
+  # s / sqrt(3) = sqrt(0.0025 / 3); half = t_{0.975,2} x 0.028868 = 0.124207: the CI
+  # [-0.224, +0.024] includes 0, so not resolved.
+  runs = [_opt_run('adamw', 1e-3, k, [3.0, 2.6, 2.3, f]) for k, f in enumerate([2.1, 2.25, 2.05])]
+  runs += [_opt_run('adamp', 1e-3, k, [3.0, 2.6, 2.3, f]) for k, f in enumerate([2.0, 2.2, 1.9])]
+  runs += [_opt_run('adamp', 3e-3, 0, [3.0, 2.5, 2.2, 2.0])]          # no AdamW partner
+  assert paired.parse('optim.name=adamw,sgd') == ('optim.name', ('adamw', 'sgd'))
+  assert paired.parse('scratch') is None
+  rows = {r['run']: r for r in paired.pair_rows(runs, 'optim.name', ('adamw', 'sgd'))}
+  assert set(rows) == {'adamp_lr0.001', 'adamp_lr0.003'}
+  row = rows['adamp_lr0.001']
+  assert row['baseline'] == 'adamw_lr0.001'
+  d = row['delta_final_val_loss']
+  assert d.estimate == pytest.approx(-0.1, abs=1e-12)
+  assert d.half == pytest.approx(T2 * math.sqrt(0.0025 / 3), rel=1e-6) and not d.resolved
+  # Tail: the last 3 evaluations share 2.6 and 2.3, so the Δ is a third of the final's.
+  assert row['delta_tail_val_loss'].estimate == pytest.approx(-0.1 / 3, abs=1e-12)
+  assert rows['adamp_lr0.003']['baseline'] is None
+  text = paired.render(list(rows.values()), 'optim.name', ('adamw', 'sgd'))
+  assert '| adamp_lr0.001 | adamw_lr0.001 | 3 | -0.1000 ± 0.1242 (not resolved) |' in text
+  with pytest.raises(ValueError, match=r'no run has optim.name in \{lion\}'):
+    paired.pair_rows(runs, 'optim.name', ('lion',))

@@ -80,5 +80,7 @@ def sweep_argv(experiment: str, overrides: list[str], grid: list[str],
   for item in grid:
     argv += ['--grid', item]
   if seeds is not None:
-    argv += ['--seeds', str(seeds), '--vary', vary]
+    argv += ['--seeds', str(seeds)]
+  if vary != 'both':
+    argv += ['--vary', vary]
   return argv
