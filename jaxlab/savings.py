@@ -236,14 +236,17 @@ def render_savings(rows: list[dict], baseline: str, target: float) -> str:
             '(paired) | FLOPs (total) | growth at FLOPs | FLOPs to reach target | saving | '
             'speedup |', '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
+    if r['run'] == baseline:
+      delta = saving = speedup = '(baseline)'
+    else:
+      delta = cell(r['delta_tail_val_loss'], '+.4f', verdict=True)
+      saving = cell(r['saving'], '+.1f', 100, '%', verdict=True)
+      speedup = cell(r['speedup'], '+.1f', 100, '%')
     lines.append(
         f"| {r['run']} | {r['n']} | {cell(r['final_val_loss'], '.4f')} | "
-        f"{cell(r['tail_val_loss'], '.4f')} | "
-        f"{cell(r['delta_tail_val_loss'], '+.4f', verdict=r['run'] != baseline)} | "
-        f"{sci(r['flops'])} | {sci(r['growth_at_flops'])} | "
-        f"{cell(r['flops_to_target'], '.3g')} | "
-        f"{cell(r['saving'], '+.1f', 100, '%', verdict=r['run'] != baseline)} | "
-        f"{cell(r['speedup'], '+.1f', 100, '%')} |")
+        f"{cell(r['tail_val_loss'], '.4f')} | {delta} | {sci(r['flops'])} | "
+        f"{sci(r['growth_at_flops'])} | {cell(r['flops_to_target'], '.3g')} | {saving} | "
+        f"{speedup} |")
   lines += ['', f'Val curves: the mean over seeds, smoothed by a centred {SMOOTH}-evaluation '
             'mean before the crossing (jaxlab/savings.py). saving = 1 - F / F_baseline; '
             'speedup = F_baseline / F - 1 (the paper\'s convention, 54.6% at 7B); "—": never '
@@ -253,8 +256,8 @@ def render_savings(rows: list[dict], baseline: str, target: float) -> str:
     lines += [f'Statistics ({100 * stats.CONFIDENCE:.0f}% CIs, ± half-width): final and '
               f'tail val loss, and Δ: {stats.T_METHOD} (Δ on the per-seed differences; seed k '
               'of every method shares its data order). FLOPs to target, saving and speedup: '
-              f'{stats.BOOTSTRAP_METHOD} (jaxlab/stats.py; ± inf: some resample never '
-              'reaches the target). "not resolved": the CI includes 0.', '']
+              f'{stats.BOOTSTRAP_METHOD}; ± inf: some resample never reaches the target '
+              '(jaxlab/stats.py). "not resolved": the CI includes 0.', '']
   else:
     lines += ['One run per method: no confidence intervals (`launch.py sweep ... --seeds 3` '
               'runs every method with 3 paired seeds).', '']

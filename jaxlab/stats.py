@@ -39,8 +39,9 @@ CONFIDENCE = 0.95
 EXACT_MAX = 6           # enumerate every resample up to n = 6 (6^6 = 46,656)
 RESAMPLES = 4000        # random resamples above EXACT_MAX
 T_METHOD = 'Student t-interval over seeds'
-BOOTSTRAP_METHOD = ('normal-theory bootstrap over seeds resampled in pairs (t quantile, '
-                    'se x sqrt(n / (n - 1)))')
+BOOTSTRAP_METHOD = ('normal-theory bootstrap over seeds resampled in pairs: estimate ± '
+                    't_(0.975, n-1) x sd of the resamples x sqrt(n / (n - 1)), all n^n '
+                    f'resamples for n <= {EXACT_MAX}')
 
 
 @dataclasses.dataclass(frozen=True)
