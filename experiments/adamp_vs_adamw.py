@@ -7,7 +7,10 @@ offline corpus, each pair over the same small lr x weight-decay grid, over 3 pai
       # SGDP - SGD at each (lr, weight decay), seed by seed, with 95% CIs
   python launch.py sweep adamp_vs_adamw train.steps=40 name=adamp_smoke --seeds 1  # smoke
 
-Validation: the whole split (194k tokens) at steps 200 and 400, about 7% of a run.
+Sizes: three seeds of the 18 grid points at 16 x 128 tokens per step would be about 11x
+the demo's FLOPs; at 8 x 128 tokens for 400 steps, with one evaluation of the whole
+validation split (194k tokens) at the end, they are about 5x (about an hour on two CPU
+cores).
 
 Every run logs, for the norm-preceded matrices (wq, wk, wv, w_gate, w_up, head; each
 layer on its own), the mean weight norm and the effective step |dw| / |w|, and under
@@ -32,7 +35,7 @@ def config() -> Config:
       model=ModelConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512),
       optim=OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.1, momentum=0.9),
       data=DataConfig(seq_len=128),
-      train=TrainConfig(steps=400, batch_size=16, log_every=10, eval_every=200,
+      train=TrainConfig(steps=400, batch_size=8, log_every=10, eval_every=0,
                         eval_batches='all', checkpoint_every=200),
   )
 

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                      'data (data.seed, the data order)')
   sweep.add_argument('--jobs', type=int, default=1, metavar='J',
                      help='run J points at a time, each in its own process (default 1: one '
-                     'after another in this process)')
+                     'after another in this process); for CPUs: on a GPU or TPU keep 1, '
+                     'each process takes the whole accelerator')
   submit_lib.add_options(sweep, sweep=True)
   sweep.set_defaults(func=_cmd_sweep)
   grow = sub.add_parser('grow', help='grow a run\'s checkpoint into a new run directory')
