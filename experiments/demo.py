@@ -1,6 +1,6 @@
 """The main job (`make demo`): the short version of gstack_vs_scratch -- G_stack vs
 training from scratch at the same FLOPs, on the embedded offline corpus, over 3 paired
-seeds, in about ten minutes on a 2-core CPU. `make demo` runs
+seeds, in about 10-12 minutes on an idle 2-core CPU. `make demo` runs
 
   python launch.py sweep demo --jobs 2
   python launch.py report runs/demo --baseline scratch
@@ -10,8 +10,10 @@ loss with its 95% confidence interval over the seeds (or says it is not resolved
 
 Sizes: an 8-layer, d 96 target grown from 2 layers (g = 4) after 20% of scratch's tokens
 (the growth time that did best in the earlier single-seed demo); 420 steps of 16 x 128
-tokens. Three seeds is the least that gives an interval (t_{0.975, 2} = 4.3; two seeds
-would give 12.7) and two methods x three seeds x 420 steps is what fits the time.
+tokens. Three seeds is the least that gives a usable interval (t_{0.975, 2} = 4.3; two
+seeds would give 12.7), so the earlier four single-seed runs became two methods x three
+seeds: 1.5x the earlier demo's FLOPs (which took about ten minutes, one run after
+another), run two at a time (1.5x faster on two cores), with twice the validation tokens.
 Validation: 16 batches (32k tokens) every 30 steps, the same tokens each time, about
 8-10% of the run (the whole split every 30 steps would cost about half of it).
 See experiments/gstack_vs_scratch.py for the full study.
