@@ -442,3 +442,14 @@ def test_eval_all_is_every_validation_token_for_any_process_count(embedded, embe
   for b, h0, h1 in zip(whole, *halves):
     for k in b:
       np.testing.assert_array_equal(np.concatenate([h0[k], h1[k]]), b[k])
+
+
+def test_eval_cost_note_by_hand():
+  from jaxlab.data import eval_cost_note
+  # 48 batches x 10 evaluations (steps 100..1000; the last is one of them) x 0.2 / 1000
+  # steps = 9.6%: no note. 95 x 14 (30..420) x 0.2 / 420 = 63.3%: a note.
+  assert eval_cost_note(48, 100, 1000) is None
+  note = eval_cost_note(95, 30, 420)
+  assert '95 batches at each of 14 evaluations, about 63%' in note
+  assert 'train.eval_batches=N' in note
+  assert eval_cost_note(187, 0, 500) is None          # only the final evaluation: 7.5%

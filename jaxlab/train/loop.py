@@ -197,6 +197,9 @@ def train(cfg: Config) -> dict:
   except ValueError as err:  # the data pipeline names the config key at fault
     raise ConfigError(str(err)) from None
   val_batches = [_to_global(b, in_sharding) for b in val_host]
+  note = data_lib.eval_cost_note(len(val_host), tc.eval_every, tc.steps)
+  if note and tc.eval_batches == 'all':
+    print(note, flush=True)
 
   ckpt = Checkpointer(checkpoint_dir(cfg, run_dir), tc.keep_checkpoints, tc.async_checkpoint)
   restored = ckpt.restore_latest(lambda s: program_at(s).abstract_state, iterator)
