@@ -18,7 +18,7 @@ from typing import Literal
 from jaxlab import config_checks
 from jaxlab.config_types import (Config, ConfigError, DataConfig, GrowthConfig, MeshConfig,
                                  ModelConfig, OptimConfig, TrainConfig, all_keys, check_type,
-                                 describe, fields_of)
+                                 describe, fields_of, union_args)
 
 __all__ = ['Config', 'ConfigError', 'DataConfig', 'GrowthConfig', 'MeshConfig', 'ModelConfig',
            'OptimConfig', 'TrainConfig', 'apply_overrides', 'from_dict', 'load', 'load_module',
@@ -31,6 +31,13 @@ def _parse(key: str, text: str, tp):
   """Parses the override text of `key` to type `tp`, or raises ConfigError."""
   def bad():
     return ConfigError(f'{key}={text!r} is not valid: expected {describe(tp)}')
+  if union_args(tp):   # e.g. int | Literal['all']: the first arm that parses the text
+    for arm in union_args(tp):
+      try:
+        return _parse(key, text, arm)
+      except ConfigError:
+        pass
+    raise bad()
   origin = typing.get_origin(tp)
   if origin is Literal:
     allowed = typing.get_args(tp)

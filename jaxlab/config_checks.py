@@ -27,11 +27,13 @@ def validate(cfg: Config) -> Config:
     _require(value >= 1, f'{key}={value} must be >= 1')
   for key, value in [('model.n_kv_heads', m.n_kv_heads), ('model.head_dim', m.head_dim),
                      ('model.d_ff', m.d_ff), ('optim.warmup_steps', o.warmup_steps),
-                     ('train.eval_every', t.eval_every), ('train.eval_batches', t.eval_batches),
+                     ('train.eval_every', t.eval_every),
                      ('train.checkpoint_every', t.checkpoint_every), ('train.tokens', t.tokens),
                      ('train.spectral_every', t.spectral_every),
                      ('optim.weight_decay', o.weight_decay), ('optim.grad_clip', o.grad_clip)]:
     _require(value >= 0, f'{key}={value} must be >= 0')
+  _require(t.eval_batches == 'all' or t.eval_batches >= 0,
+           f'train.eval_batches={t.eval_batches} must be >= 0 or all')
   _require(m.kv_heads <= m.n_heads and m.n_heads % m.kv_heads == 0,
            f'model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} '
            '(grouped-query attention shares each kv head among n_heads/n_kv_heads query heads)')

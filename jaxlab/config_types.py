@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -127,7 +128,8 @@ class TrainConfig:
   seed: int = 0                    # parameter init
   log_every: int = 10
   eval_every: int = 100            # 0 disables periodic eval (eval still runs at the end)
-  eval_batches: int = 8
+  eval_batches: int | Literal['all'] = 'all'   # validation batches per eval: all = every
+                                   #   token of the split, the same at each eval; 0 = no eval
   checkpoint_every: int = 200      # 0 -> only at the end
   keep_checkpoints: int = 3
   checkpoint_dir: str = ''         # '' -> <run dir>/checkpoints; else <this>/<name> (gs://...)
@@ -190,7 +192,14 @@ def fields_of(cls) -> dict[str, typing.Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def union_args(tp) -> tuple:
+  """The arms of a union type (`int | Literal['all']`), else ()."""
+  return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
 def describe(tp) -> str:
+  if union_args(tp):
+    return ' or '.join(describe(a) for a in union_args(tp))
   if typing.get_origin(tp) is Literal:
     return 'one of ' + ', '.join(repr(a) for a in typing.get_args(tp))
   if typing.get_origin(tp) is tuple:
@@ -203,6 +212,13 @@ def describe(tp) -> str:
 
 def check_type(key: str, value, tp):
   """Checks a value set in Python code (an experiment file) against its field type."""
+  if union_args(tp):
+    for arm in union_args(tp):
+      try:
+        return check_type(key, value, arm)
+      except ConfigError:
+        pass
+    raise ConfigError(f'{key}={value!r} is not valid: expected {describe(tp)}')
   origin = typing.get_origin(tp)
   if origin is Literal:
     if value not in typing.get_args(tp):
