@@ -22,7 +22,7 @@ from jaxlab.config_types import (Config, ConfigError, DataConfig, GrowthConfig, 
 
 __all__ = ['Config', 'ConfigError', 'DataConfig', 'GrowthConfig', 'MeshConfig', 'ModelConfig',
            'OptimConfig', 'TrainConfig', 'apply_overrides', 'from_dict', 'load', 'load_module',
-           'load_run_dir', 'resolve_experiment', 'validate']
+           'load_run_dir', 'parse_ranges', 'resolve_experiment', 'validate']
 
 
 # ----------------------------------------------------------------------------- parsing
