@@ -224,3 +224,29 @@ def test_readme_flow_end_to_end(pretrained, tmp_path):
   # A tokenizer larger than the model's vocabulary is refused before anything compiles.
   assert main(['run', 'tiny', f'data.tokenizer={pretrained}', 'model.vocab_size=100',
                f'train.workdir={work}', 'name=bad']) == 2
+
+
+def test_cli_refuses_bad_growth_and_export_options(pretrained, tmp_path, capsys):
+  """Exit 2 and one line naming the option, before anything compiles."""
+  from jaxlab.cli import main
+  src = f'hf:{pretrained}'
+  cases = [
+      (['grow', '--from', src, '--method', 'layers', '--out', str(tmp_path / 'a')],
+       '--method layers needs --layers'),
+      (['grow', '--from', src, '--method', 'layers', '--layers', '0-1,3-2', '--out',
+        str(tmp_path / 'a')], "the range '3-2'"),
+      (['grow', '--from', src, '--method', 'stack', '--insert-every', '1', '--out',
+        str(tmp_path / 'a')], '--insert-every adds identity blocks'),
+      (['grow', '--from', src, '--method', 'layers', '--layers', '0-2', '--out',
+        str(tmp_path / 'a')], 'outside the src layers'),
+      (['grow', '--from', src, '--method', 'split', '--out', str(tmp_path / 'a')],
+       'cannot grow a Hugging Face checkpoint'),
+      (['grow', '--from', src, '--method', 'zero', '--insert-every', '1', '--out',
+        str(tmp_path / 'a'), 'model.d_model=64'], 'model.d_model=64 contradicts'),
+      (['export', str(tmp_path), '--out', str(tmp_path / 'e')], 'no config.json'),
+      (['export', str(tmp_path), '--out', str(tmp_path / 'e'), '--max-shard-size', 'big'],
+       "--max-shard-size 'big'"),
+  ]
+  for argv, message in cases:
+    assert main(argv) == 2, argv
+    assert message in capsys.readouterr().err, argv
