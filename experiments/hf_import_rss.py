@@ -33,8 +33,8 @@ cfg, params = hf.load(sys.argv[1])
 jax.block_until_ready(params)
 seconds = time.perf_counter() - t0
 n = sum(x.size for x in jax.tree.leaves(params))
-print(json.dumps({'rss_before': before, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  'params': n, 'seconds': seconds}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({'rss_before': before, 'peak': peak, 'params': n, 'seconds': seconds}))
 '''
 
 

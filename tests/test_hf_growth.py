@@ -188,7 +188,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path):
   work = tmp_path / 'runs'
   data = ['data.source=files', f'data.files={corpus}', 'data.seq_len=32', 'train.batch_size=4',
           'train.eval_batches=1', 'train.eval_every=0', 'train.checkpoint_every=0',
-          f'train.workdir={work}']
+          f'train.workdir={work}', f'data.data_dir={tmp_path / "cache"}']
   assert main(['run', 'tiny', f'model.init=hf:{pretrained}', 'train.steps=2', 'name=cpt',
                *data]) == 0
   cpt = json.loads((work / 'cpt' / 'config.json').read_text())

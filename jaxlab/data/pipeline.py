@@ -55,7 +55,8 @@ def _stable_seed(seed: int, purpose: str) -> int:
 # ----------------------------------------------------------------------------- sources
 
 def _tfds_texts(name: str, split: str, split_key: str, text_key: str, data_dir: str):
-  """The `text_key` (data.text_field) field of TFDS dataset `name`, `split`, as a grain MapDataset."""
+  """The `text_key` (data.text_field) field of TFDS dataset `name`, `split`, as a grain
+  MapDataset."""
   try:
     builder = corpus.prepared_builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -218,7 +219,8 @@ def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int,
   The same on every call and for every data.seed. Raises ValueError if the validation
   split cannot fill `n_batches` batches.
   """
-  docs = _shard(_documents(cfg, 'validation', tokenizer), process_index, process_count, 'validation')
+  docs = _shard(_documents(cfg, 'validation', tokenizer), process_index, process_count,
+                'validation')
   docs = docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval'))
   batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
   out = list(itertools.islice(iter(batches), n_batches))
