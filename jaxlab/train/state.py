@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxlab.models import schema
 from jaxlab.parallel import check_divisible, logical_sharding
 
 
@@ -40,7 +41,7 @@ def state_shardings(model, tx, seq_len: int, mesh, stash_models=None):
   _init_fn = functools.partial(_init, stash_models=stash_models)
   boxed = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=True), rng)
   specs = nn.get_partition_spec(boxed)
-  check_divisible(boxed, specs, mesh)
+  check_divisible(boxed, specs, mesh, keys={a: ax.key for a, ax in schema.AXES.items()})
   shardings = logical_sharding(specs, mesh)
   abstract = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=False), rng)
   abstract = jax.tree.map(
@@ -53,3 +54,12 @@ def init_state(model, tx, seq_len: int, seed: int, shardings) -> TrainState:
   init = jax.jit(functools.partial(_init, model, tx, seq_len, boxed=False),
                  out_shardings=shardings)
   return init(jax.random.key(seed))
+
+
+def init_state_from(params, tx, shardings) -> TrainState:
+  """A fresh train state around given params (already in their shards): step 0 and the
+  optimizer's initial state, made in its shards."""
+  init = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                      opt_state=tx.init(p), stash={}),
+                 out_shardings=shardings, donate_argnums=0)
+  return init(params)
