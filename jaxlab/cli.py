@@ -15,6 +15,7 @@ import sys
 import typing
 
 from jaxlab import config as config_lib
+from jaxlab import gpu_flags
 from jaxlab import submit as submit_lib
 from jaxlab.config_types import ConfigError
 
@@ -23,6 +24,7 @@ _PARAMETRIZATIONS = typing.get_args(
 
 
 def _cmd_run(args) -> int:
+  gpu_flags.apply_and_log()   # before anything starts JAX's backend
   cfg = config_lib.load(args.experiment, args.overrides)
   from jaxlab import train as train_lib  # heavy imports only once the config is good
   try:
@@ -99,6 +101,7 @@ def _cmd_sweep(args) -> int:
     for i, (label, _) in points:
       print(f'  --point {i}: {label}')
     return 0
+  gpu_flags.apply_and_log()
   from jaxlab import train as train_lib
   outcome = {}
   for i, (label, cfg) in points:
