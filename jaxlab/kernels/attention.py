@@ -1,5 +1,6 @@
 """Attention: one reference implementation (XLA einsums) and a dispatcher
-(xla | cudnn | pallas | auto; the Pallas kernel lives in flash_attention.py).
+(xla | cudnn | pallas | tokamax | auto; the Pallas kernel lives in flash_attention.py,
+the tokamax backend in tokamax_attention.py).
 
 Layouts: q_BxTxHxK, k_BxSxGxK, v_BxSxGxK with H query heads sharing G kv heads
 (grouped-query attention; H a multiple of G). Masks:
@@ -19,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.kernels.masks import attention_mask
+from jaxlab.kernels.tokamax_attention import tokamax_attention
+from jaxlab.kernels.tokamax_attention import unsupported as tokamax_unsupported
 
 
 def reference_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
@@ -96,6 +99,7 @@ IMPLEMENTATIONS = {
     'xla': reference_attention,
     'cudnn': cudnn_attention,
     'pallas': pallas_attention,
+    'tokamax': tokamax_attention,
 }
 CHOICES = (*IMPLEMENTATIONS, 'auto')
 _log = logging.getLogger('jaxlab.kernels')
@@ -104,15 +108,22 @@ _logged: set = set()
 
 def choose_implementation(q_BxTxHxK, k_BxSxGxK, *, causal: bool,
                           segment_ids: Any) -> tuple[str, str]:
-  """auto's (choice, reason) from static information only (platform, shapes, dtypes)."""
+  """auto's (choice, reason) from static information only (platform, shapes, dtypes).
+  GPU: tokamax where one of its fused kernels takes the call, else cuDNN, else jaxlab's
+  Pallas kernel (its Triton lowering is deprecated upstream; it takes every call)."""
   platform = jax.default_backend()
   if platform == 'cpu':
     return 'xla', 'fused kernels only run interpreted on the CPU'
   if platform == 'gpu':
+    why_tokamax = tokamax_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal,
+                                      segment_ids=segment_ids, platform=platform,
+                                      fused_only=True)
+    if why_tokamax is None:
+      return 'tokamax', 'a fused tokamax kernel takes this call'
     why = cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal, segment_ids=segment_ids)
     if why is None:
-      return 'cudnn', 'cuDNN supports this shape, dtype and mask'
-    return 'pallas', why
+      return 'cudnn', f'tokamax: {why_tokamax}; cuDNN supports this shape, dtype and mask'
+    return 'pallas', f'tokamax: {why_tokamax}; cudnn: {why}'
   return 'pallas', f'fused Pallas kernel on {platform}'
 
 
