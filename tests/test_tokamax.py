@@ -105,7 +105,7 @@ def test_implementation_order_per_platform():
                                                      platform='gpu', fused_only=True)
 
 
-def test_auto_on_gpu_prefers_tokamax_then_cudnn_then_pallas(monkeypatch):
+def test_auto_on_gpu_prefers_tokamax_then_cudnn_then_pallas_then_xla(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   q, k, _ = (x.astype(jnp.bfloat16) for x in qkv(G=2, K=64))
   choose = attention_module.choose_implementation
@@ -114,6 +114,9 @@ def test_auto_on_gpu_prefers_tokamax_then_cudnn_then_pallas(monkeypatch):
   assert impl == 'cudnn' and 'tokamax:' in why
   impl, why = choose(q, k, causal=True, segment_ids=SEG_BxT)
   assert impl == 'pallas' and 'tokamax:' in why and 'cudnn:' in why
+  q24, k24 = q[..., :24], k[..., :24]   # a head dim Triton cannot block: the reference
+  impl, why = choose(q24, k24, causal=True, segment_ids=SEG_BxT)
+  assert impl == 'xla' and 'head_dim 24' in why
   # Where a fused tokamax kernel takes the call (a Hopper GPU), it comes first.
   monkeypatch.setattr(attention_module, 'tokamax_unsupported', lambda *a, **kw: None)
   assert choose(q, k, causal=True, segment_ids=SEG_BxT)[0] == 'tokamax'

@@ -95,6 +95,15 @@ def cudnn_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.A
                                       is_causal=causal, implementation='cudnn')
 
 
+def pallas_gpu_unsupported(q_BxTxHxK) -> str | None:
+  """Why jaxlab's Pallas kernel cannot run on a GPU, or None: its blocks span the whole
+  head dim, and Triton (its GPU lowering) needs power-of-two block shapes >= 16."""
+  K = q_BxTxHxK.shape[-1]
+  if K < 16 or K & (K - 1):
+    return f'head_dim {K} is not a power of two >= 16 (Triton block shapes)'
+  return None
+
+
 IMPLEMENTATIONS = {
     'xla': reference_attention,
     'cudnn': cudnn_attention,
@@ -110,7 +119,7 @@ def choose_implementation(q_BxTxHxK, k_BxSxGxK, *, causal: bool,
                           segment_ids: Any) -> tuple[str, str]:
   """auto's (choice, reason) from static information only (platform, shapes, dtypes).
   GPU: tokamax where one of its fused kernels takes the call, else cuDNN, else jaxlab's
-  Pallas kernel (its Triton lowering is deprecated upstream; it takes every call)."""
+  Pallas kernel (its Triton lowering is deprecated upstream), else XLA's reference."""
   platform = jax.default_backend()
   if platform == 'cpu':
     return 'xla', 'fused kernels only run interpreted on the CPU'
