@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,6 +29,11 @@ class ModelConfig:
   head_dim: int = 0                # 0 -> d_model // n_heads
   d_ff: int = 0                    # 0 -> LLaMA's 8/3 * d_model rounded up to 64 (ff_dim)
   rope_theta: float = 10_000.0
+  rope_scaling: Literal['none', 'llama3'] = 'none'   # llama3: Llama 3.1's frequency-dependent
+  rope_factor: float = 8.0         #   RoPE scaling (rope_type llama3 in a HF config): long
+  rope_low_freq_factor: float = 1.0    # wavelengths / factor, short ones kept, smooth between;
+  rope_high_freq_factor: float = 4.0   # the defaults are Llama 3.1's
+  rope_original_max_len: int = 8192    # original_max_position_embeddings
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   remat: Literal['none', 'full', 'save_dots'] = 'none'
@@ -43,6 +49,8 @@ class ModelConfig:
   base_head_dim: int = 0           #   the rules the model uses (explicit head_dim: fixed, heads
   base_d_ff: int = 0               #   scale; else heads fixed; d_ff: its ratio, or LLaMA's rule)
   zero_init_query: bool = False    # query projection initialised to zero
+  init: str = ''                   # '' (init from the parametrization) or 'hf:DIR': start from a
+                                   #   Hugging Face checkpoint (jaxlab.interop.hf)
 
   @property
   def kv_heads(self) -> int:
@@ -89,10 +97,13 @@ class DataConfig:
   tfds_name: str = ''              # e.g. 'lm1b' (needs a network the first time)
   tfds_train_split: str = 'train'
   tfds_val_split: str = 'test'
-  text_key: str = 'text'
-  files: tuple[str, ...] = ()      # local text files (data.files=a.txt,b.txt); one document per file
+  text_field: str = 'text'         # the field holding the text (tfds features, .jsonl keys,
+                                   #   .parquet columns)
+  files: tuple[str, ...] = ()      # local files (data.files=a.txt,b.jsonl.gz,c.parquet): a .txt is
+                                   #   one document, a .jsonl line or a .parquet row is one
   val_fraction: float = 0.05       # files only: the last fraction of each file is validation
-  tokenizer: str = 'byte'          # 'byte' or a path to a trained SentencePiece .model
+  tokenizer: str = 'byte'          # 'byte', a SentencePiece .model, or a Hugging Face
+                                   #   tokenizer.json (or a directory holding one)
   seq_len: int = 256
   seed: int = 0
   shuffle_rows: int = 1024         # packed rows shuffled within windows of this size (0: off)
@@ -127,7 +138,8 @@ class TrainConfig:
   seed: int = 0                    # parameter init
   log_every: int = 10
   eval_every: int = 100            # 0 disables periodic eval (eval still runs at the end)
-  eval_batches: int = 8
+  eval_batches: int | Literal['all'] = 'all'   # validation batches per eval: all = every
+                                   #   token of the split, the same at each eval; 0 = no eval
   checkpoint_every: int = 200      # 0 -> only at the end
   keep_checkpoints: int = 3
   checkpoint_dir: str = ''         # '' -> <run dir>/checkpoints; else <this>/<name> (gs://...)
@@ -137,6 +149,9 @@ class TrainConfig:
                                    #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
   weight_stats: bool = False       # weight norm and effective step of the norm-fed matrices
                                    #   in every step (jaxlab/diagnostics/weights.py)
+  trainable: str = ''              # '' = every param trains; else what trains, the rest frozen
+                                   #   (no update, no optimizer state): globs over param paths,
+                                   #   layers[RANGES][/GLOB], or 'new' (jaxlab/optim/trainable.py)
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,29 @@ class Config:
 
 
 
+# ------------------------------------------------------------------------- int ranges
+
+def parse_ranges(text: str, key: str) -> tuple[int, ...]:
+  """'0-23,8-31' -> (0, 1, ..., 23, 8, ..., 31): comma-separated integers or inclusive
+  ranges a-b (a <= b), in the order given; ConfigError naming `key` otherwise."""
+  out: list[int] = []
+  for item in (t.strip() for t in text.split(',')):
+    if not item:
+      continue
+    lo, sep, hi = item.partition('-')
+    try:
+      a, b = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+      raise ConfigError(f'{key}={text!r}: {item!r} is not an integer or a range a-b '
+                        '(e.g. 0-23,8-31)') from None
+    if a < 0 or b < a:
+      raise ConfigError(f'{key}={text!r}: the range {item!r} must be a-b with 0 <= a <= b')
+    out.extend(range(a, b + 1))
+  if not out:
+    raise ConfigError(f'{key}={text!r} lists no integers (e.g. 0-23,8-31)')
+  return tuple(out)
+
+
 # ------------------------------------------------------------------------- type checks
 
 def fields_of(cls) -> dict[str, typing.Any]:
@@ -190,7 +228,14 @@ def fields_of(cls) -> dict[str, typing.Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def union_args(tp) -> tuple:
+  """The arms of a union type (`int | Literal['all']`), else ()."""
+  return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
 def describe(tp) -> str:
+  if union_args(tp):
+    return ' or '.join(describe(a) for a in union_args(tp))
   if typing.get_origin(tp) is Literal:
     return 'one of ' + ', '.join(repr(a) for a in typing.get_args(tp))
   if typing.get_origin(tp) is tuple:
@@ -203,6 +248,13 @@ def describe(tp) -> str:
 
 def check_type(key: str, value, tp):
   """Checks a value set in Python code (an experiment file) against its field type."""
+  if union_args(tp):
+    for arm in union_args(tp):
+      try:
+        return check_type(key, value, arm)
+      except ConfigError:
+        pass
+    raise ConfigError(f'{key}={value!r} is not valid: expected {describe(tp)}')
   origin = typing.get_origin(tp)
   if origin is Literal:
     if value not in typing.get_args(tp):

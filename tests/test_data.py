@@ -16,6 +16,7 @@ from jaxlab.config import DataConfig
 from jaxlab.data import (ByteTokenizer, SentencePieceTokenizer, eval_batches, make_tokenizer,
                          make_train_iterator, train_sentencepiece)
 from jaxlab.data import corpus, pipeline
+from jaxlab.data import files as file_corpora
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BOS = ByteTokenizer.bos_id
@@ -285,8 +286,10 @@ def test_exact_resume_across_epochs_and_reshuffle(tmp_path):
   files = _write_files(tmp_path, n_files=6, n_lines=12)
   # shuffle_rows=0: documents are rebuilt from consecutive rows (row shuffling is
   # resumed exactly too: see test_exact_resume_with_row_shuffle).
-  cfg = DataConfig(source='files', files=files, seq_len=48, val_fraction=0.25, shuffle_rows=0)
-  train_docs = pipeline._file_documents(cfg, 'train')
+  cfg = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                   seq_len=48, val_fraction=0.25, shuffle_rows=0)
+  tok = ByteTokenizer()
+  train_docs = [tok.decode(d) for d in file_corpora.documents(cfg, 'train', tok)]
   epoch_tokens = sum(len(d.encode()) + 1 for d in train_docs)
   batch_size = 2
   n = 3 * epoch_tokens // (batch_size * 49) + 2   # about three epochs
@@ -302,7 +305,8 @@ def test_exact_resume_across_epochs_and_reshuffle(tmp_path):
 
 def test_row_shuffle_mixes_documents_keeps_every_row_and_resumes(tmp_path):
   files = _write_files(tmp_path, n_files=8, n_lines=30)
-  plain = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.1, shuffle_rows=0)
+  plain = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                     seq_len=32, val_fraction=0.1, shuffle_rows=0)
   mixed = dataclasses.replace(plain, shuffle_rows=64)
   tok = ByteTokenizer()
   # 32 batches of 4 rows = two whole windows of 64 rows: the same rows, another order.
@@ -360,7 +364,8 @@ def test_eval_batches_fixed_and_sized(embedded):
 
 def test_process_shards_are_disjoint(tmp_path):
   files = _write_files(tmp_path, n_files=7, n_lines=6)
-  cfg = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.3, shuffle_rows=0)
+  cfg = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                   seq_len=32, val_fraction=0.3, shuffle_rows=0)
   tok = ByteTokenizer()
   seen = []
   for index in range(2):
@@ -378,7 +383,8 @@ def test_process_shards_are_disjoint(tmp_path):
 
 def test_files_source_holds_out_the_tail_of_each_file(tmp_path):
   files = _write_files(tmp_path, n_files=3, n_lines=40)
-  cfg = DataConfig(source='files', files=files, seq_len=64, val_fraction=0.1, shuffle_rows=0)
+  cfg = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                   seq_len=64, val_fraction=0.1, shuffle_rows=0)
   all_lines = {line for f in files for line in open(f, encoding='utf-8').read().splitlines()}
   val_lines = {f'f{i} line {j:03d} ü' for i in range(3) for j in range(36, 40)}
   tok = ByteTokenizer()
@@ -391,8 +397,8 @@ def test_files_source_holds_out_the_tail_of_each_file(tmp_path):
                                     for i in range(3))
   with pytest.raises(ValueError, match='only 3 batches'):
     eval_batches(cfg, tok, 1, 4)
-  assert pipeline._split_at_line('ab\ncd\nef\ngh\n', 0.25) == ('ab\ncd\nef\n', 'gh\n')
-  assert pipeline._split_at_line('one long line', 0.5) == ('one long line', '')
+  assert file_corpora.split_at_line('ab\ncd\nef\ngh\n', 0.25) == ('ab\ncd\nef\n', 'gh\n')
+  assert file_corpora.split_at_line('one long line', 0.5) == ('one long line', '')
 
 
 def test_tfds_source_by_name_matches_embedded(embedded):
@@ -404,8 +410,8 @@ def test_tfds_source_by_name_matches_embedded(embedded):
   assert _same(via_tfds, direct)
   assert _same(eval_batches(cfg, tok, 4, 2),
                eval_batches(dataclasses.replace(embedded, seq_len=64), tok, 4, 2))
-  with pytest.raises(ValueError, match='data.text_key'):
-    make_train_iterator(dataclasses.replace(cfg, text_key='body'), tok, 4)
+  with pytest.raises(ValueError, match='data.text_field'):
+    make_train_iterator(dataclasses.replace(cfg, text_field='body'), tok, 4)
   with pytest.raises(ValueError, match='data.tfds_name'):
     make_train_iterator(dataclasses.replace(cfg, tfds_name='no_such_dataset_xyz'), tok, 4)
 
@@ -422,3 +428,34 @@ def test_tfds_source_unpreparable_is_a_clear_error(tmp_path):
   cfg = DataConfig(source='tfds', tfds_name='jaxlab_unpreparable', data_dir=str(tmp_path))
   with pytest.raises(RuntimeError, match="data.tfds_name='jaxlab_unpreparable' is not prepared"):
     make_train_iterator(cfg, ByteTokenizer(), 4)
+
+
+def test_eval_all_is_every_validation_token_for_any_process_count(embedded, embedded_docs):
+  # train.eval_batches=all: the tokens (segment id != 0) of all batches are exactly the
+  # split's, [BOS] + the UTF-8 bytes of each validation document; the first batches are
+  # those of a fixed count; two processes get equally many batches whose rows, batch by
+  # batch, are the single-process rows (the padding rows of the last batch aside).
+  tok = ByteTokenizer()
+  cfg = dataclasses.replace(embedded, seq_len=128)
+  whole = eval_batches(cfg, tok, 8, 'all')
+  n_tokens = sum(len(t.encode()) + 1 for t in embedded_docs['validation'].values())
+  assert sum(int(np.sum(b['segment_ids'] != 0)) for b in whole) == n_tokens
+  assert all(b['tokens'].shape == (8, 129) for b in whole)
+  assert _same(whole[:3], eval_batches(cfg, tok, 8, 3))
+  assert _same(whole, eval_batches(cfg, tok, 8, 'all'))
+  halves = [eval_batches(cfg, tok, 4, 'all', p, 2) for p in range(2)]
+  assert len(halves[0]) == len(halves[1]) == len(whole)
+  for b, h0, h1 in zip(whole, *halves):
+    for k in b:
+      np.testing.assert_array_equal(np.concatenate([h0[k], h1[k]]), b[k])
+
+
+def test_eval_cost_note_by_hand():
+  from jaxlab.data import eval_cost_note
+  # 48 batches x 10 evaluations (steps 100..1000; the last is one of them) x 0.2 / 1000
+  # steps = 9.6%: no note. 95 x 14 (30..420) x 0.2 / 420 = 63.3%: a note.
+  assert eval_cost_note(48, 100, 1000) is None
+  note = eval_cost_note(95, 30, 420)
+  assert '95 batches at each of 14 evaluations, about 63%' in note
+  assert 'train.eval_batches=N' in note
+  assert eval_cost_note(187, 0, 500) is None          # only the final evaluation: 7.5%

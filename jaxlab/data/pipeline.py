@@ -1,6 +1,7 @@
 """The grain input pipeline: documents -> [BOS] + tokens -> packed rows -> batches.
 
-    documents (embedded corpus | any TFDS text dataset | local files)
+    documents (embedded corpus | any TFDS text dataset | local files: .txt, .jsonl(.gz),
+               .parquet, tokenised once and cached by jaxlab.data.files)
       -> this process's shard (documents process_index, process_index + process_count, ...)
       -> shuffle (training: by data.seed, a new order every epoch; repeated forever)
       -> [BOS] + tokenizer.encode(text)
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxlab.config_types import DataConfig
-from jaxlab.data import corpus
+from jaxlab.data import corpus, files
 
 Batch = dict[str, np.ndarray]
 
@@ -53,37 +54,9 @@ def _stable_seed(seed: int, purpose: str) -> int:
 
 # ----------------------------------------------------------------------------- sources
 
-def _split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
-  """(train, validation): validation is about the last `val_fraction` of `text`,
-  starting at the line boundary nearest to that point."""
-  target = int(round(len(text) * (1.0 - val_fraction)))
-  before = text.rfind('\n', 0, target)       # a line starts right after a newline
-  after = text.find('\n', target)
-  starts = [i + 1 for i in (before, after) if i >= 0] or [len(text)]
-  cut = min(starts, key=lambda i: (abs(i - target), i))
-  return text[:cut], text[cut:]
-
-
-def _file_documents(cfg: DataConfig, split: str) -> list[str]:
-  docs = []
-  for path in cfg.files:
-    try:
-      with open(path, encoding='utf-8') as f:
-        text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-      raise ValueError(f'data.files: cannot read {path!r} as UTF-8 text: {e}') from e
-    train, val = _split_at_line(text, cfg.val_fraction)
-    doc = train if split == 'train' else val
-    if doc:
-      docs.append(doc)
-  if not docs:
-    raise ValueError(f'data.files={",".join(cfg.files)!r} give no {split} text (each file is '
-                     f'split at the line nearest to 1 - data.val_fraction={cfg.val_fraction})')
-  return docs
-
-
 def _tfds_texts(name: str, split: str, split_key: str, text_key: str, data_dir: str):
-  """The `text_key` field of TFDS dataset `name`, `split`, as a grain MapDataset."""
+  """The `text_key` (data.text_field) field of TFDS dataset `name`, `split`, as a grain
+  MapDataset."""
   try:
     builder = corpus.prepared_builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -104,13 +77,14 @@ def _tfds_texts(name: str, split: str, split_key: str, text_key: str, data_dir: 
         f'{split_key}={split!r} of TFDS dataset {name!r} cannot be read as array_record '
         f'(splits: {", ".join(builder.info.splits.keys())}): {type(e).__name__}: {e}') from e
   if len(source) and text_key not in source[0]:
-    raise ValueError(f'data.text_key={text_key!r} is not a field of {name!r}; '
+    raise ValueError(f'data.text_field={text_key!r} is not a field of {name!r}; '
                      f'fields: {", ".join(source[0])}')
   return grain.MapDataset.source(source).map(lambda example: example[text_key])
 
 
-def _documents(cfg: DataConfig, split: str) -> grain.MapDataset:
-  """All documents of `split` ('train' or 'validation') as texts (str or UTF-8 bytes)."""
+def _documents(cfg: DataConfig, split: str, tokenizer) -> grain.MapDataset:
+  """All documents of `split` ('train' or 'validation') as texts (str or UTF-8 bytes), or
+  token ids (data.source=files: tokenised and cached by jaxlab.data.files)."""
   if cfg.source == 'embedded':
     return grain.MapDataset.source(corpus.data_source(split, cfg.data_dir)).map(
         lambda example: example['text'])
@@ -118,9 +92,9 @@ def _documents(cfg: DataConfig, split: str) -> grain.MapDataset:
     data_dir = corpus.default_data_dir(cfg.data_dir)
     split_name, key = ((cfg.tfds_train_split, 'data.tfds_train_split') if split == 'train'
                        else (cfg.tfds_val_split, 'data.tfds_val_split'))
-    return _tfds_texts(cfg.tfds_name, split_name, key, cfg.text_key, data_dir)
+    return _tfds_texts(cfg.tfds_name, split_name, key, cfg.text_field, data_dir)
   if cfg.source == 'files':
-    return grain.MapDataset.source(_file_documents(cfg, split))
+    return grain.MapDataset.source(files.documents(cfg, split, tokenizer))
   raise ValueError(f"data.source={cfg.source!r}: expected 'embedded', 'tfds' or 'files'")
 
 
@@ -141,6 +115,8 @@ def _encoder(tokenizer):
   bos = np.array([tokenizer.bos_id], dtype=np.int32)
 
   def encode(text) -> dict[str, np.ndarray]:
+    if isinstance(text, np.ndarray):   # already token ids
+      return {'tokens': np.concatenate([bos, text.astype(np.int32)])}
     if isinstance(text, bytes):
       text = text.decode('utf-8')
     return {'tokens': np.concatenate([bos, np.asarray(tokenizer.encode(text), np.int32)])}
@@ -226,7 +202,7 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   """
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1 (train.batch_size)')
-  docs = _shard(_documents(cfg, 'train'), process_index, process_count, 'train')
+  docs = _shard(_documents(cfg, 'train', tokenizer), process_index, process_count, 'train')
   docs = docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()   # reshuffled per epoch
   rows = _rows(docs, tokenizer, cfg.seq_len)
   if cfg.shuffle_rows > 1:
@@ -236,20 +212,74 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   return DataIterator(batches, _describe(cfg, tokenizer, batch_size, process_index, process_count))
 
 
-def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int,
+def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | str,
                  process_index: int = 0, process_count: int = 1) -> list[Batch]:
-  """The first `n_batches` packed batches of this process's validation documents.
+  """Validation batches of `batch_size` rows for this process, the same on every call
+  and for every data.seed.
 
-  The same on every call and for every data.seed. Raises ValueError if the validation
-  split cannot fill `n_batches` batches.
+  n_batches = N: the first N packed batches of this process's validation documents;
+  raises ValueError if they cannot fill N batches. n_batches = 'all' (train.eval_batches
+  =all): every token of the split. All processes then pack the whole split in one fixed
+  order -- the same rows whatever the process count -- and each takes its share of
+  every global batch of batch_size x process_count rows; the last global batch is
+  filled up with padding rows (segment id 0, which the loss skips), so every process
+  gets the same number of batches and the evaluated tokens are exactly the split's.
   """
-  docs = _shard(_documents(cfg, 'validation'), process_index, process_count, 'validation')
-  docs = docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval'))
-  batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
+  if n_batches == 'all':
+    return _whole_split(cfg, tokenizer, batch_size, process_index, process_count)
+  docs = _shard(_documents(cfg, 'validation', tokenizer), process_index, process_count,
+                'validation')
+  batches = _eval_rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
   out = list(itertools.islice(iter(batches), n_batches))
   if len(out) < n_batches:
     raise ValueError(
         f'the validation split has only {len(out)} batches of {batch_size} rows x '
         f'{cfg.seq_len + 1} tokens for this process, but train.eval_batches={n_batches} '
-        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len)')
+        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len), '
+        'or set train.eval_batches=all')
   return out
+
+
+# An evaluation batch costs about this fraction of a train step on the same batch (a
+# forward pass only): 0.14-0.21 measured on a CPU at d 96-128, seq 128, batch 16
+# (experiments/bench_eval_cost.py).
+EVAL_BATCH_COST = 0.2
+
+
+def eval_cost_note(n_batches: int, eval_every: int, steps: int) -> str | None:
+  """A one-line note when train.eval_batches=all evaluates n_batches at every evaluation
+  for more than about 10% of the run's time (EVAL_BATCH_COST), else None."""
+  n_evals = steps // eval_every + (steps % eval_every > 0) if eval_every else 1   # + the last
+  share = EVAL_BATCH_COST * n_batches * n_evals / max(steps, 1)
+  if share <= 0.1:
+    return None
+  return (f'note: train.eval_batches=all evaluates {n_batches} batches at each of {n_evals} '
+          f'evaluations, about {100 * share:.0f}% of this run\'s time; set '
+          'train.eval_batches=N or raise train.eval_every to spend less')
+
+
+def _eval_rows(docs: grain.MapDataset, tokenizer, seq_len: int) -> grain.IterDataset:
+  """Validation rows in the one fixed order (independent of data.seed)."""
+  return _rows(docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval')), tokenizer, seq_len)
+
+
+def _whole_split(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
+                 process_count: int) -> list[Batch]:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
+  rows = list(_eval_rows(_documents(cfg, 'validation', tokenizer), tokenizer, cfg.seq_len))
+  if not rows:
+    raise ValueError('the validation split is empty (data.source): train.eval_batches=all '
+                     'has nothing to evaluate; set train.eval_batches=0')
+  tokens = np.stack([r['tokens'] for r in rows]).astype(np.int32)
+  segments = np.stack([r['segment_ids'] for r in rows]).astype(np.int32)
+  global_batch = batch_size * process_count
+  pad = -len(rows) % global_batch
+  tokens = np.pad(tokens, ((0, pad), (0, 0)))
+  segments = np.pad(segments, ((0, pad), (0, 0)))
+  out = []
+  for start in range(0, len(tokens), global_batch):
+    mine = slice(start + process_index * batch_size, start + (process_index + 1) * batch_size)
+    out.append({'tokens': tokens[mine], 'segment_ids': segments[mine]})
+  return out
+

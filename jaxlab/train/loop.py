@@ -197,6 +197,9 @@ def train(cfg: Config) -> dict:
   except ValueError as err:  # the data pipeline names the config key at fault
     raise ConfigError(str(err)) from None
   val_batches = [_to_global(b, in_sharding) for b in val_host]
+  note = data_lib.eval_cost_note(len(val_host), tc.eval_every, tc.steps)
+  if note and tc.eval_batches == 'all':
+    print(note, flush=True)
 
   ckpt = Checkpointer(checkpoint_dir(cfg, run_dir), tc.keep_checkpoints, tc.async_checkpoint)
   restored = ckpt.restore_latest(lambda s: program_at(s).abstract_state, iterator)
@@ -227,19 +230,23 @@ def train(cfg: Config) -> dict:
   pending: list[tuple[int, dict]] = []
   spectral = jax.jit(top_singular_values, static_argnums=1)   # retraces at growth
   last_loss = last_val = None
+  val_tokens = None   # target tokens per evaluation (the same at every one)
   last_rate = None
   session_start, session_step0 = time.perf_counter(), step
 
   def evaluate() -> float:
+    nonlocal val_tokens
     total = count = 0.0
     for batch in val_batches:
       s, c = jax.device_get(program.eval_step(state.params, batch, state.step))
       total, count = total + float(s), count + float(c)
+    val_tokens = int(count)
     return total / max(count, 1.0)
 
   def finish(status: str, **extra) -> dict:
     summary.update(status=status, step=step, tokens=tokens, flops=flops,
-                   final_loss=last_loss, final_val_loss=last_val, tokens_per_sec=last_rate,
+                   final_loss=last_loss, final_val_loss=last_val, val_tokens=val_tokens,
+                   tokens_per_sec=last_rate,
                    wall_time_sec=time.time() - t_start, **extra)
     _write_json(run_dir / 'summary.json', summary)
     return summary
@@ -300,6 +307,7 @@ def train(cfg: Config) -> dict:
           t0 = time.perf_counter()
           last_val = evaluate()
           record['val_loss'] = last_val
+          record['val_tokens'] = val_tokens
           throughput.exclude(time.perf_counter() - t0)
         if do_spectral:
           t0 = time.perf_counter()
