@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-tpu
 
 .PHONY: demo test install clean bench
 
@@ -11,6 +12,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,test]'
 	touch $(STAMP)
+
+# The tests also compile for TPU topologies (no TPU needed), which takes libtpu (~700 MB);
+# the demo does not.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,tpu]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -24,7 +31,7 @@ demo: $(STAMP)
 	@grep '^Headline:' runs/demo/report.md
 	@echo "report: runs/demo/report.md"
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)

@@ -19,10 +19,11 @@ FLOPs (the FlashAttention-2 convention):
 TFLOP/s = FLOPs / median time. A failing implementation (unsupported shape, out of memory)
 is reported in the notes column instead of stopping the run.
 
-CPU: a small correctness sweep of the kernel in interpret mode: the max abs error of out,
-dq, dk, dv against jaxlab.kernels.reference_attention over a few shapes (T, S not multiples
-of the block, GQA, causal, packed segment ids), float32 and bfloat16. --quick runs fewer
-shapes (well under a minute).
+CPU: a small correctness sweep of the kernel in interpret mode, both of its forms (loop:
+what GPUs and the CPU run; grid: what TPUs run, K/V streamed through the grid): the max
+abs error of out, dq, dk, dv against jaxlab.kernels.reference_attention over a few shapes
+(T, S not multiples of the block, GQA, causal, packed segment ids), float32 and bfloat16.
+--quick runs fewer shapes (a few minutes).
 
 The markdown table is printed and written to --out (default bench_attention.md).
 """
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
+import itertools
 import pathlib
 import statistics
 import sys
@@ -41,6 +44,11 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from jaxlab.kernels import flash_attention, reference_attention  # noqa: E402
+
+fa_mod = importlib.import_module('jaxlab.kernels.flash_attention')
+# The CPU's lowering row replaced by each kernel form, in interpret mode.
+FORMS = {'loop': fa_mod.LOWERINGS['cpu'],
+         'grid': fa_mod.Lowering('grid', 'bhtk', (128, 128), interpret=True)}
 
 TOKENS = 16 * 1024
 N_HEADS = 16
@@ -158,26 +166,30 @@ def cpu_rows(quick: bool):
     seg = None
     if packed:   # two documents in row 0 (one at the end is padding id 0), one in the others
       seg = jnp.ones((B, T), jnp.int32).at[0, T // 2:].set(2).at[0, T - 3:].set(0)
-    for dtype in dtypes:
+    for dtype, form in itertools.product(dtypes, FORMS):
       q, k, v, do = _inputs(B, T, S, H, G, K, dtype)
       flash = functools.partial(flash_attention, causal=causal, segment_ids=seg, block_q=bq,
                                 block_k=bk, interpret=True)
       ref = functools.partial(reference_attention, causal=causal, segment_ids=seg)
-      got, want = (_out_and_grads(f, q, k, v, do) for f in (flash, ref))
+      saved, fa_mod.LOWERINGS['cpu'] = fa_mod.LOWERINGS['cpu'], FORMS[form]
+      try:
+        got, want = (_out_and_grads(f, q, k, v, do) for f in (flash, ref))
+      finally:
+        fa_mod.LOWERINGS['cpu'] = saved
       errs = [float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
               for a, b in zip(got, want)]
       yield dict(shape=f'B{B} T{T} S{S} H{H} G{G} K{K}', causal=causal, packed=packed,
-                 blocks=f'{bq}x{bk}', dtype=jnp.dtype(dtype).name, errs=errs)
+                 blocks=f'{bq}x{bk}', dtype=jnp.dtype(dtype).name, form=form, errs=errs)
 
 
 def cpu_table(rows) -> str:
-  lines = ['| shape | causal | segments | blocks | dtype | out | dq | dk | dv |',
-           '|' + '---|' * 9]
+  lines = ['| shape | causal | segments | blocks | dtype | form | out | dq | dk | dv |',
+           '|' + '---|' * 10]
   print('\n'.join(lines), flush=True)
   for r in rows:
     errs = ' | '.join(f'{e:.1e}' for e in r['errs'])
     lines.append(f"| {r['shape']} | {r['causal']} | {r['packed']} | {r['blocks']} | "
-                 f"{r['dtype']} | {errs} |")
+                 f"{r['dtype']} | {r['form']} | {errs} |")
     print(lines[-1], flush=True)
   return '\n'.join(lines)
 

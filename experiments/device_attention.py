@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxlab.kernels import attention, reference_attention
 from jaxlab.kernels import tokamax_attention as tk
+from jaxlab.kernels.target import target_device
 
 dispatch = importlib.import_module('jaxlab.kernels.attention')   # the module, not the function
 BACKENDS = ('pallas', 'cudnn', 'tokamax', 'xla')
@@ -72,13 +73,8 @@ def inputs(case: Case, seed: int = 0):
 
 def why_not(name: str, q, k, causal: bool, seg) -> str | None:
   """The dispatcher's reason a backend cannot take the call, or None."""
-  if name == 'cudnn':
-    return dispatch.cudnn_unsupported(q, k, causal=causal, segment_ids=seg)
-  if name == 'tokamax':
-    return tk.unsupported(q, k, causal=causal, segment_ids=seg, platform=jax.default_backend())
-  if name == 'pallas' and jax.default_backend() == 'gpu':
-    return dispatch.pallas_gpu_unsupported(q)
-  return None
+  call = dispatch.Call(q, k, causal, seg, *target_device())
+  return dispatch.BACKENDS[name].unsupported(call)
 
 
 def label(name: str, q, k, causal: bool, seg) -> str:

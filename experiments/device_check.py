@@ -135,7 +135,8 @@ def step_rows(spec: dict, box: Box) -> list[list]:
   import jax
   import jax.numpy as jnp
   from jaxlab.config import (Config, DataConfig, ModelConfig, TrainConfig, validate)
-  from jaxlab.kernels.attention import choose_implementation
+  from jaxlab.kernels.attention import Call, choose_implementation
+  from jaxlab.kernels.target import target_device
   from jaxlab.metrics import count_params, flops_per_token, mfu
   from jaxlab.parallel import make_mesh
   from jaxlab.train.program import build_program
@@ -176,7 +177,8 @@ def step_rows(spec: dict, box: Box) -> list[list]:
                                jnp.dtype(spec['dtype']))
       k = jax.ShapeDtypeStruct((spec['batch'], spec['seq'], head.kv_heads, head.dim_per_head),
                                jnp.dtype(spec['dtype']))
-      impl, _ = choose_implementation(q, k, causal=True, segment_ids=batch['segment_ids'][:, 1:])
+      impl, _ = choose_implementation(Call(q, k, True, batch['segment_ids'][:, 1:],
+                                           *target_device()))
       rows.append([remat, f'{n_params / 1e9:.2f}B', impl, f'{rate:,.0f}',
                    '-' if util is None else f'{100 * util:.1f}%', f'{compile_s:.0f}',
                    '-' if peak is None else f'{peak / 2**30:.1f}', f'loss {float(m["loss"]):.3f}'])

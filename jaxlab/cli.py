@@ -1,4 +1,5 @@
-"""Command line: `python launch.py {run,sweep,grow,export,submit,report,steplaw,coordcheck} ...`.
+"""Command line: `python launch.py {run,sweep,grow,export,submit,compile,report,steplaw,
+coordcheck} ...`.
 
 Configuration mistakes exit with status 2 and one clear line (no traceback), before
 anything is compiled. A diverged run exits with 1; a run stopped by SIGTERM / SIGINT
@@ -282,6 +283,34 @@ def _cmd_coordcheck(args) -> int:
   return 0
 
 
+# ------------------------------------------------------------------ compile (jaxlab.aot)
+
+def _cmd_compile(args) -> int:
+  from jaxlab import aot   # libtpu is only needed here
+  aot.use_cpu_host()
+  cfg = config_lib.load(args.experiment, args.overrides)
+  return aot.compile_and_report(cfg, args.target, args.slices, not args.no_estimate)[1]
+
+
+def _add_compile(sub) -> None:
+  comp = sub.add_parser('compile', help='compile every phase of a run for a TPU slice from this '
+                        'machine (no TPU needed): HBM per chip, fits, XLA\'s estimated MFU; '
+                        'writes <workdir>/<name>/compile.json')
+  comp.add_argument('experiment', help='as for run')
+  comp.add_argument('overrides', nargs='*', help='config overrides, e.g. model.remat=full')
+  comp.add_argument('--target', required=True, metavar='tpu:TYPE',
+                    help='a Cloud TPU accelerator type (tpu:v5p-64, tpu:v5e-16 or '
+                    'tpu:v5litepod-16, tpu:v6e-8, tpu:v4-32) or topology (tpu:v5e:2x2); or '
+                    'gpu:h100xN (N GPUs per host; needs the [gpu] extra)')
+  comp.add_argument('--slices', type=int, default=1, metavar='N',
+                    help='TPU: N such slices over the data-center network (set mesh.dcn_* to '
+                    'span them); GPU: N such hosts')
+  comp.add_argument('--no-estimate', action='store_true',
+                    help="skip XLA's FLOPs and step-time estimate (two more compiles per "
+                    'phase, of the step with 0 and 1 layers)')
+  comp.set_defaults(func=_cmd_compile)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='launch.py', description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -349,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
   submit.add_argument('overrides', nargs='*', help='config overrides, e.g. train.steps=100')
   submit_lib.add_options(submit, sweep=False)
   submit.set_defaults(func=submit_lib.submit)
+  _add_compile(sub)
   report = sub.add_parser('report', help='write report.md and plots for a run or sweep dir')
   report.add_argument('dir')
   report.add_argument('--baseline', default=None, metavar='RUN|KEY=V1,V2',

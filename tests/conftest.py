@@ -7,6 +7,11 @@ It lives under .pytest_cache (git-ignored); a stale entry cannot be hit by anoth
 program, since the key hashes the computation, the jax version and the flags. Set here,
 at conftest import, before any test imports jax; a test that wants cold compiles drops
 JAX_COMPILATION_CACHE_DIR from its subprocess environment.
+
+JAX_PLATFORMS=cpu: `make test` installs libtpu (the [tpu] extra) for the compile tests
+(tests/test_compile.py), which compile for TPU topologies without a TPU. Installed, libtpu
+would make every JAX process probe for a TPU at start-up; the tests run on the CPU, and
+the topologies need no TPU backend.
 """
 from __future__ import annotations
 
@@ -17,3 +22,4 @@ _CACHE = pathlib.Path(__file__).resolve().parent.parent / '.pytest_cache' / 'jax
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')

@@ -1,6 +1,7 @@
-"""The Pallas flash-attention kernel (interpret mode on CPU) against reference_attention:
-values and dq/dk/dv, GQA/MQA, causal block skipping, padding, packed documents, the
-dispatcher, and a tiny model trained with it."""
+"""The Pallas flash-attention kernel (interpret mode on CPU, both kernel forms: the loop
+form of GPU / CPU and the kv-gridded form of TPU) against reference_attention: values and
+dq/dk/dv, GQA/MQA, causal block skipping, padding, packed documents, the dispatcher, and
+a tiny model trained with it."""
 import importlib
 import logging
 
@@ -16,6 +17,12 @@ from jaxlab.kernels import attention, flash_attention, reference_attention
 # The package exports functions named like their modules; fetch the modules themselves.
 attention_mod = importlib.import_module('jaxlab.kernels.attention')
 fa_mod = importlib.import_module('jaxlab.kernels.flash_attention')
+from jaxlab.kernels import flash_grid, flash_loop  # noqa: E402
+from jaxlab.kernels.flash_kernels import KernelCfg  # noqa: E402
+
+# The TPU form (K/V blocks streamed through the grid, scratch accumulators) run here in
+# interpret mode by making it the CPU's lowering.
+GRID_ON_CPU = fa_mod.Lowering('grid', 'bhtk', (128, 128), interpret=True)
 
 # float32: kernel and reference both accumulate in float32 but in different orders (online
 # softmax over k blocks vs one softmax over the row). Observed max abs errors over CASES on
@@ -83,9 +90,26 @@ def test_float32_matches_reference(name):
     np.testing.assert_array_equal(got[1][0, 10:], 0.0)
 
 
+@pytest.mark.parametrize('name', ['gqa_causal_padded', 'mha_causal_packed_k128',
+                                  'cross_causal_t_gt_s', 'cross_ids_unseen_query'])
+def test_grid_form_matches_reference(name, monkeypatch):
+  # The TPU kernels: every (q block, k block) pair a grid step, statistics in scratch.
+  monkeypatch.setitem(fa_mod.LOWERINGS, 'cpu', GRID_ON_CPU)
+  shape, causal, seg, bq, bk = CASES[name]
+  q, k, v = qkv(**shape)
+  got = values_and_grads(lambda q, k, v: flash_attention(
+      q, k, v, causal=causal, segment_ids=seg, block_q=bq, block_k=bk), q, k, v)
+  want = values_and_grads(lambda q, k, v: reference_attention(
+      q, k, v, causal=causal, segment_ids=seg), q, k, v)
+  for label, a, b in zip(('out', 'dq', 'dk', 'dv'), got, want):
+    assert np.isfinite(np.asarray(a)).all(), label
+    np.testing.assert_allclose(a, b, **F32_TOL, err_msg=label)
+
+
 def test_transposed_layout_matches_reference(monkeypatch):
-  # The kernels read q as B x H x T x K where Mosaic TPU needs it; run that path here too.
-  monkeypatch.setitem(fa_mod.LAYOUTS, 'cpu', 'bhtk')
+  # The loop form reading q as B x H x T x K (heads before tokens).
+  monkeypatch.setitem(fa_mod.LOWERINGS, 'cpu', fa_mod.Lowering('loop', 'bhtk', (128, 128),
+                                                                interpret=True))
   q, k, v = qkv(B=3, T=20, S=20, G=2)
   got = values_and_grads(lambda q, k, v: flash_attention(
       q, k, v, causal=True, segment_ids=SEG_3x20, block_q=8, block_k=16), q, k, v)
@@ -112,17 +136,22 @@ def test_bfloat16_matches_reference():
     assert np.abs(a - c).max() <= 2 * np.abs(b - c).max(), label
 
 
-def test_causal_skips_fully_masked_blocks():
+@pytest.mark.parametrize('form', ['loop', 'grid'])
+def test_causal_skips_fully_masked_blocks(form):
   # T = S = 32 in blocks of 8: 4 x 4 blocks, of which 4 + 3 + 2 + 1 = 10 are not masked.
   q, k, v = qkv(B=1, T=32, S=32, H=4, G=2, K=16)
-  cfg = fa_mod.KernelCfg(sm_scale=0.25, causal=True, block_q=8, block_k=8, seq_q=32, seq_k=32,
-                    interpret=True, layout='bthk')
-  o, lse, fwd_n = fa_mod._forward_call(q, k, v, None, None, cfg, count=True)
+  layout = 'bthk' if form == 'loop' else 'bhtk'
+  if layout == 'bhtk':
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+  calls = flash_loop if form == 'loop' else flash_grid
+  cfg = KernelCfg(sm_scale=0.25, causal=True, block_q=8, block_k=8, seq_q=32, seq_k=32,
+                  interpret=True, layout=layout)
+  o, lse, fwd_n = calls.forward(q, k, v, None, None, cfg, count=True)
   np.testing.assert_array_equal(fwd_n, np.broadcast_to([1, 2, 3, 4], (1, 4, 4)))
   delta = jnp.zeros(lse.shape, jnp.float32)
-  _, dq_n = fa_mod._dq_call(q, k, v, o, lse, delta, None, None, cfg, count=True)
+  _, dq_n = calls.dq(q, k, v, o, lse, delta, None, None, cfg, count=True)
   np.testing.assert_array_equal(dq_n, np.broadcast_to([1, 2, 3, 4], (1, 4, 4)))
-  _, _, dkdv_n = fa_mod._dkdv_call(q, k, v, o, lse, delta, None, None, cfg, count=True)
+  _, _, dkdv_n = calls.dkdv(q, k, v, o, lse, delta, None, None, cfg, count=True)
   # Per kv block j: q blocks j..3, for each of the R = 2 query heads of the group.
   np.testing.assert_array_equal(dkdv_n, np.broadcast_to([8, 6, 4, 2], (1, 2, 4)))
 
@@ -161,11 +190,52 @@ def test_dispatcher_matches_reference_on_cpu(implementation):
 
 def test_dispatcher_cudnn_on_cpu_and_unknown_names():
   q, k, v = qkv(T=8, S=8, K=16)
-  with pytest.raises(ValueError, match="'cudnn' cannot run this call: cuDNN needs a CUDA GPU"):
+  with pytest.raises(ValueError, match="'cudnn' .model.attention. cannot run this call: cuDNN "
+                                       "needs a CUDA GPU, the target platform is cpu"):
     attention(q, k, v, implementation='cudnn')
   with pytest.raises(ValueError, match="'flash' is not known; allowed: 'xla', 'cudnn', "
-                                       "'pallas', 'auto'"):
+                                       "'pallas', 'splash', 'auto'"):
     attention(q, k, v, implementation='flash')
+
+
+def test_splash_matches_reference_in_interpret_mode():
+  # JAX's TPU splash kernel, interpreted on CPU: GQA 4:2, causal, packed documents (one
+  # boundary inside a 128-block), through jaxlab's wrapper (q pre-scaled, per-row vmap).
+  # Observed max abs errors: out 7.7e-7, dq 9.5e-7, dk 3.3e-6, dv 2.9e-6 on values up to
+  # ~6: within F32_TOL (at most 0.7 of it, for dk).
+  from jaxlab.kernels import splash
+  q, k, v = qkv(B=2, T=128, S=128, H=4, G=2, K=32)
+  seg = jnp.array([[1] * 50 + [2] * 78, [3] * 128])
+  got = values_and_grads(lambda q, k, v: splash.splash_attention(
+      q, k, v, causal=True, segment_ids=seg), q, k, v)
+  want = values_and_grads(lambda q, k, v: reference_attention(
+      q, k, v, causal=True, segment_ids=seg), q, k, v)
+  for label, a, b in zip(('out', 'dq', 'dk', 'dv'), got, want):
+    np.testing.assert_allclose(a, b, **F32_TOL, err_msg=label)
+
+
+def test_backend_checks_and_auto_on_each_platform():
+  # auto's choice is a function of the traced-for device (here given directly).
+  q = jax.ShapeDtypeStruct((2, 256, 4, 128), jnp.bfloat16)    # the checks read shapes only
+  k = jax.ShapeDtypeStruct((2, 256, 2, 128), jnp.bfloat16)
+  seg = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+  call = lambda platform, **kw: attention_mod.Call(**{  # noqa: E731
+      'q': q, 'k': k, 'causal': True, 'segment_ids': seg, 'platform': platform,
+      'device_kind': '', **kw})
+  choose = attention_mod.choose_implementation
+  assert choose(call('tpu'))[0] == 'splash'
+  assert choose(call('cpu'))[0] == 'xla'
+  name, reason = choose(call('gpu'))        # packed documents: cuDNN cannot, Pallas can
+  assert name == 'pallas' and 'segment ids' in reason
+  short = [jax.ShapeDtypeStruct((2, 200, *x.shape[2:]), x.dtype) for x in (q, k)]
+  name, reason = choose(call('tpu', q=short[0], k=short[1], segment_ids=None))
+  assert name == 'pallas' and 'multiple of 128' in reason
+  name, reason = choose(call('tpu', segment_ids=(seg, seg)))
+  assert name == 'pallas' and 'separate query / key segment ids' in reason
+  with pytest.raises(attention_mod.AttentionUnsupported, match="'splash' .model.attention. "
+                     "cannot run this call: the sequence length T=8 must be a multiple of 128"):
+    attention(jax.ShapeDtypeStruct((2, 8, 4, 16), jnp.float32),
+              *[jax.ShapeDtypeStruct((2, 8, 2, 16), jnp.float32)] * 2, implementation='splash')
 
 
 def test_auto_logs_its_choice_once(caplog, monkeypatch):
@@ -175,8 +245,7 @@ def test_auto_logs_its_choice_once(caplog, monkeypatch):
   for _ in range(3):
     attention(q, k, v, implementation='auto')
   lines = [r.getMessage() for r in caplog.records if r.name == 'jaxlab.kernels']
-  assert lines == ['attention: auto chose xla on cpu (fused kernels only run interpreted on '
-                   'the CPU)']
+  assert lines == ['attention: auto chose xla on cpu (first choice on cpu)']
 
 
 def tiny_losses(cfg, params, tokens_BxT, segment_ids_BxT, steps=20):
@@ -207,7 +276,8 @@ def tiny_losses(cfg, params, tokens_BxT, segment_ids_BxT, steps=20):
 def test_tiny_model_trains_the_same_with_pallas(monkeypatch):
   # Blocks of 16 on 32 inputs: 2 x 2 blocks per head, so causal skipping and packed
   # documents (3 per row, one row a single document) go through the model's attention.
-  monkeypatch.setitem(fa_mod.DEFAULT_BLOCKS, 'cpu', (16, 16))
+  monkeypatch.setitem(fa_mod.LOWERINGS, 'cpu', fa_mod.Lowering('loop', 'bthk', (16, 16),
+                                                                interpret=True))
   tokens_BxT = jax.random.randint(jax.random.key(1), (2, 33), 1, 257)
   segment_ids_BxT = jnp.array([[1] * 10 + [2] * 15 + [3] * 8, [4] * 33])
   from jaxlab.models import Transformer

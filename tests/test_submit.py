@@ -22,6 +22,8 @@ VENV_PY = ROOT / '.venv' / 'bin' / 'python'
 PYTHON = str(VENV_PY) if VENV_PY.exists() else 'python3'
 ENV_VARS = ('TPU_NAME', 'ZONE', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION', 'QUEUED')
 TPU = ['--target', 'tpu', '--tpu-name', 'my-tpu', '--zone', 'us-east5-a']
+# submit runs the compile check first (tests/test_compile.py covers it); these test gcloud.
+SUBMIT_TPU = TPU + ['--skip-compile-check']
 G = ['gcloud', 'compute', 'tpus']
 ZONE = '--zone=us-east5-a'
 SSH_ALL = G + ['tpu-vm', 'ssh', 'my-tpu', ZONE, '--worker=all']
@@ -64,6 +66,9 @@ def test_tpu_launch_dry_run_exact(capsys):
                            'tiny', 'train.steps=2')
   assert code == 0, err
   assert out == [
+      '# compile check: every phase compiled for tpu:v5p-32 on this machine; a phase that does '
+      'not fit stops here (--skip-compile-check skips it):',
+      '# launch.py compile tiny train.steps=2 --target tpu:v5p-32 --no-estimate',
       '# create the TPU unless `describe` finds it, then wait until it is READY:',
       shlex.join(G + ['tpu-vm', 'describe', 'my-tpu', ZONE, '--format=value(state)']),
       shlex.join(G + ['tpu-vm', 'create', 'my-tpu', ZONE, '--accelerator-type=v5p-32',
@@ -75,7 +80,7 @@ def test_tpu_launch_dry_run_exact(capsys):
 
 
 def test_tpu_queued_dry_run_exact(capsys):
-  queued = TPU + ['--queued', '--project', 'proj-1', '--dry-run']
+  queued = SUBMIT_TPU + ['--queued', '--project', 'proj-1', '--dry-run']
   code, out, err = run_cli(capsys, 'submit', *queued, '--accelerator', 'v6e-8', 'tiny',
                            'train.steps=2')
   assert code == 0, err
@@ -99,7 +104,7 @@ def test_tpu_queued_dry_run_exact(capsys):
 
 def test_tpu_single_steps_dry_run(capsys):
   def step(*argv):
-    code, out, err = run_cli(capsys, 'submit', *TPU, '--dry-run', *argv)
+    code, out, err = run_cli(capsys, 'submit', *SUBMIT_TPU, '--dry-run', *argv)
     assert code == 0, err
     return out
   assert step('--action', 'stop') == [shlex.join(SSH_ALL + ['--command=' + STOP])]
@@ -194,7 +199,7 @@ def test_sweep_point_selects_and_trains_only_that_point(capsys, monkeypatch, tmp
 
 def test_bad_override_exits_2_before_anything(capsys, tmp_path, monkeypatch):
   bin_dir = _fake_tools(tmp_path, monkeypatch)
-  for argv in (['submit', *TPU, 'tiny', 'model.d_modle=64'],
+  for argv in (['submit', *SUBMIT_TPU, 'tiny', 'model.d_modle=64'],
                ['submit', '--target', 'slurm', 'tiny', 'model.d_modle=64'],
                ['sweep', 'tiny', '--grid', 'train.steps=1,2', 'model.d_modle=64', *TPU]):
     code, out, err = run_cli(capsys, *argv)
@@ -204,16 +209,16 @@ def test_bad_override_exits_2_before_anything(capsys, tmp_path, monkeypatch):
 
 
 def test_tpu_run_asks_for_shared_checkpoints_unless_given(capsys):
-  _, _, err = run_cli(capsys, 'submit', *TPU, '--dry-run', 'tiny')
+  _, _, err = run_cli(capsys, 'submit', *SUBMIT_TPU, '--dry-run', 'tiny')
   assert 'set train.checkpoint_dir=gs://BUCKET/PATH' in err
-  _, _, err = run_cli(capsys, 'submit', *TPU, '--dry-run', 'tiny',
+  _, _, err = run_cli(capsys, 'submit', *SUBMIT_TPU, '--dry-run', 'tiny',
                       'train.checkpoint_dir=gs://bucket/ckpt')
   assert 'checkpoint_dir' not in err
 
 
 @pytest.mark.parametrize('argv, tool', [
-    (['submit', *TPU, 'tiny', '{workdir}'], 'gcloud'),
-    (['submit', *TPU, '--action', 'stop'], 'gcloud'),
+    (['submit', *SUBMIT_TPU, 'tiny', '{workdir}'], 'gcloud'),
+    (['submit', *SUBMIT_TPU, '--action', 'stop'], 'gcloud'),
     (['submit', '--target', 'slurm', 'tiny', '{workdir}'], 'sbatch'),
     (['sweep', 'tiny', '--grid', 'train.steps=1,2', '--target', 'slurm', '{workdir}'], 'sbatch')])
 def test_missing_tool_exits_2_and_names_it(capsys, monkeypatch, tmp_path, argv, tool):
@@ -275,7 +280,7 @@ def _calls(bin_dir):
 def test_tpu_launch_runs_the_dry_run_commands(capsys, monkeypatch, tmp_path):
   bin_dir = _fake_tools(tmp_path, monkeypatch)
   monkeypatch.setattr(tpu, 'POLL_SECONDS', 0)
-  argv = ['submit', *TPU, '--queued', '--accelerator', 'v5p-32', 'tiny', 'train.steps=2']
+  argv = ['submit', *SUBMIT_TPU, '--queued', '--accelerator', 'v5p-32', 'tiny', 'train.steps=2']
   code, dry, _ = run_cli(capsys, *argv, '--dry-run')
   assert code == 0
   commands = [shlex.split(line) for line in dry if not line.startswith('#')]
@@ -404,12 +409,13 @@ def test_slurm_xla_flags_are_known_to_this_jaxlib():
 
 
 def test_experiment_paths_are_made_portable(capsys, tmp_path):
-  code, out, _ = run_cli(capsys, 'submit', *TPU, '--action', 'run', '--dry-run',
+  code, out, _ = run_cli(capsys, 'submit', *SUBMIT_TPU, '--action', 'run', '--dry-run',
                          str(ROOT / 'experiments' / 'tiny.py'))
   assert code == 0 and 'launch.py run experiments/tiny.py > logs/tiny' in out[0]
   outside = tmp_path / 'mine.py'
   outside.write_text((ROOT / 'experiments' / 'tiny.py').read_text())
-  code, _, err = run_cli(capsys, 'submit', *TPU, '--action', 'run', '--dry-run', str(outside))
+  code, _, err = run_cli(capsys, 'submit', *SUBMIT_TPU, '--action', 'run', '--dry-run',
+                         str(outside))
   assert code == 2 and 'lies outside the project' in err
   code, out, _ = run_cli(capsys, 'submit', '--target', 'slurm', '--dry-run', str(outside))
   assert code == 0 and out[-2].endswith(f'launch.py run {outside}')

@@ -106,20 +106,23 @@ def test_implementation_order_per_platform():
 
 
 def test_auto_on_gpu_prefers_tokamax_then_cudnn_then_pallas_then_xla(monkeypatch):
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   q, k, _ = (x.astype(jnp.bfloat16) for x in qkv(G=2, K=64))
   choose = attention_module.choose_implementation
+
+  def on_gpu(q, k, segment_ids):   # auto's choice for a call traced for a GPU
+    return choose(attention_module.Call(q, k, True, segment_ids, 'gpu', 'NVIDIA H100'))
   # No fused tokamax kernel traces on this CPU host: cuDNN when it can, else Pallas.
-  impl, why = choose(q, k, causal=True, segment_ids=None)
+  impl, why = on_gpu(q, k, None)
   assert impl == 'cudnn' and 'tokamax:' in why
-  impl, why = choose(q, k, causal=True, segment_ids=SEG_BxT)
+  impl, why = on_gpu(q, k, SEG_BxT)
   assert impl == 'pallas' and 'tokamax:' in why and 'cudnn:' in why
   q24, k24 = q[..., :24], k[..., :24]   # a head dim Triton cannot block: the reference
-  impl, why = choose(q24, k24, causal=True, segment_ids=SEG_BxT)
+  impl, why = on_gpu(q24, k24, SEG_BxT)
   assert impl == 'xla' and 'head_dim 24' in why
   # Where a fused tokamax kernel takes the call (a Hopper GPU), it comes first.
-  monkeypatch.setattr(attention_module, 'tokamax_unsupported', lambda *a, **kw: None)
-  assert choose(q, k, causal=True, segment_ids=SEG_BxT)[0] == 'tokamax'
+  monkeypatch.setitem(attention_module.BACKENDS, 'tokamax', attention_module.Backend(
+      attention_module.tokamax_attention, lambda call: None))
+  assert on_gpu(q, k, SEG_BxT)[0] == 'tokamax'
   monkeypatch.setattr(tk, 'installed', lambda: False)
   assert 'tokamax is not installed' in tk.unsupported(q, k, causal=True, segment_ids=None,
                                                       platform='gpu')

@@ -1,6 +1,10 @@
-"""Attention: one reference implementation (XLA einsums) and a dispatcher
-(xla | cudnn | pallas | tokamax | auto; the Pallas kernel lives in flash_attention.py,
-the tokamax backend in tokamax_attention.py).
+"""Attention: one reference implementation (XLA einsums) and a dispatcher over a table of
+backends (BACKENDS: xla | cudnn | pallas | splash | tokamax, plus auto;
+the tokamax backend in tokamax_attention.py). Each backend is a function
+with the reference's signature and an `unsupported(call) -> reason | None` check, so a
+new backend is one entry; `auto` takes the first backend of AUTO[platform] that can run
+the call, for the platform the step is traced for (jaxlab.kernels.target: the mesh's
+devices, also a TPU topology compiled for from a CPU host).
 
 Layouts: q_BxTxHxK, k_BxSxGxK, v_BxSxGxK with H query heads sharing G kv heads
 (grouped-query attention; H a multiple of G). Masks:
@@ -13,15 +17,18 @@ returns zeros, never NaN.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from jaxlab.config_types import ConfigError
+from jaxlab.kernels import splash
 from jaxlab.kernels.masks import attention_mask
-from jaxlab.kernels.tokamax_attention import tokamax_attention
-from jaxlab.kernels.tokamax_attention import unsupported as tokamax_unsupported
+from jaxlab.kernels.target import target_device
+from jaxlab.kernels import tokamax_attention as tk
 
 
 def reference_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
@@ -64,6 +71,17 @@ def reference_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: j
   return out_BxTxHxK.astype(q_BxTxHxK.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Call:
+  """What a backend's check sees of a call: static shapes, dtype, mask, target device."""
+  q: Any                   # q_BxTxHxK (an array or anything with .shape / .dtype)
+  k: Any                   # k_BxSxGxK
+  causal: bool
+  segment_ids: Any         # None, a BxT array, or a (q_ids, kv_ids) pair
+  platform: str            # 'cpu' | 'gpu' | 'tpu' (jaxlab.kernels.target)
+  device_kind: str
+
+
 def pallas_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
                      causal: bool = True, segment_ids: Any = None,
                      sm_scale: float | None = None) -> jax.Array:
@@ -73,21 +91,21 @@ def pallas_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.
                          segment_ids=segment_ids, sm_scale=sm_scale)
 
 
-def cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, *, causal: bool, segment_ids: Any) -> str | None:
+def cudnn_unsupported(call: Call) -> str | None:
   """Why cuDNN's fused attention cannot give the reference answer here, or None."""
-  if jax.default_backend() != 'gpu':
-    return f'cuDNN needs a CUDA GPU, the default backend is {jax.default_backend()}'
-  if segment_ids is not None:
+  if call.platform != 'gpu':
+    return f'cuDNN needs a CUDA GPU, the target platform is {call.platform}'
+  if call.segment_ids is not None:
     # jax.nn.dot_product_attention's cudnn path takes only per-row lengths (one document
     # per row); a dense mask would not zero queries that see no key, as the reference does.
     return 'segment ids (packed documents) are not supported by the cuDNN path'
-  if q_BxTxHxK.dtype not in (jnp.bfloat16, jnp.float16):
-    return f'cuDNN attention needs bfloat16 or float16 inputs, got {q_BxTxHxK.dtype}'
-  K = q_BxTxHxK.shape[-1]
+  if call.q.dtype not in (jnp.bfloat16, jnp.float16):
+    return f'cuDNN attention needs bfloat16 or float16 inputs, got {call.q.dtype}'
+  K = call.q.shape[-1]
   if K > 128 or K % 8:
     return f'cuDNN attention needs head_dim <= 128 and a multiple of 8, got {K}'
-  T, S = q_BxTxHxK.shape[1], k_BxSxGxK.shape[1]
-  if causal and T != S:
+  T, S = call.q.shape[1], call.k.shape[1]
+  if call.causal and T != S:
     return f'causal cross-attention (T={T} != S={S}) is not checked against the reference'
   return None
 
@@ -96,72 +114,116 @@ def cudnn_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.A
                     causal: bool = True, segment_ids: Any = None,
                     sm_scale: float | None = None) -> jax.Array:
   """jax.nn.dot_product_attention(implementation='cudnn'); GQA is native there."""
-  why = cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal, segment_ids=segment_ids)
-  if why is not None:
-    raise ValueError(f"attention implementation 'cudnn' cannot run this call: {why}; "
-                     "use 'pallas', 'xla' or 'auto'")
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, scale=sm_scale,
                                       is_causal=causal, implementation='cudnn')
 
 
-def pallas_gpu_unsupported(q_BxTxHxK) -> str | None:
-  """Why jaxlab's Pallas kernel cannot run on a GPU, or None: its blocks span the whole
-  head dim, and Triton (its GPU lowering) needs power-of-two block shapes >= 16."""
-  K = q_BxTxHxK.shape[-1]
-  if K < 16 or K & (K - 1):
+def pallas_unsupported(call: Call) -> str | None:
+  """On a GPU, Triton (the Pallas kernel's lowering there) needs power-of-two block shapes
+  >= 16, and the kernel's blocks span the whole head dim."""
+  K = call.q.shape[-1]
+  if call.platform == 'gpu' and (K < 16 or K & (K - 1)):
     return f'head_dim {K} is not a power of two >= 16 (Triton block shapes)'
   return None
 
 
-IMPLEMENTATIONS = {
-    'xla': reference_attention,
-    'cudnn': cudnn_attention,
-    'pallas': pallas_attention,
-    'tokamax': tokamax_attention,
+def tokamax_unsupported(call: Call) -> str | None:
+  """On a GPU, a fused tokamax kernel (Mosaic GPU, Triton) must take the call: tokamax's
+  own XLA fallback is what the 'xla' backend is already. On the CPU its xla
+  implementation runs (how the tests check it); no other platform."""
+  return tk.unsupported(call.q, call.k, causal=call.causal, segment_ids=call.segment_ids,
+                        platform=call.platform, fused_only=call.platform == 'gpu')
+
+
+def tokamax_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
+                      causal: bool = True, segment_ids: Any = None,
+                      sm_scale: float | None = None) -> jax.Array:
+  """tokamax.dot_product_attention's kernels for the target platform (tokamax_attention.py)."""
+  return tk.tokamax_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                              segment_ids=segment_ids, sm_scale=sm_scale,
+                              platform=target_device()[0])
+
+
+def splash_unsupported(call: Call) -> str | None:
+  if call.platform == 'gpu':
+    return 'splash is a TPU kernel (on a GPU it would only run interpreted)'
+  return splash.unsupported(call.q, call.k, segment_ids=call.segment_ids)
+
+
+def splash_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
+                     causal: bool = True, segment_ids: Any = None,
+                     sm_scale: float | None = None) -> jax.Array:
+  """JAX's TPU splash attention (jaxlab.kernels.splash) with the target chip's blocks."""
+  return splash.splash_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                                 segment_ids=segment_ids, sm_scale=sm_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+  fn: Callable                                 # the reference's signature
+  unsupported: Callable[[Call], str | None]    # why it cannot run a call, or None
+
+
+def _always(call: Call) -> None:
+  return None
+
+
+BACKENDS = {
+    'xla': Backend(reference_attention, _always),
+    'cudnn': Backend(cudnn_attention, cudnn_unsupported),
+    'pallas': Backend(pallas_attention, pallas_unsupported),   # interpret mode off accelerators
+    'splash': Backend(splash_attention, splash_unsupported),   # interpret mode off TPU
+    'tokamax': Backend(tokamax_attention, tokamax_unsupported),
 }
-CHOICES = (*IMPLEMENTATIONS, 'auto')
+CHOICES = (*BACKENDS, 'auto')
+# auto: the first backend of the target platform's list that can run the call.
+# GPU: tokamax's fused kernels, cuDNN, then jaxlab's Pallas kernel (Triton, deprecated
+# upstream); XLA when none can.
+AUTO = {'cpu': ('xla',), 'gpu': ('tokamax', 'cudnn', 'pallas'), 'tpu': ('splash', 'pallas')}
 _log = logging.getLogger('jaxlab.kernels')
 _logged: set = set()
 
 
-def choose_implementation(q_BxTxHxK, k_BxSxGxK, *, causal: bool,
-                          segment_ids: Any) -> tuple[str, str]:
-  """auto's (choice, reason) from static information only (platform, shapes, dtypes).
-  GPU: tokamax where one of its fused kernels takes the call, else cuDNN, else jaxlab's
-  Pallas kernel (its Triton lowering is deprecated upstream), else XLA's reference."""
-  platform = jax.default_backend()
-  if platform == 'cpu':
-    return 'xla', 'fused kernels only run interpreted on the CPU'
-  if platform == 'gpu':
-    why_tokamax = tokamax_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal,
-                                      segment_ids=segment_ids, platform=platform,
-                                      fused_only=True)
-    if why_tokamax is None:
-      return 'tokamax', 'a fused tokamax kernel takes this call'
-    why = cudnn_unsupported(q_BxTxHxK, k_BxSxGxK, causal=causal, segment_ids=segment_ids)
+class AttentionUnsupported(ConfigError):
+  """model.attention names a backend that cannot run the model's attention call."""
+
+
+def choose_implementation(call: Call) -> tuple[str, str]:
+  """auto's (choice, reason) from static information only (target, shapes, dtypes)."""
+  order = AUTO.get(call.platform, ('pallas',))
+  reasons = []
+  for name in order:
+    why = BACKENDS[name].unsupported(call)
     if why is None:
-      return 'cudnn', f'tokamax: {why_tokamax}; cuDNN supports this shape, dtype and mask'
-    why_pallas = pallas_gpu_unsupported(q_BxTxHxK)
-    if why_pallas is None:
-      return 'pallas', f'tokamax: {why_tokamax}; cudnn: {why}'
-    return 'xla', f'tokamax: {why_tokamax}; cudnn: {why}; pallas: {why_pallas}'
-  return 'pallas', f'fused Pallas kernel on {platform}'
+      if not reasons:
+        return name, f'first choice on {call.platform}'
+      return name, '; '.join(reasons)
+    reasons.append(f'{name}: {why}')
+  return 'xla', '; '.join(reasons)
 
 
 def attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, *,
               causal: bool = True, segment_ids: Any = None, sm_scale: float | None = None,
               implementation: str = 'xla') -> jax.Array:
-  """Dispatches to an attention implementation: one of IMPLEMENTATIONS or 'auto' (resolved
-  at trace time; each distinct choice is logged once at INFO on 'jaxlab.kernels')."""
+  """Dispatches to a backend of BACKENDS or 'auto' (resolved at trace time for the target
+  device; each distinct choice is logged once at INFO on 'jaxlab.kernels'). A named
+  backend that cannot run the call raises AttentionUnsupported with the reason."""
   if implementation not in CHOICES:
     raise ValueError(f'attention implementation {implementation!r} is not known; allowed: '
                      f'{", ".join(map(repr, CHOICES))}')
+  call = Call(q_BxTxHxK, k_BxSxGxK, bool(causal), segment_ids, *target_device())
   if implementation == 'auto':
-    implementation, reason = choose_implementation(q_BxTxHxK, k_BxSxGxK, causal=causal,
-                                                   segment_ids=segment_ids)
-    key = (jax.default_backend(), implementation, reason)
+    implementation, reason = choose_implementation(call)
+    key = (call.platform, implementation, reason)
     if key not in _logged:
       _logged.add(key)
-      _log.info('attention: auto chose %s on %s (%s)', implementation, key[0], reason)
-  return IMPLEMENTATIONS[implementation](q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
-                                         segment_ids=segment_ids, sm_scale=sm_scale)
+      _log.info('attention: auto chose %s on %s (%s)', implementation, call.platform, reason)
+  else:
+    why = BACKENDS[implementation].unsupported(call)
+    if why is not None:
+      others = ', '.join(repr(c) for c in CHOICES if c != implementation)
+      raise AttentionUnsupported(
+          f'attention implementation {implementation!r} (model.attention) cannot run this '
+          f'call: {why}; use one of {others}')
+  return BACKENDS[implementation].fn(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, causal=causal,
+                                     segment_ids=segment_ids, sm_scale=sm_scale)

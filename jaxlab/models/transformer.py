@@ -183,12 +183,16 @@ class Attention(nn.Module):
     k_BxTxGxK = _constrain(apply_rope(k_BxTxGxK, *rope_BxTxKh), 'batch', 'seq', 'kv_heads', 'kv')
     v_BxTxGxK = _constrain(v_BxTxGxK, 'batch', 'seq', 'kv_heads', 'kv')
 
+    # Params do not depend on the attention backend, and init traces the model at shapes
+    # a fused kernel may refuse (splash needs T % 128 == 0): init uses the reference.
+    impl = 'xla' if self.is_initializing() else cfg.attention
+
     def attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
       return attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, causal=True,
                        segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
-                       implementation=cfg.attention)
+                       implementation=impl)
     args = (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)
-    if cfg.attention == 'xla':     # XLA partitions the einsums itself
+    if impl == 'xla':              # XLA partitions the einsums itself
       out_BxTxHxK = attend(*args)
     else:                          # fused kernels run per shard: batch and heads split
       kv = ('batch', 'seq', 'kv_heads', 'kv')

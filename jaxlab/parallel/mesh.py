@@ -79,7 +79,9 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
                                                 process_is_granule=not _by_slice(devices))
     return Mesh(grid, AXES, axis_types=auto)
-  if devices == list(jax.devices()):
+  # All of this process's devices, or a TPU topology compiled for from another host
+  # (jaxlab.aot): the physical layout that `run` gets on that slice.
+  if devices == list(jax.devices()) or devices[0].platform == 'tpu':
     return jax.make_mesh(ici, AXES, axis_types=auto, devices=devices)
   return Mesh(np.asarray(devices).reshape(ici), AXES, axis_types=auto)
 

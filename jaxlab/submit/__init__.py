@@ -1,22 +1,26 @@
 """`launch.py submit` and `launch.py sweep --target ...`: the same `launch.py run` /
 `launch.py sweep --point i` command, run on a Cloud TPU slice (jaxlab.submit.tpu) or a
 SLURM GPU cluster (jaxlab.submit.slurm). The config is loaded and validated first;
---dry-run prints the exact commands (or the sbatch script) and does nothing else."""
+--dry-run prints the exact commands (or the sbatch script) and does nothing else.
+`submit --target tpu` first compiles the run for the slice's accelerator type on this
+machine (jaxlab.aot, as `launch.py compile` does) and stops, with exit 2, before anything
+is created or paid for when a phase does not fit; --skip-compile-check skips that."""
 from __future__ import annotations
 
 import argparse
 import pathlib
+import shlex
 import sys
 
 from jaxlab import config as config_lib
 from jaxlab.config_types import ConfigError
 from jaxlab.submit import slurm, tpu
-from jaxlab.submit.common import ROOT, StepFailed, execute, experiment_arg, require_tool
+from jaxlab.submit.common import ROOT, Step, StepFailed, execute, experiment_arg, require_tool
 from jaxlab.submit.common import check_project, run_argv, sweep_argv
 
 ACTIONS = ('launch', 'create', 'setup', 'run', 'logs', 'stop', 'delete')
 _TPU_OPTIONS = ('tpu_name', 'zone', 'project', 'accelerator', 'runtime_version', 'queued', 'spot',
-                'worker')
+                'worker', 'skip_compile_check')
 _SLURM_OPTIONS = ('nodes', 'gpus_per_node', 'partition', 'time', 'account', 'python')
 
 
@@ -50,6 +54,9 @@ def add_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
   if not sweep:
     t.add_argument('--worker', metavar='W',
                    help='--action logs: whose log to tail, 0.. or all (default 0)')
+    t.add_argument('--skip-compile-check', action='store_true',
+                   help='launch / run without first compiling the run for --accelerator on '
+                   'this machine (the check needs libtpu: pip install -e ".[tpu]")')
   s = parser.add_argument_group('--target slurm (sbatch; one task per GPU)')
   s.add_argument('--nodes', type=int, metavar='N', help='default 1')
   s.add_argument('--gpus-per-node', type=int, metavar='N', help='default 8')
@@ -75,8 +82,9 @@ def check_options(args) -> None:
     raise ConfigError('--worker applies to --action logs')
 
 
-def _execute_tpu(target: tpu.Tpu, action: str, script: str | None, args) -> int:
-  steps = tpu.plan(target, action, script, worker=getattr(args, 'worker', None) or '0')
+def _execute_tpu(target: tpu.Tpu, action: str, script: str | None, args, first=()) -> int:
+  worker = getattr(args, 'worker', None) or '0'
+  steps = list(first) + tpu.plan(target, action, script, worker=worker)
   if not args.dry_run:
     require_tool('gcloud', 'install the Google Cloud CLI (cloud.google.com/sdk) and run '
                  '`gcloud auth login`')
@@ -92,6 +100,28 @@ def _execute_tpu(target: tpu.Tpu, action: str, script: str | None, args) -> int:
         f' --project {target.project}' if target.project else '')
     print(f'follow a log: tpu/logs.sh {where}; stop: tpu/stop.sh {where}')
   return 0
+
+
+def _compile_check(cfg, args, target: tpu.Tpu) -> Step:
+  """The run compiled for the slice here, before anything is created: exit 2 (ConfigError)
+  naming the phase and the remedies when one does not fit."""
+  if not target.accelerator:
+    raise ConfigError('submit --target tpu compiles the run for the TPU first and needs its '
+                      'type: pass --accelerator (or $ACCELERATOR_TYPE), e.g. v5p-32, or '
+                      '--skip-compile-check')
+  name = f'tpu:{target.accelerator}'
+  argv = ['launch.py', 'compile', args.experiment, *args.overrides, '--target', name,
+          '--no-estimate']
+
+  def run():
+    from jaxlab import aot
+    aot.use_cpu_host()
+    if aot.compile_and_report(cfg, name, estimate=False)[1]:
+      raise ConfigError(f'the run does not fit on {target.accelerator} (see above); nothing was '
+                        'submitted (--skip-compile-check submits anyway)')
+  return Step(f'# compile check: every phase compiled for {name} on this machine; a phase '
+              f'that does not fit stops here (--skip-compile-check skips it):\n'
+              f'# {shlex.join(argv)}', run)
 
 
 def _shared_checkpoints_note(cfg) -> None:
@@ -135,7 +165,8 @@ def submit(args) -> int:
     script = tpu.logs_script(cfg.name if cfg else None)
   else:
     script = tpu.run_script(cfg.name, argv) if needs else None
-  return _execute_tpu(target, action, script, args)
+  check = [_compile_check(cfg, args, target)] if needs and not args.skip_compile_check else []
+  return _execute_tpu(target, action, script, args, first=check)
 
 
 def sweep(args, sweep_dir: pathlib.Path, count: int) -> int:
