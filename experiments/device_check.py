@@ -208,15 +208,16 @@ def start_reference(spec: dict, out: pathlib.Path) -> subprocess.Popen:
   env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
   argv = [sys.executable, str(ROOT / 'launch.py'), 'run', spec['experiment'],
           *demo_overrides(spec, out / 'section4_cpu'), 'model.attention=xla']
-  cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
-
-  def settle():
-    os.nice(10)
-    if len(cpus) >= 8:
-      os.sched_setaffinity(0, cpus[-len(cpus) // 4:])
   log_file = open(out / 'section4_cpu.log', 'w')
-  return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                          preexec_fn=settle)
+  proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+  # Set from here, not in a preexec_fn: forking a process that already runs JAX's threads
+  # and then running Python in the child can deadlock. The child is still starting
+  # Python; the threads it makes later inherit both settings.
+  os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
+  cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
+  if len(cpus) >= 8:
+    os.sched_setaffinity(proc.pid, cpus[-len(cpus) // 4:])
+  return proc
 
 
 def losses(run_dir: pathlib.Path) -> dict[int, float]:
