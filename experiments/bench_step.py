@@ -28,6 +28,10 @@ Three measurements, printed as one markdown table (also written to --out):
 2. Compile time (lower + compile, wall clock, fresh jit, no persistent cache) of the
    jitted train step with the loop's shardings, at several depths of the same width;
    layers sit under nn.scan, so depth should barely matter.
+3. --peer nanodo [--peer-path DIR]: jaxlab's step against nanodo's at the issue's shapes,
+   interleaved in this process (experiments/peer_nanodo.py; DIR, or $NANODO_PATH, is a
+   checkout of github.com/google-deepmind/nanodo; skipped when there is none).
+   --peer-only runs just this.
 
 Nothing here asserts on speed: it measures and reports.
 """
@@ -234,8 +238,16 @@ def main(argv=None):
                            'default: data parallel over every device')
   parser.add_argument('--weight-stats', action='store_true',
                       help="also time jaxlab fn with train.weight_stats on ('fn +ws')")
+  parser.add_argument('--peer', choices=['nanodo'], default=None,
+                      help='also compare the step with a peer codebase (peer_nanodo.py)')
+  parser.add_argument('--peer-path', default=None, metavar='DIR',
+                      help='the peer checkout (default $NANODO_PATH); none: skipped')
+  parser.add_argument('--peer-only', action='store_true',
+                      help='only the peer comparison (no throughput or compile tables)')
   parser.add_argument('--out', default='runs/bench_step.md')
   args = parser.parse_args(argv)
+  if args.peer_only:
+    args.sizes, args.compile_layers = [], ''
   mesh = MeshConfig()
   if args.mesh:
     try:
@@ -319,6 +331,9 @@ def main(argv=None):
       f'{os.cpu_count()} host CPU cores), '
       f'jax {jax.__version__}, flax {__import__("flax").__version__}, optax {optax.__version__}',
       f'- command: `python {" ".join(sys.argv)}`',
+  ]
+  if rows:
+    lines += [
       f'- mesh: data {mesh_sizes["data"]} x fsdp {mesh_sizes["fsdp"]} x tensor '
       f'{mesh_sizes["tensor"]}' + ('' if 'bare' in variants else ' (bare: single-device, '
                                    'not run)'),
@@ -338,7 +353,7 @@ def main(argv=None):
       'overhead (1 - jaxlab/bare) | loop part (1 - jaxlab/fn) | step part (1 - fn/bare) | '
       'spread jaxlab / fn / bare | MFU jaxlab / fn | jaxlab run wall (s) |',
       '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
-  ]
+    ]
 
   def pct(x):
     return '-' if x is None or x != x else f'{100 * x:.1f}%'
@@ -374,6 +389,16 @@ def main(argv=None):
       per = ', '.join(pct(1 - w / f) for w, f in zip(res['ws'], res['fn']))
       lines.append(f'| {d} x {layers} | {fmt_rate(med["fn"])} | {fmt_rate(med["ws"])} | '
                    f'{pct(1 - med["ws"] / med["fn"])} | {per} |')
+  if args.peer:
+    import peer_nanodo
+    checkout = peer_nanodo.find_checkout(args.peer_path)
+    if checkout is None:
+      lines += ['', '## jaxlab vs nanodo: skipped (no checkout: pass --peer-path DIR or set '
+                'NANODO_PATH)']
+    else:
+      reps, peer_steps = max(args.reps, 5), 20
+      lines += ['', *peer_nanodo.table(peer_nanodo.compare(checkout, (4, 16), reps, peer_steps,
+                                                           log=log), reps, peer_steps)]
   lines += ['', f'Benchmark wall time: {time.perf_counter() - t_begin:.0f} s', '']
   table = '\n'.join(lines)
   print(table)

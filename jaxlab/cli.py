@@ -16,6 +16,7 @@ import sys
 import typing
 
 from jaxlab import config as config_lib
+from jaxlab import gpu_flags
 from jaxlab import submit as submit_lib
 from jaxlab import sweep_jobs
 from jaxlab.config_types import ConfigError
@@ -25,6 +26,7 @@ _PARAMETRIZATIONS = typing.get_args(
 
 
 def _cmd_run(args) -> int:
+  gpu_flags.apply_and_log()   # before anything starts JAX's backend
   cfg = config_lib.load(args.experiment, args.overrides)
   from jaxlab import train as train_lib  # heavy imports only once the config is good
   try:
@@ -132,6 +134,7 @@ def _cmd_sweep(args) -> int:
     for i, (label, _) in points:
       print(f'  --point {i}: {label}')
     return 0
+  gpu_flags.apply_and_log()   # before the point subprocesses too: they inherit XLA_FLAGS
   if args.jobs > 1 and len(points) > 1:
     argv = submit_lib.sweep_argv(args.experiment, args.overrides, args.grid, args.seeds,
                                  args.vary)[1:]   # without 'launch.py'

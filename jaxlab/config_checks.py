@@ -5,6 +5,7 @@ the override parsing."""
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 
 from jaxlab.config_types import Config, ConfigError, OptimConfig, check_type
@@ -43,6 +44,9 @@ def validate(cfg: Config) -> Config:
   _require(m.dim_per_head % 2 == 0,
            f'head dim {m.dim_per_head} must be even for rotary embeddings (model.head_dim / '
            'model.d_model / model.n_heads)')
+  _require(m.attention != 'tokamax' or importlib.util.find_spec('tokamax') is not None,
+           "model.attention='tokamax' needs the tokamax package: pip install 'jaxlab[gpu]' "
+           '(or pip install tokamax)')
   _require(m.init_std > 0, f'model.init_std={m.init_std} must be > 0')
   _require(m.rope_theta > 0, f'model.rope_theta={m.rope_theta} must be > 0')
   _require(m.norm_eps > 0, f'model.norm_eps={m.norm_eps} must be > 0')

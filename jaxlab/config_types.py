@@ -38,7 +38,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   remat: Literal['none', 'full', 'save_dots'] = 'none'
   dtype: Literal['float32', 'bfloat16'] = 'float32'   # compute dtype; params are float32
-  attention: Literal['xla', 'cudnn', 'pallas', 'splash', 'auto'] = 'xla'   # jaxlab/kernels
+  attention: Literal['xla', 'cudnn', 'pallas', 'splash', 'tokamax', 'auto'] = 'xla'
   qk_norm: bool = False            # RMSNorm (learned gain) on q and k per head, before RoPE
   parametrization: Literal['sp', 'mup'] = 'sp'   # see jaxlab/models/parametrization.py
   init_std: float = 0.02           # embedding init std (and the readout's under tied embeddings)

@@ -194,7 +194,7 @@ def test_dispatcher_cudnn_on_cpu_and_unknown_names():
                                        "needs a CUDA GPU, the target platform is cpu"):
     attention(q, k, v, implementation='cudnn')
   with pytest.raises(ValueError, match="'flash' is not known; allowed: 'xla', 'cudnn', "
-                                       "'pallas', 'splash', 'auto'"):
+                                       "'pallas', 'splash', 'tokamax', 'auto'"):
     attention(q, k, v, implementation='flash')
 
 

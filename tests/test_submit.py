@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from jaxlab import cli
+from jaxlab import cli, gpu_flags
 from jaxlab.submit import slurm, tpu
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -46,10 +46,7 @@ RUN = (START + 'nohup .venv/bin/python launch.py run tiny train.steps=2 > logs/t
 STOP = ('cd jaxlab 2>/dev/null || exit 0; for f in logs/*.pid; do [ -e "$f" ] || continue; '
         'p=$(cat "$f"); rm -f "$f"; if kill -TERM -- -"$p" 2>/dev/null; then echo "$(hostname): '
         'sent SIGTERM to ${f%.pid} (process group $p)"; fi; done')
-XLA = ('export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true '
-       '--xla_gpu_enable_triton_gemm=false --xla_gpu_all_gather_combine_threshold_bytes=134217728 '
-       '--xla_gpu_reduce_scatter_combine_threshold_bytes=134217728 '
-       '--xla_gpu_all_reduce_combine_threshold_bytes=134217728 ${XLA_FLAGS:-}"')
+XLA = gpu_flags.slurm_exports()   # the sbatch script's flag lines
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +150,7 @@ def test_slurm_dry_run_script_exact(capsys, tmp_path):
       f'#SBATCH --error={jobs}/%j.err',
       '# written by `launch.py submit|sweep --target slurm`; jax.distributed reads SLURM_*',
       'set -euo pipefail',
-      XLA,
+      *XLA,
       f'cd {ROOT}',
       f'srun {PYTHON} launch.py run tiny train.steps=2 train.workdir={tmp_path}',
       f'sbatch --parsable {jobs}/run.sbatch']
@@ -312,7 +309,7 @@ def test_slurm_submit_writes_script_and_prints_job_id(capsys, monkeypatch, tmp_p
   assert _calls(bin_dir) == [['sbatch', '--parsable', str(path)]]
   assert out[-1] == f'submitted SLURM job 4242; logs: {path.parent}/4242.out'
   lines = path.read_text().splitlines()
-  assert XLA in lines and lines[-1].startswith(f'srun {PYTHON} launch.py run tiny train.steps=2')
+  assert set(XLA) <= set(lines) and lines[-1].startswith(f'srun {PYTHON} launch.py run tiny train.steps=2')
 
 
 # ----------------------------------------------------------------------------- remote scripts
@@ -407,7 +404,7 @@ def test_tpu_scripts_are_executable_valid_bash_and_call_submit():
 def test_slurm_xla_flags_are_known_to_this_jaxlib():
   code = 'import jax.numpy as jnp; print(float(jnp.ones(2).sum()))'
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                       env=dict(os.environ, XLA_FLAGS=slurm.XLA_FLAGS, JAX_PLATFORMS='cpu'))
+                       env=dict(os.environ, XLA_FLAGS=gpu_flags.flags_string(), JAX_PLATFORMS='cpu'))
   assert out.returncode == 0 and out.stdout.strip() == '2.0', out.stderr[-500:]
 
 

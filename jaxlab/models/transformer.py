@@ -112,22 +112,34 @@ def rope_frequencies(cfg: ModelConfig, K: int) -> jax.Array:
   return jnp.where(~long_Kh & ~short_Kh, smoothed_Kh, scaled_Kh)
 
 
-def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float,
-         inv_freq_Kh: jax.Array | None = None) -> jax.Array:
-  """Rotary embedding (rotate-half layout: pairs (i, i + K/2)), computed in float32, with
-  frequencies theta^(-2i/K) unless inv_freq_Kh gives them (rope_frequencies)."""
-  K = x_BxTxNxK.shape[-1]
-  half = K // 2
-  if inv_freq_Kh is None:
-    inv_freq_Kh = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+def rope_tables(positions_BxT: jax.Array,
+                inv_freq_Kh: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sin_BxTxKh, cos_BxTxKh) of the rotary angles, float32 (inv_freq_Kh: rope_frequencies).
+  The model computes them once per step, outside the layer scan, and every layer reuses
+  them."""
   angle_BxTxKh = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_Kh
-  sin_BxTx1xKh = jnp.sin(angle_BxTxKh)[:, :, None, :]
-  cos_BxTx1xKh = jnp.cos(angle_BxTxKh)[:, :, None, :]
+  return jnp.sin(angle_BxTxKh), jnp.cos(angle_BxTxKh)
+
+
+def apply_rope(x_BxTxNxK: jax.Array, sin_BxTxKh: jax.Array, cos_BxTxKh: jax.Array) -> jax.Array:
+  """Rotary embedding (rotate-half layout: pairs (i, i + K/2)), computed in float32."""
+  half = x_BxTxNxK.shape[-1] // 2
+  sin_BxTx1xKh, cos_BxTx1xKh = sin_BxTxKh[:, :, None, :], cos_BxTxKh[:, :, None, :]
   x_BxTxNxK32 = x_BxTxNxK.astype(jnp.float32)
   x1, x2 = x_BxTxNxK32[..., :half], x_BxTxNxK32[..., half:]
   out = jnp.concatenate([x1 * cos_BxTx1xKh - x2 * sin_BxTx1xKh,
                          x2 * cos_BxTx1xKh + x1 * sin_BxTx1xKh], axis=-1)
   return out.astype(x_BxTxNxK.dtype)
+
+
+def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float,
+         inv_freq_Kh: jax.Array | None = None) -> jax.Array:
+  """Rotary embedding at the given positions (rope_tables + apply_rope), with frequencies
+  theta^(-2i/K) unless inv_freq_Kh gives them (rope_frequencies)."""
+  if inv_freq_Kh is None:
+    half = x_BxTxNxK.shape[-1] // 2
+    inv_freq_Kh = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  return apply_rope(x_BxTxNxK, *rope_tables(positions_BxT, inv_freq_Kh))
 
 
 class RMSNorm(nn.Module):
@@ -149,7 +161,8 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
+  def __call__(self, x_BxTxD, rope_BxTxKh, segment_ids_BxT):
+    """rope_BxTxKh: the (sin, cos) tables of rope_tables."""
     cfg = self.cfg
     dt = cfg.dtype
     wq_spec = WQ_QK_NORMED if cfg.qk_norm else WQ
@@ -166,11 +179,8 @@ class Attention(nn.Module):
     if cfg.qk_norm:   # OLMo-2 / Qwen3: RMSNorm over each head's K dims, before RoPE
       q_BxTxHxK = RMSNorm(cfg, Q_NORM, name='q_norm')(q_BxTxHxK)
       k_BxTxGxK = RMSNorm(cfg, K_NORM, name='k_norm')(k_BxTxGxK)
-    inv_freq_Kh = rope_frequencies(cfg, cfg.dim_per_head)
-    q_BxTxHxK = _constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_theta, inv_freq_Kh),
-                           'batch', 'seq', 'heads', 'kv')
-    k_BxTxGxK = _constrain(rope(k_BxTxGxK, positions_BxT, cfg.rope_theta, inv_freq_Kh),
-                           'batch', 'seq', 'kv_heads', 'kv')
+    q_BxTxHxK = _constrain(apply_rope(q_BxTxHxK, *rope_BxTxKh), 'batch', 'seq', 'heads', 'kv')
+    k_BxTxGxK = _constrain(apply_rope(k_BxTxGxK, *rope_BxTxKh), 'batch', 'seq', 'kv_heads', 'kv')
     v_BxTxGxK = _constrain(v_BxTxGxK, 'batch', 'seq', 'kv_heads', 'kv')
 
     # Params do not depend on the attention backend, and init traces the model at shapes
@@ -221,10 +231,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, gate=None):
+  def __call__(self, x_BxTxD, rope_BxTxKh, segment_ids_BxT, gate=None):
     x_in_BxTxD = x_BxTxD
     h_BxTxD = RMSNorm(self.cfg, ATTN_NORM, name='attn_norm')(x_BxTxD)
-    x_BxTxD = x_BxTxD + Attention(self.cfg, name='attn')(h_BxTxD, positions_BxT, segment_ids_BxT)
+    x_BxTxD = x_BxTxD + Attention(self.cfg, name='attn')(h_BxTxD, rope_BxTxKh, segment_ids_BxT)
     x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
     h_BxTxD = RMSNorm(self.cfg, MLP_NORM, name='mlp_norm')(x_BxTxD)
     x_BxTxD = x_BxTxD + Mlp(self.cfg, name='mlp')(h_BxTxD)
@@ -304,7 +314,9 @@ class Transformer(nn.Module):
                      split_rngs={'params': True},
                      in_axes=in_axes, length=cfg.n_layers,
                      metadata_params={nn.PARTITION_NAME: 'layers'})
-    args = (positions_BxT, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
+    # RoPE's sin / cos tables: computed here once, not in every layer.
+    rope_BxTxKh = rope_tables(positions_BxT, rope_frequencies(cfg, cfg.dim_per_head))
+    args = (rope_BxTxKh, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
     x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, *args)
 
     final_norm = FINAL_NORM_TIED if cfg.tie_embeddings else FINAL_NORM

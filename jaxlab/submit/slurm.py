@@ -7,19 +7,9 @@ import re
 import shlex
 import subprocess
 
+from jaxlab import gpu_flags
 from jaxlab.config_types import ConfigError
 from jaxlab.submit.common import ROOT, StepFailed, require_tool
-
-# H100 defaults (RESEARCH_NOTES section 9): overlap collectives with compute, cuBLAS
-# GEMMs, and combine small all-gathers / reduce-scatters / all-reduces up to 128 MiB.
-# A user's own $XLA_FLAGS come after these, so they win.
-XLA_FLAGS = ' '.join([
-    '--xla_gpu_enable_latency_hiding_scheduler=true',
-    '--xla_gpu_enable_triton_gemm=false',
-    '--xla_gpu_all_gather_combine_threshold_bytes=134217728',
-    '--xla_gpu_reduce_scatter_combine_threshold_bytes=134217728',
-    '--xla_gpu_all_reduce_combine_threshold_bytes=134217728',
-])
 
 
 def default_python() -> str:
@@ -64,7 +54,7 @@ def script(argv: list[str], *, name: str, log_dir: pathlib.Path, nodes: int, gpu
             _directive('error', f'{log_dir}/{pattern}.err'),
             '# written by `launch.py submit|sweep --target slurm`; jax.distributed reads SLURM_*',
             'set -euo pipefail',
-            f'export XLA_FLAGS="{XLA_FLAGS} ${{XLA_FLAGS:-}}"',
+            *gpu_flags.slurm_exports(),    # the same flags as `launch.py run` on a GPU
             f'cd {shlex.quote(str(ROOT))}',
             srun]
   return '\n'.join(lines) + '\n'
