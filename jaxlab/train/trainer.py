@@ -171,13 +171,13 @@ class Trainer:
     except ValueError as err:
       raise ConfigError(str(err)) from None
     self._preflight(tokenizer)
+    self.phases = growth.phases(cfg)   # the growth plan's own checks (sizes, timing)
     self._open_run_dir()
     self.ckpt = Checkpointer(checkpoint_dir(cfg, self.run_dir.path), tc.keep_checkpoints,
                              tc.async_checkpoint)
     previous = self.run_dir.read_summary() or {}
     changes = self.run_dir.check_config(cfg, has_checkpoints=bool(self.ckpt.all_steps()),
                                         diverged=previous.get('status') == 'diverged')
-    self.phases = growth.phases(cfg)
     self._check_shapes()
     val_batches = self._data(tokenizer)
     self._stop_if_signalled()
