@@ -206,6 +206,15 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f'jaxlab_set_aside_{step}')
     self._manager.reload()
 
+  def remove_unfinished(self):
+    """Deletes the temporary directories of saves that failed (orbax would delete them at
+    the next start anyway): after a full disk, the space they hold lets the summary be
+    written. Process 0 only."""
+    if jax.process_index() == 0 and self.directory.exists():
+      for path in self.directory.iterdir():
+        if 'orbax-checkpoint-tmp' in path.name:
+          path.rmtree()
+
   def wait(self):
     self._manager.wait_until_finished()
 

@@ -83,9 +83,8 @@ def _with_defaults(data: dict) -> dict:
 
 @dataclasses.dataclass
 class ConfigChanges:
-  """What `check_config` accepted: {key: (old, new)} and the notes to print."""
+  """What `check_config` accepted: {key: (old, new)}."""
   changes: dict[str, tuple[Any, Any]]
-  fresh: bool          # no checkpoint: the run starts over, the old config is moved aside
 
 
 def _describe(changes: dict) -> str:
@@ -186,7 +185,7 @@ class RunDir:
     """Compares cfg with the config.json already there (see the module docstring)."""
     found = self.read_config()
     if found is None:
-      return ConfigChanges({}, fresh=True)
+      return ConfigChanges({})
     old = _flatten(_with_defaults(found[0]))
     new = _flatten(config_dict(cfg))
     changes = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
@@ -195,7 +194,7 @@ class RunDir:
       if changes:
         note(f'{self.path} holds no checkpoint: starting it afresh with the new config '
              f'({_describe(changes)})')
-      return ConfigChanges(changes, fresh=True)
+      return ConfigChanges(changes)
     free = set(LOCATION_KEYS) | set(FREE_KEYS)
     eval_ = {k: v for k, v in changes.items() if k in EVAL_KEYS}
     after_nan = {k: v for k, v in changes.items() if k in AFTER_DIVERGENCE_KEYS}
@@ -214,17 +213,19 @@ class RunDir:
            'batches than before')
     if after_nan:
       warn(f'resuming a diverged run with {_describe(after_nan)} from its last good checkpoint')
-    return ConfigChanges(changes, fresh=False)
+    return ConfigChanges(changes)
 
-  def write_config(self, cfg: Config, changes: ConfigChanges | None = None, step: int = 0):
-    """config.json = cfg, with the previous history plus this resume's changes."""
+  def write_config(self, cfg: Config, changes: ConfigChanges | None = None, fresh: bool = True,
+                   step: int = 0):
+    """config.json = cfg, plus the history: empty for a fresh start, else the previous
+    one and this resume's changes (at the step it resumed from)."""
     if not self.writer:
       return
     history = []
-    if changes is not None and not changes.fresh:
+    if not fresh:
       found = self.read_config()
       history = found[1] if found else []
-      if changes.changes:
+      if changes is not None and changes.changes:
         history.append({'step': step, 'changes': {k: list(v) for k, v in changes.changes.items()}})
     self._write_json(self.config_path, {**config_dict(cfg), HISTORY_KEY: history})
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -114,6 +115,7 @@ class LogHook(Hook):
     self.every, self.record_hooks = every, record_hooks
     self.throughput = metrics_lib.Throughput()
     self._start, self._step0 = time.perf_counter(), resume_step
+    self._tty = t.run_dir.writer and sys.stdout.isatty()
     self._tb = None
     if t.run_dir.writer:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
@@ -145,9 +147,13 @@ class LogHook(Hook):
     if t.run_dir.writer:
       done = t.step - self._step0
       eta = (time.perf_counter() - self._start) / done * (t.total_steps - t.step)
-      print(metrics_lib.progress_line(full, t.total_steps, eta), flush=True)
+      line = metrics_lib.progress_line(full, t.total_steps, eta)
+      print(('\r' + line + '   ') if self._tty else line, end='' if self._tty else '\n',
+            flush=True)
 
   def close(self):
+    if self._tty:
+      print()
     if self._tb is not None:
       self._tb.close()
 

@@ -68,6 +68,7 @@ class Trainer:
     self.last_metrics: dict = {}
     self.logged: dict | None = None    # the newest record written to metrics.jsonl
     self.summary: dict = {}
+    self.changes = None                # config changes accepted on resume (RunDir)
 
   def __enter__(self):
     return self
@@ -98,18 +99,37 @@ class Trainer:
                         f'the number of processes ({jax.process_count()})')
     self.local_batch = cfg.train.batch_size // jax.process_count()
 
-  def _open_run_dir(self):
-    """Creates and locks the run directory (process 0); every process learns the outcome."""
-    self.run_dir = RunDir(run_dir_of(self.cfg), writer=jax.process_index() == 0)
-    error = None
+  def _on_process_0(self, what: str, fn):
+    """fn() on process 0 only (it owns the run directory); a ConfigError it raises stops
+    every process, so none waits in a collective for one that has left."""
+    result, error = None, None
     if self.run_dir.writer:
       try:
-        self.run_dir.create()
-        self.run_dir.lock()
+        result = fn()
       except ConfigError as err:
         error = err
     if not _agree(error is None):
-      raise error or ConfigError(f'process 0 could not open the run directory {self.run_dir.path}')
+      raise error or ConfigError(f'process 0 could not {what} (see its log)')
+    return result
+
+  def _open_run_dir(self):
+    """Creates and locks the run directory, then checks the config against the one in it."""
+    self.run_dir = RunDir(run_dir_of(self.cfg), writer=jax.process_index() == 0)
+
+    def open_and_lock():
+      self.run_dir.create()
+      self.run_dir.lock()
+    self._on_process_0(f'open the run directory {self.run_dir.path}', open_and_lock)
+    tc = self.cfg.train
+    self.ckpt = Checkpointer(checkpoint_dir(self.cfg, self.run_dir.path), tc.keep_checkpoints,
+                             tc.async_checkpoint)
+    has_checkpoints = bool(self.ckpt.all_steps())
+
+    def guard():
+      previous = self.run_dir.read_summary() or {}
+      return self.run_dir.check_config(self.cfg, has_checkpoints,
+                                       diverged=previous.get('status') == 'diverged')
+    self.changes = self._on_process_0('resume its run directory', guard)
 
   def program_at(self, step: int) -> Program:
     k = growth.phase_index(self.phases, step)
@@ -173,11 +193,6 @@ class Trainer:
     self._preflight(tokenizer)
     self.phases = growth.phases(cfg)   # the growth plan's own checks (sizes, timing)
     self._open_run_dir()
-    self.ckpt = Checkpointer(checkpoint_dir(cfg, self.run_dir.path), tc.keep_checkpoints,
-                             tc.async_checkpoint)
-    previous = self.run_dir.read_summary() or {}
-    changes = self.run_dir.check_config(cfg, has_checkpoints=bool(self.ckpt.all_steps()),
-                                        diverged=previous.get('status') == 'diverged')
     self._check_shapes()
     val_batches = self._data(tokenizer)
     self._stop_if_signalled()
@@ -188,14 +203,13 @@ class Trainer:
       self.program = self.program_at(0)
       self.state = self.program.init_state()
       self.run_dir.start_fresh()
-      changes.fresh = True
     else:
       self.state, self.step = restored.state, restored.step
       self.tokens, self.flops = int(restored.meta['tokens']), float(restored.meta['flops'])
       self.program = self.program_at(self.step)
       self.run_dir.resume_metrics(self.step, restored.record)
       print(f'resuming {self.run_dir.path} from step {self.step}', flush=True)
-    self.run_dir.write_config(cfg, changes, self.step)
+    self.run_dir.write_config(cfg, self.changes, fresh=restored is None, step=self.step)
     self._stop_if_signalled()
 
     self.device_kind = jax.devices()[0].device_kind
@@ -281,15 +295,19 @@ class Trainer:
     return self.summary
 
   def _storage_failure(self, why: str) -> ConfigError:
-    """Disk full, quota, read-only: one line, and a summary if it can still be written."""
+    """Disk full, quota, read-only: one line, and a summary if it can still be written
+    (after deleting what the failed save left, if that is what it takes)."""
     where = self.run_dir.path if self.run_dir is not None else run_dir_of(self.cfg)
-    steps = []
-    try:
-      steps = self.ckpt.all_steps() if self.ckpt is not None else []
-      if self.run_dir is not None and self.summary:
-        self.finish('failed', error=why)
-    except Exception:   # the disk that failed may fail again
-      pass
+    steps = self.ckpt.all_steps() if self.ckpt is not None else []
+    if self.run_dir is not None and self.summary:
+      for attempt in range(2):
+        try:
+          if attempt:
+            self.ckpt.remove_unfinished()
+          self.finish('failed', error=why)
+          break
+        except Exception:   # the disk that failed may fail again
+          pass
     newest = f'the newest checkpoint is step {steps[-1]}' if steps else 'there is no checkpoint'
     return ConfigError(f'cannot write the run {where} or its checkpoints: {why}. Stopped at '
                        f'step {self.step}; {newest}. Free space (or fix the permissions) and '
