@@ -1,10 +1,16 @@
 """AdamW vs AdamP and SGD vs SGDP (Heo et al., ICLR 2021; notes §6) on the embedded
-offline corpus, each pair over the same small lr x weight-decay grid.
+offline corpus, each pair over the same small lr x weight-decay grid, over 3 paired seeds.
 
-  python launch.py sweep adamp_vs_adamw
-  python launch.py report runs/adamp_vs_adamw       # val losses, weight-norm paths,
-                                                    # effective steps, projected share
-  python launch.py sweep adamp_vs_adamw train.steps=40 name=adamp_smoke   # smoke variant
+  python launch.py sweep adamp_vs_adamw --jobs 2
+  python launch.py report runs/adamp_vs_adamw --baseline optim.name=adamw,sgd
+      # val losses, weight-norm paths, effective steps, projected share; and AdamP - AdamW,
+      # SGDP - SGD at each (lr, weight decay), seed by seed, with 95% CIs
+  python launch.py sweep adamp_vs_adamw train.steps=40 name=adamp_smoke --seeds 1  # smoke
+
+Sizes: three seeds of the 18 grid points at 16 x 128 tokens per step would be about 11x
+the demo's FLOPs; at 8 x 128 tokens for 400 steps, with one evaluation of the whole
+validation split (194k tokens) at the end, they are about 5x (about an hour on two CPU
+cores).
 
 Every run logs, for the norm-preceded matrices (wq, wk, wv, w_gate, w_up, head; each
 layer on its own), the mean weight norm and the effective step |dw| / |w|, and under
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from jaxlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
+SEEDS = 3
 GRIDS = {   # optimizer pair -> (lrs, weight decays)
     ('adamw', 'adamp'): ((1e-3, 3e-3), (0.01, 0.1)),
     ('sgd', 'sgdp'): ((0.1, 0.3), (1e-4, 1e-3)),
@@ -28,8 +35,8 @@ def config() -> Config:
       model=ModelConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512),
       optim=OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.1, momentum=0.9),
       data=DataConfig(seq_len=128),
-      train=TrainConfig(steps=400, batch_size=16, log_every=10, eval_every=50,
-                        eval_batches=8, checkpoint_every=200),
+      train=TrainConfig(steps=400, batch_size=8, log_every=10, eval_every=0, weight_stats=True,
+                        eval_batches='all', checkpoint_every=200),
   )
 
 
@@ -59,7 +66,7 @@ def which_fire(run_dir: str, n_batches: int = 4) -> list[tuple[str, float]]:
   """For a finished run: each param's share of entries that AdamP's test marks scale-
   invariant at the last checkpoint, with the gradient of a few training batches.
 
-    python experiments/adamp_vs_adamw.py runs/adamp_vs_adamw/adamp_lr0.003_wd0.1
+    python experiments/adamp_vs_adamw.py runs/adamp_vs_adamw/adamp_lr0.003_wd0.1/seed0
   """
   import jax
   import jax.numpy as jnp

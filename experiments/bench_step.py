@@ -23,6 +23,8 @@ Three measurements, printed as one markdown table (also written to --out):
    one formula) / the devices' dense bf16 peak; '-' where the peak is unknown (CPU).
    --mesh shards jaxlab and jaxlab fn over a (data, fsdp, tensor) mesh of all devices;
    the bare step is single-device, so it is left out when the mesh spans more than one.
+   --weight-stats adds 'fn +ws': jaxlab fn with train.weight_stats on (the weight
+   diagnostics in every step), and its cost 1 - (fn +ws) / fn.
 2. Compile time (lower + compile, wall clock, fresh jit, no persistent cache) of the
    jitted train step with the loop's shardings, at several depths of the same width;
    layers sit under nn.scan, so depth should barely matter.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -229,6 +232,8 @@ def main(argv=None):
   parser.add_argument('--mesh', default=None, metavar='DATA,FSDP,TENSOR',
                       help='mesh axis sizes over all devices, e.g. 1,8,1 (one may be -1); '
                            'default: data parallel over every device')
+  parser.add_argument('--weight-stats', action='store_true',
+                      help="also time jaxlab fn with train.weight_stats on ('fn +ws')")
   parser.add_argument('--out', default='runs/bench_step.md')
   args = parser.parse_args(argv)
   mesh = MeshConfig()
@@ -240,6 +245,8 @@ def main(argv=None):
     mesh = MeshConfig(data=data, fsdp=fsdp, tensor=tensor)
   mesh_sizes = dict(make_mesh(mesh).shape)   # a clear error here if it does not tile
   variants = ['jaxlab', 'bare', 'fn'] if jax.device_count() == 1 else ['jaxlab', 'fn']
+  if args.weight_stats:
+    variants.append('ws')
   steps = -(-max(args.steps, 1) // LOG_EVERY) * LOG_EVERY
   sizes = [parse_size(s) for s in args.sizes]
   t_begin = time.perf_counter()
@@ -249,7 +256,7 @@ def main(argv=None):
     for d, layers, seq, batch in sizes:
       # One first window (compile, null rate) + steps / LOG_EVERY timed windows.
       total = steps + LOG_EVERY
-      res = {'jaxlab': [], 'fn': [], 'bare': [], 'wall': []}
+      res = {'jaxlab': [], 'fn': [], 'bare': [], 'ws': [], 'wall': []}
       for rep in range(args.reps):
         cfg = make_config(d, layers, seq, batch, args.dtype, total,
                           f'd{d}_l{layers}_r{rep}', workdir, mesh)
@@ -263,6 +270,10 @@ def main(argv=None):
             res['wall'].append(wall)
           elif which == 'bare':
             res['bare'].append(time_bare(cfg, steps))
+          elif which == 'ws':
+            with_stats = dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, weight_stats=True))
+            res['ws'].append(time_jaxlab_fn(with_stats, steps))
           else:
             res['fn'].append(time_jaxlab_fn(cfg, steps))
         log(f'd{d} L{layers} T{seq} B{batch} rep {rep}: ' + '  '.join(
@@ -271,7 +282,7 @@ def main(argv=None):
       n_params = count_params(jax.eval_shape(
           lambda k: model.init(k, jnp.zeros((1, seq), jnp.int32)), jax.random.key(0)))
       med = {k: statistics.median(res[k]) if res[k] else float('nan')
-             for k in ('jaxlab', 'fn', 'bare')}
+             for k in ('jaxlab', 'fn', 'bare', 'ws')}
       fpt = flops_per_token(cfg.model, seq)
       util = {k: mfu(med[k] * fpt, jax.devices()[0].device_kind, jax.device_count())
               for k in ('jaxlab', 'fn')}
@@ -355,6 +366,14 @@ def main(argv=None):
     for n, lo, co, tot, runs in compile_rows:
       lines.append(f'| {n} | {lo:.2f} | {co:.2f} | {tot:.2f} | '
                    f'{", ".join(f"{r:.2f}" for r in runs)} | {tot / base:.2f}x |')
+  if args.weight_stats:
+    lines += ['', '## Weight diagnostics in the step (train.weight_stats)', '',
+              '| d_model x layers | jaxlab fn | fn +ws | cost (1 - (fn +ws) / fn) | '
+              'per-repeat costs |', '|---|---|---|---|---|']
+    for d, layers, seq, batch, n_params, med, res, util in rows:
+      per = ', '.join(pct(1 - w / f) for w, f in zip(res['ws'], res['fn']))
+      lines.append(f'| {d} x {layers} | {fmt_rate(med["fn"])} | {fmt_rate(med["ws"])} | '
+                   f'{pct(1 - med["ws"] / med["fn"])} | {per} |')
   lines += ['', f'Benchmark wall time: {time.perf_counter() - t_begin:.0f} s', '']
   table = '\n'.join(lines)
   print(table)

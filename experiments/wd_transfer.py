@@ -3,7 +3,8 @@ muP: with lr-coupled AdamW the hidden matrices' decay is optim.weight_decay x m^
 the study asks which exponent e lets the best weight decay and the matrices' top
 singular values transfer from the base width to a 4x wider model.
 
-  python launch.py sweep wd_transfer                # 3 exponents x 2 widths x 5 decays = 30 runs
+  python launch.py sweep wd_transfer --jobs 2       # 3 exponents x 2 widths x 5 decays
+                                                    # x 3 seeds = 90 runs
   python launch.py report runs/wd_transfer          # best decay per width and exponent;
                                                     # sigma_max ratio wide / base per exponent
   python launch.py sweep wd_transfer_smoke          # the same study in seconds (tests)
@@ -11,16 +12,19 @@ singular values transfer from the base width to a 4x wider model.
 e = 0: constant decay; e = 0.5: Fan et al.'s rule (lambda ~ sqrt(d), which keeps
 sigma_max ~ sqrt(eta / lambda) d^0.75 constant when eta ~ 1/d); e = 1: microsoft/mup's
 MuAdamW (eta * lambda constant). The theory predicts sigma_max(wide) / sigma_max(base)
-= 4^(0.25 - e/2): 1.41, 1.00, 0.71. Widths 64 (the muP base) and 256; at the base width
-m = 1, so the three exponents train the same model there (a determinism check). Same
-model and data as mup_transfer, at lr 2^-7 (the base lr; hidden matrices get lr / m),
-500 steps of 16 x 64 tokens; top singular values logged every 100 steps.
+= 4^(0.25 - e/2): 1.41, 1.00, 0.71. Widths 32 (the muP base) and 128 (4x, as the
+earlier 64 and 256, which with three seeds would take about three hours); at the base
+width m = 1, so the three exponents train the same model there (a determinism check).
+Same model and data as mup_transfer, at lr 2^-7 (the base lr; hidden matrices get
+lr / m), 500 steps of 16 x 64 tokens, final val loss over the whole validation split;
+top singular values logged every 100 steps. Three seeds, paired across points.
 """
 from __future__ import annotations
 
 from jaxlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
-WIDTHS = (64, 256)
+SEEDS = 3
+WIDTHS = (32, 128)
 EXPONENTS = (0.0, 0.5, 1.0)
 WEIGHT_DECAYS = (0.03, 0.1, 0.3, 1.0, 3.0)
 
@@ -32,7 +36,7 @@ def config() -> Config:
       optim=OptimConfig(lr=2.0 ** -7, weight_decay=0.1, warmup_steps=50),
       data=DataConfig(seq_len=64),
       train=TrainConfig(steps=500, batch_size=16, log_every=25, eval_every=0,
-                        eval_batches=16, checkpoint_every=0, keep_checkpoints=1,
+                        eval_batches='all', checkpoint_every=0, keep_checkpoints=1,
                         spectral_every=100),
   )
 

@@ -19,6 +19,7 @@ import typing
 
 from jaxlab import config as config_lib
 from jaxlab import submit as submit_lib
+from jaxlab import sweep_jobs
 from jaxlab.config_types import ConfigError
 
 _PARAMETRIZATIONS = typing.get_args(
@@ -53,19 +54,31 @@ def _parse_grid(items: list[str]) -> dict[str, list[str]]:
   return grid
 
 
-def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str]):
+SEED_KEYS = {'both': ('train.seed', 'data.seed'), 'init': ('train.seed',),
+             'data': ('data.seed',)}
+
+
+def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str],
+                  seeds: int | None = None, vary: str = 'both'):
   """The sweep's (label, Config) pairs, all validated up front. Without --grid, an
   experiment's optional runs(base_config) -> {label: [key=value, ...]} names each run
   (studies whose runs differ in several keys at once), else its sweep() ->
-  {key: [values]} gives a grid."""
+  {key: [values]} gives a grid.
+
+  Seeds (`seeds`, else the experiment's SEEDS, else none): every label runs with seed
+  offsets k = 0..seeds-1 added to its train.seed and data.seed (`vary`: both, init =
+  train.seed only, data = data.seed only), in `<sweep>/<label>/seed<k>/`. Labels share
+  the offsets, so seed k of every method sees the same data order (paired comparisons).
+  Points go seed by seed: every method's seed 0 first, so a partial sweep is paired."""
   base = config_lib.load(experiment, overrides)
   grid = _parse_grid(grid_items)
+  module = config_lib.load_module(experiment) if (
+      not (pathlib.Path(experiment) / 'config.json').is_file()) else None
   named = None
   if not grid:
-    module = config_lib.load_module(experiment)
-    if callable(getattr(module, 'runs', None)):
+    if module is not None and callable(getattr(module, 'runs', None)):
       named = module.runs(base)
-    elif callable(getattr(module, 'sweep', None)):
+    elif module is not None and callable(getattr(module, 'sweep', None)):
       grid = {k: [str(v) for v in vs] for k, vs in module.sweep().items()}
     else:
       raise ConfigError(f'nothing to sweep: pass --grid key=v1,v2 or define runs() or sweep() '
@@ -75,21 +88,40 @@ def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str]):
     for combo in itertools.product(*grid.values()):
       pairs = [f'{k}={v}' for k, v in zip(grid, combo)]
       named[','.join(pairs)] = pairs
+  if seeds is None:
+    seeds = getattr(module, 'SEEDS', None)
+  if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+    raise ConfigError(f'seeds={seeds!r} must be an integer >= 1 (--seeds N, or SEEDS in '
+                      f'{experiment!r})')
   sweep_dir = pathlib.Path(base.train.workdir) / base.name
   out = []
-  for label, pairs in named.items():
-    cfg = config_lib.apply_overrides(base, list(pairs) + [f'train.workdir={sweep_dir}'])
-    out.append((label, dataclasses.replace(cfg, name=label)))
+  for k in range(seeds or 1):
+    for label, pairs in named.items():
+      cfg = config_lib.apply_overrides(base, list(pairs) + [f'train.workdir={sweep_dir}'])
+      if seeds is None:
+        out.append((label, dataclasses.replace(cfg, name=label)))
+        continue
+      moved = [f'{key}={_get(cfg, key) + k}' for key in SEED_KEYS[vary]]
+      cfg = config_lib.apply_overrides(cfg, moved + [f'train.workdir={sweep_dir / label}'])
+      out.append((f'{label}/seed{k}', dataclasses.replace(cfg, name=f'seed{k}')))
   return sweep_dir, out
+
+
+def _get(cfg, dotted: str):
+  section, key = dotted.split('.')
+  return getattr(getattr(cfg, section), key)
 
 
 def _cmd_sweep(args) -> int:
   submit_lib.check_options(args)
-  sweep_dir, runs = sweep_configs(args.experiment, args.grid, args.overrides)
+  sweep_dir, runs = sweep_configs(args.experiment, args.grid, args.overrides, args.seeds,
+                                  args.vary)
+  if args.jobs < 1:
+    raise ConfigError(f'--jobs {args.jobs} must be >= 1')
   if args.target != 'local':
-    if args.point is not None:
-      raise ConfigError(f'--point runs one point here; --target {args.target} submits every '
-                        'point (drop --point)')
+    if args.point is not None or args.jobs != 1:
+      raise ConfigError(f'--point and --jobs run points here; --target {args.target} submits '
+                        'every point (drop them)')
     return submit_lib.sweep(args, sweep_dir, len(runs))
   points = list(enumerate(runs))
   if args.point is not None:
@@ -102,6 +134,10 @@ def _cmd_sweep(args) -> int:
     for i, (label, _) in points:
       print(f'  --point {i}: {label}')
     return 0
+  if args.jobs > 1 and len(points) > 1:
+    argv = submit_lib.sweep_argv(args.experiment, args.overrides, args.grid, args.seeds,
+                                 args.vary)[1:]   # without 'launch.py'
+    return sweep_jobs.run_parallel(argv, sweep_dir, points, len(runs), args.jobs)
   from jaxlab import train as train_lib
   outcome = {}
   for i, (label, cfg) in points:
@@ -120,8 +156,7 @@ def _cmd_sweep(args) -> int:
     except train_lib.Preempted as err:
       print(str(err), file=sys.stderr)
       return 128 + err.signum
-  counts = {s: sum(v == s for v in outcome.values()) for s in sorted(set(outcome.values()))}
-  print(f'sweep {sweep_dir}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()))
+  print(sweep_jobs.outcome_line(sweep_dir, outcome))
   return 0
 
 
@@ -201,13 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
                    'run directory to continue')
   run.add_argument('overrides', nargs='*', help='config overrides, e.g. train.steps=100')
   run.set_defaults(func=_cmd_run)
-  sweep = sub.add_parser('sweep', help='run a grid of configs one after another')
+  sweep = sub.add_parser('sweep', help='run a grid of configs (x seeds), one after another or '
+                         '--jobs J at a time')
   sweep.add_argument('experiment')
   sweep.add_argument('overrides', nargs='*', help='overrides applied to every run')
   sweep.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2',
                      help='a swept key and its values; repeat for a product')
   sweep.add_argument('--point', type=int, default=None, metavar='I',
                      help='run only point I (0-based, in --dry-run order)')
+  sweep.add_argument('--seeds', type=int, default=None, metavar='N',
+                     help="run every point with N seeds (offsets 0..N-1 added to train.seed "
+                     "and data.seed; default: the experiment's SEEDS, else one run per point)")
+  sweep.add_argument('--vary', choices=sorted(SEED_KEYS), default='both',
+                     help='which seeds --seeds moves: both (default), init (train.seed) or '
+                     'data (data.seed, the data order)')
+  sweep.add_argument('--jobs', type=int, default=1, metavar='J',
+                     help='run J points at a time, each in its own process (default 1: one '
+                     'after another in this process); for CPUs: on a GPU or TPU keep 1, '
+                     'each process takes the whole accelerator')
   submit_lib.add_options(sweep, sweep=True)
   sweep.set_defaults(func=_cmd_sweep)
   grow = sub.add_parser('grow', help='grow a run\'s checkpoint into a new run directory')
@@ -230,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
   submit.set_defaults(func=submit_lib.submit)
   report = sub.add_parser('report', help='write report.md and plots for a run or sweep dir')
   report.add_argument('dir')
-  report.add_argument('--baseline', default=None, metavar='RUN',
-                      help='also tabulate the FLOPs each run needs to reach this run\'s '
-                      'final val loss (growth studies)')
+  report.add_argument('--baseline', default=None, metavar='RUN|KEY=V1,V2',
+                      help='RUN: also tabulate the FLOPs each run (method, over seeds) needs '
+                      'to reach this one\'s final val loss (growth studies); KEY=V1,V2: each '
+                      'run\'s paired differences against the run that differs only in KEY '
+                      '(e.g. optim.name=adamw,sgd)')
   report.set_defaults(func=_cmd_report)
   coord = sub.add_parser('coordcheck', help='muP coordinate check: mean |activation| of every '
                          'sublayer vs width over the first steps; writes a plot and a slope table')

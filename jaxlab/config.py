@@ -21,7 +21,7 @@ from typing import Literal
 from jaxlab import config_checks
 from jaxlab.config_types import (Config, ConfigError, DataConfig, GrowthConfig, MeshConfig,
                                  ModelConfig, OptimConfig, TrainConfig, all_keys, check_type,
-                                 describe, fields_of)
+                                 describe, fields_of, union_args)
 
 __all__ = ['Config', 'ConfigError', 'DataConfig', 'GrowthConfig', 'MeshConfig', 'ModelConfig',
            'OptimConfig', 'TrainConfig', 'apply_overrides', 'from_dict', 'load', 'load_module',
@@ -34,6 +34,13 @@ def _parse(key: str, text: str, tp):
   """Parses the override text of `key` to type `tp`, or raises ConfigError."""
   def bad():
     return ConfigError(f'{key}={text!r} is not valid: expected {describe(tp)}')
+  if union_args(tp):   # e.g. int | Literal['all']: the first arm that parses the text
+    for arm in union_args(tp):
+      try:
+        return _parse(key, text, arm)
+      except ConfigError:
+        pass
+    raise bad()
   origin = typing.get_origin(tp)
   if origin is Literal:
     allowed = typing.get_args(tp)
@@ -228,6 +235,7 @@ def from_dict(data: dict, cls=Config):
   """Inverse of Config.to_dict (used to read a run's config.json back)."""
   kwargs = {}
   types_ = fields_of(cls)
+  data = _migrated(data, cls)
   for name, value in data.items():
     if name not in types_:
       raise ConfigError(f'unknown config key {name!r} in {cls.__name__}')
@@ -238,3 +246,13 @@ def from_dict(data: dict, cls=Config):
       value = tuple(value)
     kwargs[name] = value
   return cls(**kwargs)
+
+
+def _migrated(data: dict, cls) -> dict:
+  """Keys renamed since a config.json was written: model.zero_init_head=true is
+  model.readout_init='zero'."""
+  if cls is ModelConfig and 'zero_init_head' in data:
+    data = dict(data)
+    if data.pop('zero_init_head'):
+      data['readout_init'] = 'zero'
+  return data

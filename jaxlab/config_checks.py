@@ -31,11 +31,13 @@ def validate(cfg: Config) -> Config:
     _require(value >= 1, f'{key}={value} must be >= 1')
   for key, value in [('model.n_kv_heads', m.n_kv_heads), ('model.head_dim', m.head_dim),
                      ('model.d_ff', m.d_ff), ('optim.warmup_steps', o.warmup_steps),
-                     ('train.eval_every', t.eval_every), ('train.eval_batches', t.eval_batches),
+                     ('train.eval_every', t.eval_every),
                      ('train.checkpoint_every', t.checkpoint_every), ('train.tokens', t.tokens),
                      ('train.spectral_every', t.spectral_every),
                      ('optim.weight_decay', o.weight_decay), ('optim.grad_clip', o.grad_clip)]:
     _require(value >= 0, f'{key}={value} must be >= 0')
+  _require(t.eval_batches == 'all' or t.eval_batches >= 0,
+           f'train.eval_batches={t.eval_batches} must be >= 0 or all')
   _require(m.kv_heads <= m.n_heads and m.n_heads % m.kv_heads == 0,
            f'model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} '
            '(grouped-query attention shares each kv head among n_heads/n_kv_heads query heads)')
@@ -51,6 +53,8 @@ def validate(cfg: Config) -> Config:
   _require(o.lr > 0, f'optim.lr={o.lr} must be > 0')
   _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f'optim.b1={o.b1}, optim.b2={o.b2} must be in [0, 1)')
   _validate_optimizer(o)
+  if m.parametrization == 'mup':
+    _validate_mup(cfg)
   _require(0 <= o.final_lr_fraction <= 1,
            f'optim.final_lr_fraction={o.final_lr_fraction} must be in [0, 1]')
   _require(0 < d.val_fraction < 1, f'data.val_fraction={d.val_fraction} must be in (0, 1)')
@@ -133,6 +137,16 @@ def _validate_optimizer(o: OptimConfig):
   _require(o.grad_noise_eta >= 0 and o.grad_noise_gamma >= 0,
            f'optim.grad_noise_eta={o.grad_noise_eta} and optim.grad_noise_gamma='
            f'{o.grad_noise_gamma} must be >= 0')
+
+
+def _validate_mup(cfg: Config):
+  """muP needs a base model whose sizes are whole numbers and an optimizer whose family
+  it knows (jaxlab.models.parametrization)."""
+  from jaxlab.models import parametrization   # only under muP: it imports jax
+  for key in ('base_d_model', 'base_n_heads', 'base_head_dim', 'base_d_ff'):
+    _require(getattr(cfg.model, key) >= 0, f'model.{key}={getattr(cfg.model, key)} must be >= 0')
+  parametrization.base_model(cfg.model)
+  parametrization.check_optimizer(cfg.model, cfg.optim.name)
 
 
 def _validate_growth(cfg: Config):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,13 +34,15 @@ class ModelConfig:
   remat: Literal['none', 'full', 'save_dots'] = 'none'
   dtype: Literal['float32', 'bfloat16'] = 'float32'   # compute dtype; params are float32
   attention: Literal['xla', 'cudnn', 'pallas', 'auto'] = 'xla'
+  qk_norm: bool = False            # RMSNorm (learned gain) on q and k per head, before RoPE
   parametrization: Literal['sp', 'mup'] = 'sp'   # see jaxlab/models/parametrization.py
   init_std: float = 0.02           # embedding init std (and the readout's under tied embeddings)
-  base_d_model: int = 0            # muP base width (0 -> d_model: width multiplier m = 1)
-  base_d_ff: int = 0               # muP base d_ff (0 -> ff_dim * base_d_model / d_model)
-  base_head_dim: int = 0           # muP base head dim (0 -> head_dim if set, else
-                                   #   base_d_model // n_heads)
-  zero_init_head: bool = False     # readout initialised to zero (muP's recommended option)
+  readout_init: Literal['mup', 'fan_in', 'zero'] = 'mup'   # untied head's init: microsoft/
+                                   #   mup's MuReadout (std constant in width), fan_in^-1/2, 0
+  base_d_model: int = 0            # muP base width (0 -> d_model: every multiplier is 1)
+  base_n_heads: int = 0            # muP base model sizes; 0 -> derived from base_d_model by
+  base_head_dim: int = 0           #   the rules the model uses (explicit head_dim: fixed, heads
+  base_d_ff: int = 0               #   scale; else heads fixed; d_ff: its ratio, or LLaMA's rule)
   zero_init_query: bool = False    # query projection initialised to zero
 
   @property
@@ -125,7 +128,8 @@ class TrainConfig:
   seed: int = 0                    # parameter init
   log_every: int = 10
   eval_every: int = 100            # 0 disables periodic eval (eval still runs at the end)
-  eval_batches: int = 8
+  eval_batches: int | Literal['all'] = 'all'   # validation batches per eval: all = every
+                                   #   token of the split, the same at each eval; 0 = no eval
   checkpoint_every: int = 200      # 0 -> only at the end
   keep_checkpoints: int = 3
   checkpoint_dir: str = ''         # '' -> <run dir>/checkpoints; else <this>/<name> (gs://...)
@@ -133,6 +137,8 @@ class TrainConfig:
   workdir: str = 'runs'
   spectral_every: int = 0          # log each matrix's top singular value every K steps and
                                    #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
+  weight_stats: bool = False       # weight norm and effective step of the norm-fed matrices
+                                   #   in every step (jaxlab/diagnostics/weights.py)
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,14 @@ def fields_of(cls) -> dict[str, typing.Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def union_args(tp) -> tuple:
+  """The arms of a union type (`int | Literal['all']`), else ()."""
+  return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
 def describe(tp) -> str:
+  if union_args(tp):
+    return ' or '.join(describe(a) for a in union_args(tp))
   if typing.get_origin(tp) is Literal:
     return 'one of ' + ', '.join(repr(a) for a in typing.get_args(tp))
   if typing.get_origin(tp) is tuple:
@@ -199,6 +212,13 @@ def describe(tp) -> str:
 
 def check_type(key: str, value, tp):
   """Checks a value set in Python code (an experiment file) against its field type."""
+  if union_args(tp):
+    for arm in union_args(tp):
+      try:
+        return check_type(key, value, arm)
+      except ConfigError:
+        pass
+    raise ConfigError(f'{key}={value!r} is not valid: expected {describe(tp)}')
   origin = typing.get_origin(tp)
   if origin is Literal:
     if value not in typing.get_args(tp):

@@ -24,12 +24,14 @@ import jax
 import numpy as np
 
 from jaxlab.config_types import ModelConfig
+from jaxlab.models import schema
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-  d, h, g, k, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.ff_dim
-  per_layer = d * h * k + 2 * d * g * k + h * k * d + 3 * d * f
-  return cfg.n_layers * per_layer + d * cfg.vocab_size
+  """Params in a matmul for every token, from the parameter schema: the hidden matrices
+  and the readout (the untied head, or the tied embedding)."""
+  roles = ('hidden', 'output') + (('embedding',) if cfg.tie_embeddings else ())
+  return schema.count(cfg, roles)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

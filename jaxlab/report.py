@@ -5,8 +5,13 @@
 
   report.md          title, one row per run, the best run named, the plots
   runs.csv           the same table, machine-readable, full precision
-  loss_vs_step.png   train loss (lines) and validation loss (markers) per run
+  loss_vs_step.png   train loss (lines) and validation loss (markers) per run; for a
+                     sweep with seeds (`<method>/seed<k>` dirs) one mean curve per method
+                     with its pointwise 95% t-interval shaded
   loss_vs_flops.png  the same against cumulative training FLOPs, log x
+
+With seeds the report also gives, per method, the mean ± 95% CI of the final losses
+over seeds (jaxlab.stats), and the savings table (--baseline) its statistics.
 
 Runs are read by jaxlab.run_data (where the numbers come from is described there).
 ``load_runs`` (re-exported from there) and ``plot_loss`` are public for notebooks and later tooling.
@@ -22,11 +27,11 @@ import pathlib
 import sys
 from typing import Any
 
-from jaxlab import savings
+from jaxlab import paired, savings, stats
 from jaxlab.diagnostics import write_report_sections
 from jaxlab.plotting import styles
-from jaxlab.run_data import (METRICS_FILE, UNKNOWN_STATUS, Run, find_run_dirs, load_run,
-                             load_runs, num, summarize)
+from jaxlab.run_data import (METRICS_FILE, UNKNOWN_STATUS, Run, aligned, find_run_dirs,
+                             group_seeds, load_run, load_runs, num, summarize)
 
 __all__ = ['COLUMNS', 'METRICS_FILE', 'UNKNOWN_STATUS', 'Run', 'find_run_dirs', 'load_run',
            'load_runs', 'plot_loss', 'render_markdown', 'summarize', 'write_csv', 'write_report']
@@ -39,6 +44,7 @@ COLUMNS = {
     'steps': 'steps',
     'final_train_loss': 'final train loss',
     'final_val_loss': 'final val loss',
+    'val_tokens': 'val tokens[^val]',
     'tokens': 'tokens',
     'flops': 'FLOPs',
     'tokens_per_sec': 'tokens/s[^tps]',
@@ -65,6 +71,7 @@ _FORMAT = {
     'steps': lambda v: str(int(v)) if float(v).is_integer() else str(v),
     'final_train_loss': lambda v: f'{v:.4f}',
     'final_val_loss': lambda v: f'{v:.4f}',
+    'val_tokens': _count,
     'tokens': _count,
     'flops': _sci,
     'tokens_per_sec': lambda v: f'{v:,.0f}',
@@ -100,7 +107,10 @@ def render_markdown(title: str, rows: list[dict], runs: list[Run]) -> str:
       cells.append(text)
     lines.append('| ' + ' | '.join(cells) + ' |')
   lines += ['', '[^tps]: tokens/s is the median over logged steps with a non-null value '
-            '(the first step, which includes compilation, usually logs null).', '']
+            '(the first step, which includes compilation, usually logs null).',
+            '[^val]: target tokens in each evaluation (the same tokens every time; '
+            'train.eval_batches=all: the whole validation split).', '']
+  lines += seed_table(runs)
   if best:
     i, col = best
     lines += [f'Best run: `{rows[i]["run"]}` (lowest {COLUMNS[col]}, '
@@ -114,6 +124,29 @@ def render_markdown(title: str, rows: list[dict], runs: list[Run]) -> str:
   return '\n'.join(lines)
 
 
+def seed_table(runs: list[Run]) -> list[str]:
+  """Report lines: per method, mean ± CI over seeds of the final losses (nothing when no
+  method has two seeds)."""
+  groups = group_seeds(runs)
+  if max(len(g) for g in groups.values()) < 2:
+    return []
+  lines = ['## Over seeds', '',
+           f'Mean ± {100 * stats.CONFIDENCE:.0f}% CI over seeds ({stats.T_METHOD}: mean ± '
+           't_(0.975, n-1) s / sqrt(n); n = 3: t = 4.303). Runs `<method>/seed<k>`; seed k '
+           'of every method shares its data order.', '',
+           '| method | seeds | completed | final train loss | final val loss |',
+           '|:---|---:|---:|---:|---:|']
+  for method, by_seed in groups.items():
+    rows = [summarize(r) for r in by_seed.values()]
+    done = sum(r['status'] == 'completed' for r in rows)
+    train, val = ([r[k] for r in rows if num(r[k]) is not None]
+                  for k in ('final_train_loss', 'final_val_loss'))
+    lines.append(f'| {method} | {len(rows)} | {done} | '
+                 f'{stats.t_interval(train).format(".4f")} | '
+                 f'{stats.t_interval(val).format(".4f")} |')
+  return lines + ['']
+
+
 def write_csv(path: pathlib.Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
   with open(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=fieldnames or list(COLUMNS))
@@ -123,13 +156,28 @@ def write_csv(path: pathlib.Path, rows: list[dict], fieldnames: list[str] | None
 
 # ----------------------------------------------------------------------------- plots
 
-def _positive_x(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
-  kept = [(a, b) for a, b in zip(xs, ys) if a > 0]
-  return [a for a, _ in kept], [b for _, b in kept]
+def _positive_x(xs: list[float], *ys_lists: list[float]) -> tuple[list[float], ...]:
+  keep = [i for i, a in enumerate(xs) if a > 0]
+  return ([xs[i] for i in keep], *([ys[i] for i in keep] for ys in ys_lists))
+
+
+def _curves(members: list[Run], key: str, x: str):
+  """(xs, ys, pointwise CI half-widths or None): one run's series, or the mean over a
+  method's seeds at their common steps."""
+  if len(members) == 1:
+    xs, ys = members[0].series(key, x)
+    return xs, ys, None
+  xs, ys_per_run = aligned(members, key, x)
+  columns = list(zip(*ys_per_run))
+  mean = [sum(c) / len(c) for c in columns]   # nan if any seed is nan there
+  return xs, mean, [stats.t_interval(c).half if all(math.isfinite(v) for v in c) else math.nan
+                    for c in columns]
 
 
 def plot_loss(runs: list[Run], x: str = 'step'):
-  """Train loss (lines) and val loss (markers, same colour) per run vs `x` ('step' | 'flops').
+  """Train loss (lines) and val loss (markers, same colour) per run vs `x` ('step' | 'flops');
+  the runs of a method with several seeds (`<method>/seed<k>`) as their mean, with the
+  train loss's pointwise 95% t-interval shaded.
 
   Returns a matplotlib Figure on an Agg canvas. Non-finite losses break the
   line; an 'X' marks a run's last finite train loss before it diverged (drawn at
@@ -144,12 +192,19 @@ def plot_loss(runs: list[Run], x: str = 'step'):
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   handles, finite, initial, diverged = [], [], [], []
-  for run, (color, ls) in zip(runs, styles(len(runs))):
-    xs, ys = run.series('loss', x)
-    vx, vy = run.series('val_loss', x)
+  groups = group_seeds(runs)
+  for (method, by_seed), (color, ls) in zip(groups.items(), styles(len(groups))):
+    members = list(by_seed.values())
+    label = members[0].label if len(members) == 1 else f'{method} (mean of {len(members)} seeds)'
+    xs, ys, band = _curves(members, 'loss', x)
+    vx, vy, _ = _curves(members, 'val_loss', x)
+    band = band if band is not None else [math.nan] * len(xs)
     if x == 'flops':   # log axis: the step-0 point (0 FLOPs) cannot be drawn
-      xs, ys = _positive_x(xs, ys)
+      xs, ys, band = _positive_x(xs, ys, band)
       vx, vy = _positive_x(vx, vy)
+    if len(members) > 1 and xs:
+      ax.fill_between(xs, [y - h for y, h in zip(ys, band)], [y + h for y, h in zip(ys, band)],
+                      color=color, alpha=0.2, lw=0)
     if not xs and not vx:
       continue
     ax.plot(xs, ys, color=color, ls=ls, lw=1.3)
@@ -164,7 +219,7 @@ def plot_loss(runs: list[Run], x: str = 'step'):
     if bad is not None and bad > 0:
       diverged.append((xs[bad - 1], ys[bad - 1], color))
     handles.append(Line2D([], [], color=color, ls=ls, lw=1.3, marker='o' if vx else None,
-                          ms=3.5, label=run.label))
+                          ms=3.5, label=label))
   if x == 'flops':
     ax.set_xscale('log')
   if finite:
@@ -178,8 +233,10 @@ def plot_loss(runs: list[Run], x: str = 'step'):
     ax.plot([xv], [min(yv, top)], ls='none', marker='X', ms=8, color=color, clip_on=False)
   ax.set_xlabel({'step': 'step', 'flops': 'training FLOPs (cumulative)'}.get(x, x))
   ax.set_ylabel('loss')
+  seeds = max(len(g) for g in groups.values()) > 1 if groups else False
   ax.set_title(f'Loss vs {"training FLOPs" if x == "flops" else x} '
-               '(lines: train, markers: validation)', fontsize='medium')
+               '(lines: train, markers: validation' +
+               ('; band: 95% CI over seeds)' if seeds else ')'), fontsize='medium')
   ax.grid(True, which='major', alpha=0.3)
   if not handles:
     ax.text(0.5, 0.5, 'no logged losses', transform=ax.transAxes, ha='center', va='center')
@@ -195,10 +252,19 @@ def plot_loss(runs: list[Run], x: str = 'step'):
 
 # ----------------------------------------------------------------------------- entry point
 
+_PAIR_COLUMNS = ['run', 'baseline', 'n']
+
+
+def _pair_order(column: str):
+  return (_PAIR_COLUMNS.index(column) if column in _PAIR_COLUMNS else len(_PAIR_COLUMNS), column)
+
+
 def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathlib.Path:
   """Writes report.md, runs.csv and the loss plots into `path`; returns report.md's path.
-  With `baseline` (a run's label), also the compute-saved table against it
-  (savings.csv) and val_loss_vs_flops.png (see jaxlab.savings)."""
+  With `baseline` a method's label (growth studies), also the compute-saved table
+  against it (savings.csv) and val_loss_vs_flops.png (see jaxlab.savings); with
+  `baseline` KEY=V1,V2 the paired differences of every method against the one that
+  differs only in KEY (paired.csv; see jaxlab.paired)."""
   root = pathlib.Path(path)
   runs = load_runs(root)
   rows = [summarize(r) for r in runs]
@@ -207,9 +273,16 @@ def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathli
     plot_loss(runs, x).savefig(root / name, bbox_inches='tight')
   title = runs[0].label if len(runs) == 1 and runs[0].dir == root else root.resolve().name
   text = render_markdown(title, rows, runs)
-  if baseline is not None:
-    saved, target = savings.savings_rows(runs, baseline)
-    write_csv(root / 'savings.csv', saved, list(saved[0]))
+  pairing = paired.parse(baseline) if baseline is not None else None
+  if pairing is not None:   # --baseline KEY=V1,V2: paired differences in one config key
+    rows = paired.pair_rows(runs, *pairing)
+    write_csv(root / 'paired.csv', savings.flatten(rows),
+              sorted({k for r in savings.flatten(rows) for k in r}, key=_pair_order))
+    text += '\n' + paired.render(rows, *pairing)
+  elif baseline is not None:
+    saved, target = savings.method_rows(runs, baseline)
+    flat = savings.flatten(saved)
+    write_csv(root / 'savings.csv', flat, list(flat[0]))
     savings.plot_val_vs_flops(runs, target).savefig(root / 'val_loss_vs_flops.png',
                                                     bbox_inches='tight')
     text += '\n' + savings.render_savings(saved, baseline, target) + \

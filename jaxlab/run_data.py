@@ -1,10 +1,12 @@
 """Run directories as logged, read back: `Run` (config, metrics, summary, events),
-`load_run`, `load_runs` (a run dir or every run below a sweep dir) and `summarize` (one
-table row). The report, the savings table and the diagnostics read runs through here.
+`load_run`, `load_runs` (a run dir or every run below a sweep dir), `summarize` (one
+table row), `group_seeds` (the runs of a sweep with seeds, by method and seed) and
+`aligned` (several runs' series at their common steps). The report, the savings table
+and the diagnostics read runs through here.
 
 Where the numbers come from (the same rule for every column):
-  * steps, final losses, tokens, FLOPs, params: ``summary.json`` when the run
-    wrote one, else the last logged step that has the value.
+  * steps, final losses, val tokens (per evaluation), tokens, FLOPs, params:
+    ``summary.json`` when the run wrote one, else the last logged step that has the value.
   * tokens/s: the median over logged steps with a non-null value, never the
     summary (the first step includes compilation; the median is robust to it).
   * status: ``summary.json``'s status; without a summary 'diverged' if a loss
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import statistics
 import warnings
 from typing import Any
@@ -191,8 +194,43 @@ def summarize(run: Run) -> dict[str, Any]:
       'steps': _first(s.get('step'), _last(m, 'step')),
       'final_train_loss': _first(s.get('final_loss'), _last(m, 'loss')),
       'final_val_loss': _first(s.get('final_val_loss'), _last(m, 'val_loss')),
+      'val_tokens': _first(s.get('val_tokens'), _last(m, 'val_tokens')),
       'tokens': _first(s.get('tokens'), _last(m, 'tokens')),
       'flops': _first(s.get('flops'), _last(m, 'flops')),
       'tokens_per_sec': statistics.median(tps) if tps else None,
       'n_params': num(s.get('n_params')),
   }
+
+
+# ----------------------------------------------------------------------------- seeds
+
+# `launch.py sweep --seeds N` writes <sweep>/<label>/seed<k>/ (jaxlab.cli.sweep_configs).
+_SEED_DIR = re.compile(r'^(?P<method>.+)/seed(?P<seed>[0-9]+)$')
+
+
+def method_and_seed(label: str) -> tuple[str, int | None]:
+  """'stack_7pct/seed2' -> ('stack_7pct', 2); a label without a seed dir -> (label, None)."""
+  m = _SEED_DIR.match(label)
+  return (m['method'], int(m['seed'])) if m else (label, None)
+
+
+def group_seeds(runs: list[Run]) -> dict[str, dict[int | None, Run]]:
+  """{method: {seed offset k (None without seeds): run}}, methods in the order of their
+  first run. Seed k of every method shares its data order, so k pairs runs across
+  methods."""
+  out: dict[str, dict[int | None, Run]] = {}
+  for run in runs:
+    method, seed = method_and_seed(run.label)
+    out.setdefault(method, {})[seed] = run
+  return out
+
+
+def aligned(runs: list[Run], key: str, x: str = 'step') -> tuple[list[float], list[list[float]]]:
+  """(xs, one ys list per run) at the steps where every run logged `key` (the runs of
+  one method over seeds log at the same steps); xs are the first run's `x` values."""
+  if not runs:
+    return [], []
+  by_step = [dict(zip(*run.series(key, 'step'))) for run in runs]
+  x_of = {r['step']: num(r.get(x)) for r in runs[0].metrics}
+  common = sorted(s for s in set.intersection(*map(set, by_step)) if x_of.get(s) is not None)
+  return [float(x_of[s]) for s in common], [[d[s] for s in common] for d in by_step]

@@ -43,7 +43,8 @@ from jaxlab.config_types import Config, ConfigError
 HISTORY_KEY = 'history'
 LOCATION_KEYS = ('name', 'train.workdir')
 FREE_KEYS = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
-             'train.keep_checkpoints', 'train.async_checkpoint', 'train.spectral_every')
+             'train.keep_checkpoints', 'train.async_checkpoint', 'train.spectral_every',
+             'train.weight_stats')
 FREE_PREFIXES = ('mesh.',)   # checkpoints restore onto any mesh
 EVAL_KEYS = ('train.eval_batches',)
 AFTER_DIVERGENCE_KEYS = ('optim.lr', 'optim.warmup_steps', 'optim.grad_clip')

@@ -38,6 +38,9 @@ def test_override_parses_each_type():
     ('model.d_model=33', 'model.d_model=33 is not divisible by model.n_heads=2'),
     ('train.batch_size=0', 'train.batch_size=0 must be >= 1'),
     ('data.source=tfds', "data.source='tfds' needs data.tfds_name"),
+    ('train.eval_batches=al', "train.eval_batches='al' is not valid: expected an integer or "
+                              "one of 'all'"),
+    ('train.eval_batches=-1', 'train.eval_batches=-1 must be >= 0 or all'),
 ])
 def test_bad_overrides_name_key_value_and_allowed(override, expected):
   with pytest.raises(ConfigError) as err:
@@ -79,3 +82,13 @@ def test_data_problems_fail_before_compile_with_exit_2(tmp_path):
                          f'train.workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 2 and "data.tokenizer='/nope.model'" in proc.stderr
+
+
+def test_eval_batches_takes_a_count_or_all_and_round_trips():
+  import json
+  from jaxlab.config import from_dict
+  assert config_lib.TrainConfig().eval_batches == 'all'
+  for text, value in [('all', 'all'), ('5', 5), ('0', 0)]:
+    cfg = config_lib.load('tiny', [f'train.eval_batches={text}'])
+    assert cfg.train.eval_batches == value
+    assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

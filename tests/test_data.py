@@ -422,3 +422,34 @@ def test_tfds_source_unpreparable_is_a_clear_error(tmp_path):
   cfg = DataConfig(source='tfds', tfds_name='jaxlab_unpreparable', data_dir=str(tmp_path))
   with pytest.raises(RuntimeError, match="data.tfds_name='jaxlab_unpreparable' is not prepared"):
     make_train_iterator(cfg, ByteTokenizer(), 4)
+
+
+def test_eval_all_is_every_validation_token_for_any_process_count(embedded, embedded_docs):
+  # train.eval_batches=all: the tokens (segment id != 0) of all batches are exactly the
+  # split's, [BOS] + the UTF-8 bytes of each validation document; the first batches are
+  # those of a fixed count; two processes get equally many batches whose rows, batch by
+  # batch, are the single-process rows (the padding rows of the last batch aside).
+  tok = ByteTokenizer()
+  cfg = dataclasses.replace(embedded, seq_len=128)
+  whole = eval_batches(cfg, tok, 8, 'all')
+  n_tokens = sum(len(t.encode()) + 1 for t in embedded_docs['validation'].values())
+  assert sum(int(np.sum(b['segment_ids'] != 0)) for b in whole) == n_tokens
+  assert all(b['tokens'].shape == (8, 129) for b in whole)
+  assert _same(whole[:3], eval_batches(cfg, tok, 8, 3))
+  assert _same(whole, eval_batches(cfg, tok, 8, 'all'))
+  halves = [eval_batches(cfg, tok, 4, 'all', p, 2) for p in range(2)]
+  assert len(halves[0]) == len(halves[1]) == len(whole)
+  for b, h0, h1 in zip(whole, *halves):
+    for k in b:
+      np.testing.assert_array_equal(np.concatenate([h0[k], h1[k]]), b[k])
+
+
+def test_eval_cost_note_by_hand():
+  from jaxlab.data import eval_cost_note
+  # 48 batches x 10 evaluations (steps 100..1000; the last is one of them) x 0.2 / 1000
+  # steps = 9.6%: no note. 95 x 14 (30..420) x 0.2 / 420 = 63.3%: a note.
+  assert eval_cost_note(48, 100, 1000) is None
+  note = eval_cost_note(95, 30, 420)
+  assert '95 batches at each of 14 evaluations, about 63%' in note
+  assert 'train.eval_batches=N' in note
+  assert eval_cost_note(187, 0, 500) is None          # only the final evaluation: 7.5%

@@ -20,7 +20,8 @@ import pytest
 from jaxlab.config import ModelConfig
 from jaxlab.growth.depth import grow_depth, layer_map, new_layer_mask
 from jaxlab.growth.width import grow_width, width_stage
-from jaxlab.models import Transformer, parametrization as pz
+from jaxlab.models import Transformer, schema
+from jaxlab.models import parametrization as pz
 
 TOL = 1e-5   # see module docstring
 SRC = ModelConfig(vocab_size=257, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
@@ -46,19 +47,17 @@ def _params(c, seed=0):
   """Random params with O(1) activations: N(0, 1) embedding (so RMSNorm's mean square is
   ~1 and norm_eps is negligible), N(0, 1/fan_in) matrices, gains 1 + N(0, 0.2^2) (so that
   copying / rescaling gains is actually exercised)."""
-  fan_in = {'wq': c.d_model, 'wk': c.d_model, 'wv': c.d_model, 'wo': c.n_heads * c.dim_per_head,
-            'w_gate': c.d_model, 'w_up': c.d_model, 'w_down': c.ff_dim, 'kernel': c.d_model}
   # numpy's generator: jax.random would compile one kernel per leaf shape (seconds).
   rng = np.random.default_rng(seed)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(_shapes(c))
   out = []
   for path, s in leaves:
-    name = path[-1].key
+    param = schema.spec_at(c, schema.dict_keys(path))
     z = rng.standard_normal(s.shape).astype(np.float32)
-    if name == 'scale':
+    if param.role == 'norm':
       z = 1 + np.float32(0.2) * z
-    elif name != 'embedding':
-      z = z * np.float32(fan_in[name] ** -0.5)
+    elif param.role != 'embedding':
+      z = z * np.float32(param.fan_sizes(c)[0] ** -0.5)
     out.append(jnp.asarray(z))
   return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -184,6 +183,9 @@ WIDTH_CASES = {   # name -> (src, dst)
     'heads_kv_grow': (SRC, cfg(n_heads=4, n_kv_heads=2)),
     'heads_mha': (cfg(n_kv_heads=0), cfg(n_heads=4, n_kv_heads=0)),
     'all': (SRC, cfg(d_model=32, n_heads=6, n_kv_heads=2, d_ff=80)),
+    # QK-norm gains (over the head dim, shared by the heads) need no rule of their own.
+    'all_qk_norm': (cfg(qk_norm=True), cfg(qk_norm=True, d_model=32, n_heads=6, n_kv_heads=2,
+                                           d_ff=80)),
 }
 
 
@@ -237,6 +239,8 @@ ZERO_CASES = {
     'heads_kv_fixed': WIDTH_CASES['heads_kv_fixed'],
     'heads_kv_grow': WIDTH_CASES['heads_kv_grow'],
     'all': (SRC, cfg(d_model=24, n_heads=6, n_kv_heads=2, d_ff=48)),
+    'all_qk_norm': (cfg(qk_norm=True), cfg(qk_norm=True, d_model=24, n_heads=6, n_kv_heads=2,
+                                           d_ff=48)),
 }
 
 
@@ -325,29 +329,31 @@ def test_zero_random_moments_new_entries_zero(method):
 
 # -------------------------------------------------------------------------------- muP
 
-def _fake_mup():
-  def m_of(c, key):
-    return c.d_model / 32
-
-  def role(mult):
-    return pz.Role(init_std=lambda c, fan_in, m: fan_in ** -0.5, multiplier=mult,
-                   lr_scale=lambda m: 1.0, wd_scale=lambda m, e: 1.0)
-  return pz.Parametrization(
-      roles={'embedding': role(lambda m: m ** 0.5), 'hidden': role(lambda m: m ** -0.5),
-             'output': role(lambda m: 1.0 / m), 'norm': role(lambda m: m ** 0.25),
-             'bias': role(lambda m: 1.0)},
-      width_mult=m_of,
-      attn_scale=lambda c: c.dim_per_head ** -0.5 * (32 / c.d_model) ** 0.5)
+def _fake_mup(monkeypatch):
+  """A muP-like table whose every multiplier depends on width (embedding sqrt(m), hidden
+  m^-1/2, norm gains m^1/4, readout 1/m) and whose attention scale does too, so every
+  leaf's rescale is exercised."""
+  def role(mult, base):
+    return dataclasses.replace(base, multiplier=mult)
+  for name, mult in (('embedding', lambda w: w.m ** 0.5), ('hidden', lambda w: w.m ** -0.5),
+                     ('norm', lambda w: w.m ** 0.25), ('output', lambda w: 1.0 / w.m)):
+    monkeypatch.setitem(pz.ROLES, name, role(mult, pz.ROLES[name]))
+  monkeypatch.setitem(pz.PARAMETRIZATIONS, 'mup', pz.Parametrization(
+      base=pz.base_model,
+      attn_scale=lambda c, b: c.dim_per_head ** -0.5 * (b.d_model / c.d_model) ** 0.5))
 
 
 @pytest.mark.parametrize('method', ['split', 'zero'])
 @pytest.mark.parametrize('table', ['fake_mup', 'mup'])
 def test_width_growth_is_mup_aware(monkeypatch, method, table):
-  monkeypatch.setitem(pz.PARAMETRIZATIONS, 'fake_mup', _fake_mup())
-  # The real muP column: the source is the base model (m = 1), the target m = 2.
-  src, dst = (dataclasses.replace(c, parametrization=table, base_d_model=16)
+  _apply.cache_clear()   # forwards traced under another test's table are not reused
+  if table == 'fake_mup':
+    _fake_mup(monkeypatch)
+  # The source is the base model (m = 1), the target m = 2.
+  src, dst = (dataclasses.replace(c, parametrization='mup', base_d_model=16)
               for c in WIDTH_CASES['all'])
-  assert pz.multiplier(src, 'output') != pz.multiplier(dst, 'output')
+  head = schema.specs(src)[('head', 'kernel')]
+  assert pz.multiplier(src, head) != pz.multiplier(dst, head)
   p = _params(src)
   fresh = _params(dst, seed=1) if method == 'zero' else None
   assert_same_function(src, p, dst, grow_width(p, src, dst, method, fresh=fresh))
@@ -356,6 +362,7 @@ def test_width_growth_is_mup_aware(monkeypatch, method, table):
   unscaled = grow_width(p, *sp, method, fresh=fresh)
   err = np.max(np.abs(logits(dst, unscaled) - logits(src, p))) / np.max(np.abs(logits(src, p)))
   assert err > 1e-1
+  _apply.cache_clear()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -377,5 +384,5 @@ def test_width_errors(src, dst, kw, match):
 
 
 def test_tree_shape_must_match_src_config():
-  with pytest.raises(ValueError, match="src leaf 'embed/embedding' has shape"):
+  with pytest.raises(ValueError, match='param embed/embedding: the src leaf has shape'):
     grow_width(_params(cfg(d_model=32)), SRC, cfg(d_model=64), 'split')

@@ -46,8 +46,11 @@ def _graph():
       for n in names or [None]:
         full = f'{module}.{n}' if n else module
         dep = _resolve(full if full in modules else module, modules)
-        if dep and dep != name:
-          deps.add(dep)
+        # Importing a.b.c runs the package inits a and a.b first: those are edges too.
+        while dep:
+          if dep != name and not name.startswith(dep + '.'):
+            deps.add(dep)
+          dep = dep.rpartition('.')[0]
     graph[name] = deps
   return graph
 

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from jaxlab.config import ModelConfig
-from jaxlab.models import Transformer, parametrization as pz
+from jaxlab.models import Transformer, schema
+from jaxlab.models import parametrization as pz
 from jaxlab.models.transformer import positions_from_segments
 
 # Tiny GQA model (H=4 query heads, G=2 kv heads, K=8).
@@ -204,25 +205,29 @@ def test_init_stds_match_table():
   cfg = STD_CFG
   D, H, K, F = cfg.d_model, cfg.n_heads, cfg.dim_per_head, cfg.ff_dim
   p = nn.unbox(jax.jit(Transformer(cfg).init)(jax.random.key(0), tokens((1, 4))))['params']
-  # (leaf, role, fan-in, SP std written out): fan-ins deliberately differ (D=256, H*K=128,
-  # F=768) so a wrong fan-in would show.
+  # (path, SP std written out): fan-ins deliberately differ (D=256, H*K=128, F=768) so a
+  # wrong fan-in would show.
   cases = [
-      (p['embed']['embedding'], 'embedding', 1, 0.05),
-      (p['layers']['attn']['wq'], 'hidden', D, D ** -0.5),
-      (p['layers']['attn']['wk'], 'hidden', D, D ** -0.5),
-      (p['layers']['attn']['wv'], 'hidden', D, D ** -0.5),
-      (p['layers']['attn']['wo'], 'hidden', H * K, (H * K) ** -0.5),
-      (p['layers']['mlp']['w_gate'], 'hidden', D, D ** -0.5),
-      (p['layers']['mlp']['w_up'], 'hidden', D, D ** -0.5),
-      (p['layers']['mlp']['w_down'], 'hidden', F, F ** -0.5),
-      (p['head']['kernel'], 'output', D, D ** -0.5),
+      (('embed', 'embedding'), 0.05),
+      (('layers', 'attn', 'wq'), D ** -0.5),
+      (('layers', 'attn', 'wk'), D ** -0.5),
+      (('layers', 'attn', 'wv'), D ** -0.5),
+      (('layers', 'attn', 'wo'), (H * K) ** -0.5),
+      (('layers', 'mlp', 'w_gate'), D ** -0.5),
+      (('layers', 'mlp', 'w_up'), D ** -0.5),
+      (('layers', 'mlp', 'w_down'), F ** -0.5),
+      (('head', 'kernel'), D ** -0.5),
   ]
-  for x, role, fan_in, sp_std in cases:
-    std = pz.init_std(cfg, role, fan_in)
+  specs = schema.specs(cfg)
+  for path, sp_std in cases:
+    x = p
+    for k in path:
+      x = x[k]
+    std = pz.init_std(cfg, specs[path])
     assert std == pytest.approx(sp_std, rel=1e-12)
     # >= 65k samples per tensor: the std estimate's relative error is ~1/sqrt(2N) < 0.3%,
     # so 3% is > 10 sigma yet far below the 40% gap between the fan-ins above.
-    assert float(jnp.std(x)) == pytest.approx(std, rel=0.03), (role, x.shape)
+    assert float(jnp.std(x)) == pytest.approx(std, rel=0.03), (path, x.shape)
     assert abs(float(jnp.mean(x))) < 0.05 * std
   # Layers get independent draws.
   wq = p['layers']['attn']['wq']
@@ -231,39 +236,74 @@ def test_init_stds_match_table():
                 p['final_norm']['scale']]:
     np.testing.assert_array_equal(scale, 1.0)
   assert pz.attention_scale(cfg) == pytest.approx(K ** -0.5)
-  for role in pz.ROLES:
-    assert pz.multiplier(cfg, role) == 1.0
+  for param in specs.values():
+    assert pz.multiplier(cfg, param) == 1.0
 
 
 EXPECTED_ROLES = {
-    'embed': {'embedding': 'embedding'},
-    'layers': {'attn_norm': {'scale': 'norm'},
-               'attn': {'wq': 'hidden', 'wk': 'hidden', 'wv': 'hidden', 'wo': 'hidden'},
-               'mlp_norm': {'scale': 'norm'},
-               'mlp': {'w_gate': 'hidden', 'w_up': 'hidden', 'w_down': 'hidden'}},
-    'final_norm': {'scale': 'norm'},
-    'head': {'kernel': 'output'},
+    ('embed', 'embedding'): 'embedding',
+    ('layers', 'attn_norm', 'scale'): 'norm',
+    ('layers', 'attn', 'wq'): 'hidden', ('layers', 'attn', 'wk'): 'hidden',
+    ('layers', 'attn', 'wv'): 'hidden', ('layers', 'attn', 'wo'): 'hidden',
+    ('layers', 'mlp_norm', 'scale'): 'norm',
+    ('layers', 'mlp', 'w_gate'): 'hidden', ('layers', 'mlp', 'w_up'): 'hidden',
+    ('layers', 'mlp', 'w_down'): 'hidden',
+    ('final_norm', 'scale'): 'norm',
+    ('head', 'kernel'): 'output',
 }
 
 
-def test_param_roles_cover_every_leaf():
-  assert pz.param_roles(params()) == EXPECTED_ROLES
-  assert pz.param_roles({'params': params()}) == {'params': EXPECTED_ROLES}
-  boxed = pz.param_roles(init()['params'])        # same boxes, role strings inside
-  assert nn.unbox(boxed) == EXPECTED_ROLES
+def test_schema_declares_every_leaf_once():
+  """The schema (read back from the model's declarations) covers exactly the param tree,
+  with shapes and logical names that match the params' own."""
+  specs = schema.specs(CFG)
+  assert {k: s.role for k, s in specs.items()} == EXPECTED_ROLES
+  boxed = init()['params']
+  flat = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(
+      x, nn.LogicallyPartitioned))[0]
+  assert [schema.dict_keys(path) for path, _ in flat] == list(specs)
+  for path, box in flat:
+    param = specs[schema.dict_keys(path)]
+    assert tuple(box.names) == param.axes and box.value.shape == param.shape(CFG)
   tied = dataclasses.replace(CFG, tie_embeddings=True)
-  assert 'head' not in pz.param_roles(params(tied))
-  with pytest.raises(ValueError, match='no role'):
-    pz.param_roles({'layers': {'attn': {'w_new': jnp.zeros(3)}}})
+  assert ('head', 'kernel') not in schema.specs(tied)
+  assert schema.specs(tied)[('final_norm', 'scale')].absorbs == ('readout',)
+  with pytest.raises(ValueError, match='not declared by the model'):
+    schema.map_params(lambda s, x: x, {'layers': {'attn': {'w_new': jnp.zeros(3)}}}, CFG)
+  assert schema.count(CFG) == sum(x.size for x in jax.tree.leaves(params()))
 
 
-def test_optimizer_scales():
-  lr, wd = pz.optimizer_scales(params(), CFG)
-  roles = pz.param_roles(params())
-  assert jax.tree.structure(lr) == jax.tree.structure(params())
-  assert set(jax.tree.leaves(lr)) == {1.0}
-  assert jax.tree.map(lambda r, w: (r, w), roles, wd) == jax.tree.map(
-      lambda r: (r, 0.0 if r == 'norm' else 1.0), roles)
+def test_qk_norm_is_one_gain_per_head_dim_after_the_projections():
+  """model.qk_norm: an RMSNorm with a learned gain on q and on k (shared by the heads, over
+  the head dim), after the projections and before RoPE, as Qwen3 / OLMo-2 (the exact
+  placement is checked against transformers' Qwen3 in the Hugging Face interop tests)."""
+  cfg = dataclasses.replace(CFG, qk_norm=True)
+  p = params(cfg)
+  K = cfg.dim_per_head
+  for name in ('q_norm', 'k_norm'):
+    assert schema.specs(cfg)[('layers', 'attn', name, 'scale')].axes == ('layers', 'kv')
+    assert p['layers']['attn'][name]['scale'].shape == (cfg.n_layers, K)
+  p['layers']['attn']['q_norm']['scale'] = p['layers']['attn']['q_norm']['scale'] * 1.5
+  t = tokens((1, 6))
+  _, state = Transformer(cfg).apply({'params': p}, t, capture_intermediates=True,
+                                    mutable=['intermediates'])
+  q_LxBxTxHxK = np.asarray(state['intermediates']['layers']['attn']['q_norm']['__call__'][0])
+  assert q_LxBxTxHxK.shape == (cfg.n_layers, 1, 6, cfg.n_heads, K)
+  # Normalised per head over K (eps 1e-6 against mean squares ~1e-2: < 1e-4 off), times 1.5.
+  rms = np.sqrt(np.mean(np.square(q_LxBxTxHxK / 1.5), axis=-1))
+  np.testing.assert_allclose(rms, 1.0, rtol=1e-4)
+  # The logits then see wq and wk only through each head's direction: scaling both by 3
+  # leaves them unchanged (up to eps), which it does not without QK-norm.
+  def scaled(tree):
+    out = jax.tree.map(lambda a: a, tree)
+    for w in ('wq', 'wk'):
+      out['layers']['attn'][w] = tree['layers']['attn'][w] * 3.0
+    return out
+  np.testing.assert_allclose(Transformer(cfg).apply({'params': scaled(p)}, t),
+                             Transformer(cfg).apply({'params': p}, t), rtol=1e-4, atol=1e-4)
+  off = params(CFG)
+  assert not np.allclose(Transformer(CFG).apply({'params': scaled(off)}, t),
+                         Transformer(CFG).apply({'params': off}, t), rtol=1e-3, atol=1e-3)
 
 
 def test_unknown_parametrization_names_allowed():

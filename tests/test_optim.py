@@ -76,18 +76,18 @@ def test_gradient_noise_has_the_configured_variance_and_comes_before_clipping():
   assert float(optax.tree.norm(updates)) == pytest.approx(1e-3, rel=1e-4)
 
 
-def test_adamp_layout_follows_the_logical_axis_names():
-  cfg = tiny('model.n_kv_heads=1')
+def test_adamp_layout_follows_the_parameter_schema():
+  cfg = tiny('model.n_kv_heads=1', 'model.qk_norm=true')
   layout = adamp_layout(cfg.model)
-  attn, mlp = layout['layers']['attn'], layout['layers']['mlp']
-  assert attn['wq'] == Layout((0,), (2, 3))        # (layers, embed, heads, head_dim)
-  assert attn['wk'] == Layout((0,), (2, 3))        # (layers, embed, kv_heads, head_dim)
-  assert attn['wo'] == Layout((0,), (3,))          # (layers, heads, head_dim, embed)
-  assert mlp['w_down'] == Layout((0,), (2,))
-  assert layout['embed']['embedding'] == Layout((), (0,))   # a row per token
-  assert layout['head']['kernel'] == Layout((), (1,))
-  assert layout['layers']['attn_norm']['scale'] is None
-  assert layout['final_norm']['scale'] is None
+  assert layout[('layers', 'attn', 'wq')] == Layout((0,), (2, 3))   # (L, embed, heads, head_dim)
+  assert layout[('layers', 'attn', 'wk')] == Layout((0,), (2, 3))   # (L, embed, kv_heads, K)
+  assert layout[('layers', 'attn', 'wo')] == Layout((0,), (3,))     # (L, heads, K, embed)
+  assert layout[('layers', 'mlp', 'w_down')] == Layout((0,), (2,))
+  assert layout[('embed', 'embedding')] == Layout((), (0,))         # a row per token
+  assert layout[('head', 'kernel')] == Layout((), (1,))
+  for vector in (('layers', 'attn_norm', 'scale'), ('final_norm', 'scale'),
+                 ('layers', 'attn', 'q_norm', 'scale')):
+    assert layout[vector] is None
 
 
 @pytest.mark.parametrize('override, message', [
@@ -102,15 +102,18 @@ def test_optimizer_config_errors(override, message):
 
 
 def test_adamp_run_logs_projection_and_effective_step(tmp_path):
-  for name in ('adamp', 'adamw'):
+  """AdamP logs its projected share; the weight diagnostics only with train.weight_stats
+  (off by default: they cost a pass over the norm-fed matrices in every step)."""
+  for name, stats in (('adamp', 'true'), ('adamw', 'false')):
     proc = subprocess.run([sys.executable, 'launch.py', 'run', 'tiny', f'optim.name={name}',
                            'train.steps=4', 'train.log_every=2', f'name={name}',
-                           f'train.workdir={tmp_path}'], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                           f'train.weight_stats={stats}', f'train.workdir={tmp_path}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
   rec = {n: [json.loads(line) for line in (tmp_path / n / 'metrics.jsonl').read_text()
              .splitlines()] for n in ('adamp', 'adamw')}
   assert all(0 <= r['proj_fired'] <= 1 for r in rec['adamp'])
   assert all('proj_fired' not in r for r in rec['adamw'])
-  for r in rec['adamp'] + rec['adamw']:
+  for r in rec['adamp']:
     assert r['prenorm_w_norm'] > 0 and 0 < r['prenorm_eff_step'] < 1
+  assert all('prenorm_w_norm' not in r for r in rec['adamw'])

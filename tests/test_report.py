@@ -3,9 +3,11 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from jaxlab import report
+from jaxlab.config_types import ConfigError
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -21,6 +23,9 @@ def write_run(d, name, lines, summary=None, raw_tail=''):
   return d
 
 
+VAL_TOKENS = 4096
+
+
 def steps(losses, tps=None, val=None, flops_per_step=2.5e12, tokens_per_step=1000):
   """Metric lines at steps 10, 20, ...; `val` maps index -> val_loss."""
   out = []
@@ -31,6 +36,7 @@ def steps(losses, tps=None, val=None, flops_per_step=2.5e12, tokens_per_step=100
            'tokens_per_sec': None if tps is None else tps[i], 'mfu': None, 'time': float(i)}
     if val and i in val:
       rec['val_loss'] = val[i]
+      rec['val_tokens'] = VAL_TOKENS
     out.append(rec)
   return out
 
@@ -55,15 +61,15 @@ def test_single_run_table_uses_summary_and_median_tps(tmp_path):
                   steps([5.5, 4.0, 3.25, 3.0, 2.875], tps=TPS, val={1: 4.125, 3: 3.0625}),
                   # The run ended at step 55, after the last logged step (50): summary wins.
                   summary={'status': 'completed', 'step': 55, 'tokens': 55000, 'flops': 1.234e15,
-                           'final_loss': 2.8125, 'final_val_loss': 3.03125,
+                           'final_loss': 2.8125, 'final_val_loss': 3.03125, 'val_tokens': 194291,
                            'tokens_per_sec': 999.0, 'n_params': 1234567})
   out = report.write_report(run)
   assert out == run / 'report.md'
   md = out.read_text()
   assert md.startswith('# Report: my-run')
   rows = table_rows(md)
-  assert rows == [['my-run', 'completed', '55', '2.8125', '**3.0312**', '55,000', '1.23e15',
-                   '250', '1,234,567']]
+  assert rows == [['my-run', 'completed', '55', '2.8125', '**3.0312**', '194,291', '55,000',
+                   '1.23e15', '250', '1,234,567']]
   assert 'median over logged steps with a non-null value' in md
   assert 'Best run: `my-run`' in md
   assert '![Loss vs step](loss_vs_step.png)' in md
@@ -81,6 +87,7 @@ def test_runs_csv_parses_back_exactly(tmp_path):
   assert int(row['steps']) == 30
   assert float(row['final_train_loss']) == 3.141592653589793   # full precision, not 3.1416
   assert float(row['final_val_loss']) == 3.3
+  assert int(row['val_tokens']) == VAL_TOKENS
   assert int(row['tokens']) == 30000
   assert float(row['flops']) == 2.5e12 * 30
   assert float(row['tokens_per_sec']) == 200.0   # median of 100, 300
@@ -92,7 +99,7 @@ def test_missing_summary_takes_last_logged_values(tmp_path):
   lines = steps([5.0, 4.5, 4.25, 4.0], tps=[None, 10.0, 30.0, 20.0], val={1: 4.75})
   run = write_run(tmp_path / 'live', 'live', lines)
   rows = table_rows(report.write_report(run).read_text())
-  assert rows == [['live', report.UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '40,000',
+  assert rows == [['live', report.UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '4,096', '40,000',
                    '1.00e14', '20', report._MISSING]]
 
 
@@ -135,7 +142,7 @@ def test_diverged_empty_and_unfinished_runs(tmp_path):
   report.write_report(sweep)
   rows = {r[0]: r for r in table_rows((sweep / 'report.md').read_text())}
   assert rows['diverged'][1:4] == ['diverged', '50', 'nan']
-  assert rows['empty'][1:] == [report.UNKNOWN_STATUS] + [report._MISSING] * 7
+  assert rows['empty'][1:] == [report.UNKNOWN_STATUS] + [report._MISSING] * 8
   assert rows['running'][1:4] == [report.UNKNOWN_STATUS, '30', '**3.0000**']
   assert (sweep / 'loss_vs_step.png').read_bytes()[:8] == PNG_MAGIC
   runs = {r.label: r for r in report.load_runs(sweep)}
@@ -211,3 +218,55 @@ def test_stale_summary_of_a_resumed_run_is_ignored(tmp_path):
                   summary={'status': 'preempted', 'step': 20, 'final_loss': 4.0})
   [row] = table_rows(report.write_report(run).read_text())
   assert row[1:4] == [report.UNKNOWN_STATUS, '30', '**3.5000**']
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def test_sweep_configs_pair_seeds_across_methods():
+  # demo: 2 methods x SEEDS = 3; seed k of both has train.seed = data.seed = k and lives
+  # in <sweep>/<method>/seed<k>; points go seed by seed.
+  from jaxlab import cli
+  sweep_dir, points = cli.sweep_configs('demo', [], [])
+  assert [label for label, _ in points] == [
+      f'{m}/seed{k}' for k in range(3) for m in ('scratch', 'stack_20pct')]
+  for label, cfg in points:
+    k = int(label[-1])
+    assert (cfg.train.seed, cfg.data.seed, cfg.name) == (k, k, f'seed{k}')
+    assert cfg.train.workdir == str(sweep_dir / label.split('/')[0])
+  _, points = cli.sweep_configs('tiny', ['optim.lr=1e-2'], ['train.seed=5'], seeds=2,
+                                vary='init')
+  assert [(c.train.seed, c.data.seed) for _, c in points] == [(5, 0), (6, 0)]
+  with pytest.raises(ConfigError, match='seeds=0 must be an integer >= 1'):
+    cli.sweep_configs('tiny', ['optim.lr=1e-2'], [], seeds=0)
+
+
+def test_sweep_with_seeds_in_parallel_processes_then_report(tmp_path, capsys):
+  # Two seeds of one point, as two `sweep --point i` processes at once; then the report
+  # groups them into one method with its mean ± CI.
+  from jaxlab import cli
+  args = ['sweep', 'tiny', '--grid', 'optim.lr=0.01', '--seeds', '2', '--jobs', '2',
+          'train.steps=4', 'train.log_every=2', 'train.eval_every=0', 'train.checkpoint_every=0',
+          f'train.workdir={tmp_path}']
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out
+  assert 'optim.lr=0.01/seed1: completed after' in out and '2 completed' in out
+  method = tmp_path / 'tiny' / 'optim.lr=0.01'
+  configs = [json.loads((method / f'seed{k}' / 'config.json').read_text()) for k in (0, 1)]
+  assert [(c['train']['seed'], c['data']['seed']) for c in configs] == [(0, 0), (1, 1)]
+  assert all((method / f'seed{k}' / 'launch.log').is_file() for k in (0, 1))
+  runs = report.load_runs(tmp_path / 'tiny')
+  assert [r.status for r in runs] == ['completed', 'completed']
+  assert runs[0].metrics[0]['loss'] != runs[1].metrics[0]['loss']   # other init and data
+  # Tokens evaluated: the targets the loss counts in tiny's 2 validation batches.
+  from jaxlab import config, data
+  cfg = config.load('tiny')
+  segs = [b['segment_ids'] for b in data.eval_batches(cfg.data, data.make_tokenizer(cfg.data),
+                                                      4, 2)]
+  counted = sum(int(np.sum((s[:, :-1] == s[:, 1:]) & (s[:, :-1] != 0))) for s in segs)
+  assert 200 < counted <= 2 * 4 * 32
+  assert [r.summary['val_tokens'] for r in runs] == [counted, counted]
+  assert runs[0].metrics[-1]['val_tokens'] == counted
+  assert cli.main(args) == 0                                         # finished: skipped
+  assert capsys.readouterr().out.count('finished earlier, skipped') == 2
+  md = report.write_report(tmp_path / 'tiny').read_text()
+  assert '## Over seeds' in md and '| optim.lr=0.01 | 2 | 2 |' in md

@@ -24,7 +24,12 @@ def params():
   return nn.unbox(init(jax.random.key(0)))
 
 
-sigma_fn = jax.jit(spectral.top_singular_values)
+TINY = load('tiny').model
+_sigma = jax.jit(spectral.top_singular_values, static_argnums=1)
+
+
+def sigma_fn(p):
+  return _sigma(p, TINY)
 
 
 def numpy_sigma(w_IxO):

@@ -9,11 +9,14 @@ from jaxlab import cli
 from jaxlab.diagnostics import transfer
 from jaxlab.report import Run, load_runs
 
+T2 = 4.302653   # t_{0.975, 2} (printed tables: 4.303)
 
-def fake_run(p, width, lr, loss, wd=0.0, e=0.0):
+
+def fake_run(p, width, lr, loss, wd=0.0, e=0.0, seed=None):
   config = {'model': {'d_model': width, 'parametrization': p},
             'optim': {'lr': lr, 'weight_decay': wd, 'wd_width_exponent': e}}
-  return Run(label=f'{p}{width}_{lr}', dir=pathlib.Path('.'), config=config,
+  label = f'{p}{width}_{lr}' + ('' if seed is None else f'/seed{seed}')
+  return Run(label=label, dir=pathlib.Path('.'), config=config,
              metrics=[{'step': 10, 'loss': loss, 'val_loss': loss}],
              summary={'status': 'completed', 'final_val_loss': loss})
 
@@ -28,8 +31,37 @@ def test_best_rows_and_shift():
   assert rows['sp', 128]['best'] == 2 ** -8 and rows['sp', 128]['shift_log2'] == -2.0
   assert rows['mup', 128]['best'] == 2 ** -6 and rows['mup', 128]['shift_log2'] == 0.0
   assert rows['mup', 128]['finished'] == 1          # the NaN run is not a candidate
-  assert '| sp | 128 | 0.003906 | 2.7000 | -2.00 | 2/2 |' in transfer.render(runs)
+  # One seed: no CI; both of sp's bests sit at the grid's edge.
+  assert '| sp | 128 | 0.003906 | 2.7000 | -2.00 | 1 | -8.00 (edge) | -2.00 | 2/2 |' in \
+      transfer.render(runs)
   assert transfer.studies(runs[:2]) == []           # one width: not a transfer study
+
+
+def test_optimum_over_seeds_by_hand():
+  # Loss (log2 lr - c_k)^2 + 3 on the grid log2 lr = -9..-5: exactly a parabola, so each
+  # seed's refined optimum is c_k. Shifts (width 128 minus width 32, seed by seed):
+  #   mup: c = -7.0, -7.2, -6.9 -> -7.1, -7.4, -7.0: shifts -0.1, -0.2, -0.1
+  #   sp:  c = -7.0, -7.1, -6.9 -> -8.0, -8.2, -7.9: shifts -1.0, -1.1, -1.0
+  # Both: mean -0.4/3 (mup) or -3.1/3 (sp); deviations 1/30, -2/30, 1/30 -> s^2 =
+  # 6/900/2 = 1/300, s / sqrt(3) = 1/30: half = t_{0.975,2} / 30 = 0.1434. mup's CI
+  # [-0.277, +0.010] includes 0 (not resolved); sp's [-1.177, -0.890] does not.
+  centres = {('mup', 32): (-7.0, -7.2, -6.9), ('mup', 128): (-7.1, -7.4, -7.0),
+             ('sp', 32): (-7.0, -7.1, -6.9), ('sp', 128): (-8.0, -8.2, -7.9)}
+  runs = [fake_run(p, w, 2.0 ** k, (k - c) ** 2 + 3, seed=seed)
+          for (p, w), cs in centres.items() for seed, c in enumerate(cs) for k in range(-9, -4)]
+  rows = {(r['panel'], r['width']): r for r in transfer.best_rows(runs, 'optim.lr')}
+  for key, cs in centres.items():
+    assert rows[key]['optimum_log2'].estimate == pytest.approx(sum(cs) / 3, abs=1e-12)
+    assert rows[key]['seeds'] == 3 and not rows[key]['edge']
+  mup, sp = rows['mup', 128]['shift'], rows['sp', 128]['shift']
+  assert mup.estimate == pytest.approx(-0.4 / 3, abs=1e-12)
+  assert sp.estimate == pytest.approx(-3.1 / 3, abs=1e-12)
+  assert mup.half == pytest.approx(T2 / 30, rel=1e-6) and sp.half == pytest.approx(T2 / 30, rel=1e-6)
+  assert not mup.resolved and sp.resolved
+  # Best grid value of the seed-mean loss: mup width 128 -> -7 (mean centre -7.17), sp -> -8.
+  assert rows['mup', 128]['best'] == 2.0 ** -7 and rows['sp', 128]['best'] == 2.0 ** -8
+  text = transfer.render(runs)
+  assert '-0.13 ± 0.14 (not resolved)' in text and '-1.03 ± 0.14 |' in text
 
 
 def sweep_and_report(name, tmp_path):

@@ -1,8 +1,10 @@
 """Data: the embedded offline corpus (TFDS), tokenizers, and the grain pipeline."""
 from jaxlab.data.corpus import JaxlabCorpus
-from jaxlab.data.pipeline import DataIterator, eval_batches, make_train_iterator
+from jaxlab.data.pipeline import (DataIterator, eval_batches, eval_cost_note,
+                                  make_train_iterator)
 from jaxlab.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, make_tokenizer,
                                     train_sentencepiece)
 
 __all__ = ['ByteTokenizer', 'DataIterator', 'JaxlabCorpus', 'SentencePieceTokenizer',
-           'eval_batches', 'make_tokenizer', 'make_train_iterator', 'train_sentencepiece']
+           'eval_batches', 'eval_cost_note', 'make_tokenizer', 'make_train_iterator',
+           'train_sentencepiece']

@@ -236,20 +236,73 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   return DataIterator(batches, _describe(cfg, tokenizer, batch_size, process_index, process_count))
 
 
-def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int,
+def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | str,
                  process_index: int = 0, process_count: int = 1) -> list[Batch]:
-  """The first `n_batches` packed batches of this process's validation documents.
+  """Validation batches of `batch_size` rows for this process, the same on every call
+  and for every data.seed.
 
-  The same on every call and for every data.seed. Raises ValueError if the validation
-  split cannot fill `n_batches` batches.
+  n_batches = N: the first N packed batches of this process's validation documents;
+  raises ValueError if they cannot fill N batches. n_batches = 'all' (train.eval_batches
+  =all): every token of the split. All processes then pack the whole split in one fixed
+  order -- the same rows whatever the process count -- and each takes its share of
+  every global batch of batch_size x process_count rows; the last global batch is
+  filled up with padding rows (segment id 0, which the loss skips), so every process
+  gets the same number of batches and the evaluated tokens are exactly the split's.
   """
+  if n_batches == 'all':
+    return _whole_split(cfg, tokenizer, batch_size, process_index, process_count)
   docs = _shard(_documents(cfg, 'validation'), process_index, process_count, 'validation')
-  docs = docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval'))
-  batches = _rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
+  batches = _eval_rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
   out = list(itertools.islice(iter(batches), n_batches))
   if len(out) < n_batches:
     raise ValueError(
         f'the validation split has only {len(out)} batches of {batch_size} rows x '
         f'{cfg.seq_len + 1} tokens for this process, but train.eval_batches={n_batches} '
-        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len)')
+        f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len), '
+        'or set train.eval_batches=all')
   return out
+
+
+# An evaluation batch costs about this fraction of a train step on the same batch (a
+# forward pass only): 0.14-0.21 measured on a CPU at d 96-128, seq 128, batch 16
+# (experiments/bench_eval_cost.py).
+EVAL_BATCH_COST = 0.2
+
+
+def eval_cost_note(n_batches: int, eval_every: int, steps: int) -> str | None:
+  """A one-line note when train.eval_batches=all evaluates n_batches at every evaluation
+  for more than about 10% of the run's time (EVAL_BATCH_COST), else None."""
+  n_evals = steps // eval_every + (steps % eval_every > 0) if eval_every else 1   # + the last
+  share = EVAL_BATCH_COST * n_batches * n_evals / max(steps, 1)
+  if share <= 0.1:
+    return None
+  return (f'note: train.eval_batches=all evaluates {n_batches} batches at each of {n_evals} '
+          f'evaluations, about {100 * share:.0f}% of this run\'s time; set '
+          'train.eval_batches=N or raise train.eval_every to spend less')
+
+
+def _eval_rows(docs: grain.MapDataset, tokenizer, seq_len: int) -> grain.IterDataset:
+  """Validation rows in the one fixed order (independent of data.seed)."""
+  return _rows(docs.shuffle(seed=_stable_seed(_EVAL_SHUFFLE_SEED, 'eval')), tokenizer, seq_len)
+
+
+def _whole_split(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
+                 process_count: int) -> list[Batch]:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
+  rows = list(_eval_rows(_documents(cfg, 'validation'), tokenizer, cfg.seq_len))
+  if not rows:
+    raise ValueError('the validation split is empty (data.source): train.eval_batches=all '
+                     'has nothing to evaluate; set train.eval_batches=0')
+  tokens = np.stack([r['tokens'] for r in rows]).astype(np.int32)
+  segments = np.stack([r['segment_ids'] for r in rows]).astype(np.int32)
+  global_batch = batch_size * process_count
+  pad = -len(rows) % global_batch
+  tokens = np.pad(tokens, ((0, pad), (0, 0)))
+  segments = np.pad(segments, ((0, pad), (0, 0)))
+  out = []
+  for start in range(0, len(tokens), global_batch):
+    mine = slice(start + process_index * batch_size, start + (process_index + 1) * batch_size)
+    out.append({'tokens': tokens[mine], 'segment_ids': segments[mine]})
+  return out
+

@@ -19,8 +19,9 @@ attn / mlp / block are averaged over layers for the grid and the pass / fail (ro
 under SP they grow with width after the first update. A sublayer passes when the
 least-squares slope of log(mean over seeds of mean |x|) against log(width) at the
 last step is within +-SLOPE_TOLERANCE (see there for why that value). The slope at
-init is reported too: under muP without model.zero_init_head the logits start at ~1/m
-(slope -1; the readout's 1/m multiplier) and are flat once training dominates.
+init is reported too: under muP the logits start at ~m^-1/2 (slope -0.5: MuReadout's
+constant-in-width init times the 1/m multiplier; -1 with model.readout_init=fan_in, none
+with zero) and are flat once training dominates.
 
 Width w's config is the experiment's with model.d_model=w, the chosen
 parametrization, model.base_d_model = the experiment's (if set) else the smallest

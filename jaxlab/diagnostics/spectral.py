@@ -8,8 +8,9 @@ Metric keys in metrics.jsonl (flat, one per matrix per layer):
   sigma_max/<module>.<param>           a matrix outside it: sigma_max/embed.embedding,
                                        sigma_max/head.kernel
 <module>.<param> is the param's path with the 'layers' level dropped. Each weight is
-read as a fan-in x fan-out matrix (FAN_IN_DIMS): wq / wk / wv as D x (H*K), wo as
-(H*K) x D, the embedding as V x D, the head as D x V. Vectors (norm scales) are skipped.
+read as a fan-in x fan-out matrix, its fan-in dims from the parameter schema
+(jaxlab.models.schema): wq / wk / wv as D x (H*K), wo as (H*K) x D, the embedding as
+V x D, the head as D x V. Vectors (norm gains) are skipped.
 
 Cost: a full SVD of every matrix, O(L * D^2 * F) per call (and O(V * D^2) for the
 embedding / head), so the loop calls it only every train.spectral_every steps, jitted
@@ -24,40 +25,51 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxlab.config_types import ModelConfig
+from jaxlab.models import schema
+
 PREFIX = 'sigma_max/'
-# How many leading dims (after the layers axis) are fan-in; 1 for every other matrix.
-FAN_IN_DIMS = {'attn.wo': 2}
 # Panel order in the plot and table; names not listed follow, sorted.
 ORDER = ('attn.wq', 'attn.wk', 'attn.wv', 'attn.wo', 'mlp.w_gate', 'mlp.w_up', 'mlp.w_down',
          'embed.embedding', 'head.kernel')
 
 
-def _matrices(params) -> list[tuple[str, bool, jax.Array]]:
-  """(name, stacked, weight) per matrix param; stacked: it has the leading layers axis."""
-  out = []
-  for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [str(getattr(k, 'key', k)) for k in path]
-    stacked = keys[0] == 'layers'
-    if w.ndim - stacked >= 2:
-      out.append(('.'.join(keys[stacked:]), stacked, w))
-  return out
+def matrix_name(path: tuple[str, ...]) -> str:
+  """The metric name of a param path: ('layers', 'attn', 'wq') -> 'attn.wq'."""
+  return '.'.join(path[1:] if path[:1] == ('layers',) else path)
 
 
-def top_singular_values(params) -> dict[str, jax.Array]:
-  """{metric key: sigma_max} (float32 scalars) for every matrix param and layer slice.
-  Jittable; shapes are static, so a changed model (growth) retraces."""
+def top_singular_values(params, cfg: ModelConfig) -> dict[str, jax.Array]:
+  """{metric key: sigma_max} (float32 scalars) for every matrix param of Transformer(cfg)
+  and every layer slice. Jittable with cfg static (jax.jit(..., static_argnums=1)); a
+  changed model (growth) retraces."""
   out = {}
-  for name, stacked, w in _matrices(params):
-    w_LxMxN = w if stacked else w[None]
-    L, n_in = w_LxMxN.shape[0], FAN_IN_DIMS.get(name, 1)
-    fan_in = math.prod(w_LxMxN.shape[1:1 + n_in])
-    w_LxIxO = w_LxMxN.reshape(L, fan_in, -1).astype(jnp.float32)
-    s_L = jnp.linalg.svd(w_LxIxO, compute_uv=False)[:, 0]   # singular values descend
-    if stacked:
+
+  def one(param: schema.ParamSpec, w, path):
+    if not param.is_matrix:
+      return
+    fan_in, fan_out = param.fan_dims()
+    batch = tuple(i for i in range(w.ndim) if i not in fan_in + fan_out)
+    w_LxIxO = jnp.transpose(w, batch + fan_in + fan_out)
+    L = math.prod(w.shape[i] for i in batch)
+    w_LxIxO = w_LxIxO.reshape(L, math.prod(w.shape[i] for i in fan_in), -1)
+    s_L = jnp.linalg.svd(w_LxIxO.astype(jnp.float32), compute_uv=False)[:, 0]  # descending
+    name = matrix_name(path)
+    if param.stacked:
       out.update({f'{PREFIX}{name}/{i}': s_L[i] for i in range(L)})
     else:
       out[PREFIX + name] = s_L[0]
+
+  for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = schema.dict_keys(path)
+    one(schema.spec_at(cfg, names), w, names[1:] if names[:1] == ('params',) else names)
   return out
+
+
+def hidden_names(cfg: ModelConfig) -> set[str]:
+  """Metric names of the hidden matrices (the 'hidden' role) of Transformer(cfg)."""
+  return {matrix_name(path) for path, p in schema.specs(cfg).items()
+          if p.role == 'hidden' and p.is_matrix}
 
 
 def parse_key(key: str) -> tuple[str, int | None] | None:

@@ -11,19 +11,29 @@ model.d_model values and two values of the hyperparameter:
 The report gets, per study, a plot of final val loss against the hyperparameter (one
 curve per width; log2 x axis), the best value per width, and how far (in powers of 2)
 it moves from the narrowest width's.
+
+Seeds (`launch.py sweep --seeds N`, runs `<label>/seed<k>`): the curves and the best grid
+value use the mean val loss over seeds. Each seed's optimum is refined between grid
+points by the parabola through its best point and the two neighbours (in log2 of the
+hyperparameter; a best point at the grid's edge stays there and is flagged: the optimum
+may lie beyond). The table gives that optimum's mean ± 95% CI over seeds, and its shift
+from the narrowest width's optimum, paired by seed (seed k of every width shares its
+data order), with a t-interval (jaxlab.stats); a shift whose CI includes 0 is "not
+resolved".
 """
 from __future__ import annotations
 
 import math
 import statistics
 
+from jaxlab import stats
 from jaxlab.diagnostics import spectral
+from jaxlab.run_data import method_and_seed
 
 STUDIES = {   # hyperparameter key -> (label, panel key)
     'optim.lr': ('lr', 'model.parametrization'),
     'optim.weight_decay': ('weight decay', 'optim.wd_width_exponent'),
 }
-HIDDEN = ('attn.wq', 'attn.wk', 'attn.wv', 'attn.wo', 'mlp.w_gate', 'mlp.w_up', 'mlp.w_down')
 
 
 def _get(run, dotted: str):
@@ -49,88 +59,152 @@ def studies(runs) -> list[str]:
 
 
 def _points(runs, key: str) -> dict:
-  """{panel value: {width: [(x, final val loss or None, run)]}}, x ascending."""
+  """{panel value: {width: [(x, seed, final val loss or None, run)]}}, x ascending."""
   panel_key = STUDIES[key][1]
   out: dict = {}
   for r in runs:
     out.setdefault(_get(r, panel_key), {}).setdefault(_get(r, 'model.d_model'), []).append(
-        (float(_get(r, key)), _val_loss(r), r))
+        (float(_get(r, key)), method_and_seed(r.label)[1], _val_loss(r), r))
   for panel in out.values():
     for pts in panel.values():
-      pts.sort(key=lambda p: p[0])
+      pts.sort(key=lambda p: (p[0], str(p[1])))
   return out
 
 
+def _by_seed(points) -> dict:
+  """{seed: [(x, loss)] ascending in x, finished runs only}."""
+  out: dict = {}
+  for x, seed, loss, _ in points:
+    if loss is not None:
+      out.setdefault(seed, []).append((x, loss))
+  return out
+
+
+def _losses_at(seeds: dict) -> dict:
+  """{x: [loss of each seed that finished x]}, x ascending."""
+  out: dict = {}
+  for curve in seeds.values():
+    for x, loss in curve:
+      out.setdefault(x, []).append(loss)
+  return dict(sorted(out.items()))
+
+
+def seed_optimum(curve: list[tuple[float, float]]) -> tuple[float, bool]:
+  """(log2 of the optimum, at the grid's edge?) of one seed's (x, loss) points: the
+  parabola through the best point and its neighbours, in log2 x."""
+  i = min(range(len(curve)), key=lambda j: curve[j][1])
+  if 0 < i < len(curve) - 1:
+    part = curve[i - 1:i + 2]
+    return stats.parabola_vertex([math.log2(x) for x, _ in part], [y for _, y in part]), False
+  return math.log2(curve[i][0]), len(curve) > 1
+
+
 def best_rows(runs, key: str) -> list[dict]:
-  """One row per (panel, width): the best value, its loss, and its log2 distance from the
-  narrowest width's best value (0 = transferred exactly)."""
+  """One row per (panel, width): the best grid value of the seed-mean loss, that loss,
+  its log2 distance from the narrowest width's best (0 = transferred exactly); and over
+  seeds the refined optimum (log2, an Interval) and its shift from the narrowest
+  width's, paired by seed (an Interval)."""
   rows = []
   for panel, by_width in sorted(_points(runs, key).items(), key=lambda kv: str(kv[0])):
-    base = None
+    base = base_opt = None
     for width in sorted(by_width):
-      done = [(x, loss) for x, loss, _ in by_width[width] if loss is not None]
-      if not done:
+      pts = by_width[width]
+      seeds = _by_seed(pts)
+      if not seeds:
         continue
-      x, loss = min(done, key=lambda p: p[1])
+      mean = {x: statistics.fmean(losses) for x, losses in _losses_at(seeds).items()}
+      x = min(mean, key=lambda v: mean[v])
       base = x if base is None else base
-      rows.append({'panel': panel, 'width': width, 'best': x, 'val_loss': loss,
-                   'shift_log2': math.log2(x / base), 'runs': len(by_width[width]),
-                   'finished': len(done)})
+      opts = {k: seed_optimum(c) for k, c in seeds.items()}
+      opt = {k: o for k, (o, _) in opts.items()}
+      base_opt = opt if base_opt is None else base_opt
+      rows.append({'panel': panel, 'width': width, 'best': x, 'val_loss': mean[x],
+                   'shift_log2': math.log2(x / base), 'runs': len(pts),
+                   'finished': sum(p[2] is not None for p in pts), 'seeds': len(seeds),
+                   'optimum_log2': stats.t_interval(opt.values()),
+                   'edge': any(e for _, e in opts.values()),
+                   'shift': stats.t_interval(stats.paired_differences(opt, base_opt))})
   return rows
 
 
 def sigma_ratio_rows(runs) -> list[dict]:
   """Per (exponent, weight decay, width > narrowest): the geometric mean over hidden
-  matrices and layers of sigma_max(width) / sigma_max(narrowest width), at the last
-  step either run logged them."""
+  matrices, layers and seeds (paired: seed k with seed k) of sigma_max(width) /
+  sigma_max(narrowest width), at the last step either run logged them."""
   rows = []
   for exponent, by_width in sorted(_points(runs, 'optim.weight_decay').items()):
     widths = sorted(by_width)
-    finals = {w: {x: _final_sigmas(r) for x, _, r in by_width[w]} for w in widths}
+    finals = {w: {(x, seed): _final_sigmas(r) for x, seed, _, r in by_width[w]} for w in widths}
     for w in widths[1:]:
-      for x, sig in sorted(finals[w].items()):
-        base = finals[widths[0]].get(x)
+      per_x: dict = {}
+      for (x, seed), sig in finals[w].items():
+        base = finals[widths[0]].get((x, seed))
         pairs = [(sig[k], base[k]) for k in sig if base and k in base and base[k] > 0]
         if pairs:
-          ratio = math.exp(statistics.fmean(math.log(a / b) for a, b in pairs))
-          rows.append({'exponent': exponent, 'weight_decay': x, 'width': w,
-                       'base_width': widths[0], 'ratio': ratio, 'matrices': len(pairs)})
+          per_x.setdefault(x, []).append(
+              (statistics.fmean(math.log(a / b) for a, b in pairs), len(pairs)))
+      for x, logs in sorted(per_x.items()):
+        rows.append({'exponent': exponent, 'weight_decay': x, 'width': w,
+                     'base_width': widths[0],
+                     'ratio': math.exp(statistics.fmean(v for v, _ in logs)),
+                     'matrices': logs[0][1], 'seeds': len(logs)})
   return rows
 
 
 def _final_sigmas(run) -> dict[str, float]:
+  """The hidden matrices' sigma_max at the last step that logged them (the run's model's
+  hidden matrices, from the parameter schema)."""
   recs = [r for r in run.metrics if any(k.startswith(spectral.PREFIX) for k in r)]
   if not recs:
     return {}
+  from jaxlab.config import from_dict
+  from jaxlab.config_types import ModelConfig
+  hidden = spectral.hidden_names(from_dict(run.config.get('model', {}), ModelConfig))
   out = {}
   for k, v in recs[-1].items():
     parsed = spectral.parse_key(k)
-    if parsed and parsed[0] in HIDDEN and isinstance(v, (int, float)):
+    if parsed and parsed[0] in hidden and isinstance(v, (int, float)):
       out[k] = float(v)
   return out
+
+
+def _shift_cell(iv: stats.Interval) -> str:
+  text = iv.format('+.2f')
+  return text + (' (not resolved)' if iv.n >= 2 and not iv.resolved else '')
 
 
 def render(runs) -> str:
   text = ''
   for key in studies(runs):
     label, panel_key = STUDIES[key]
+    rows = best_rows(runs, key)
     text += (f'\n## Transfer across widths: {label}\n\nBest {label} per width (final val '
-             f'loss), per {panel_key}; shift = log2(best / best at the narrowest width).\n\n'
-             f'| {panel_key} | width | best {label} | val loss | shift (log2) | finished |\n'
-             '|---|---|---|---|---|---|\n')
-    for r in best_rows(runs, key):
+             f'loss, mean over seeds), per {panel_key}; shift = log2(best / best at the '
+             f'narrowest width). Optimum: each seed\'s best {label} refined by a parabola '
+             f'in log2 {label} through the best point and its neighbours, mean ± '
+             f'{100 * stats.CONFIDENCE:.0f}% CI over seeds ({stats.T_METHOD}); its shift '
+             'from the narrowest width is paired by seed; "not resolved": the CI includes 0; '
+             '"edge": a seed\'s best is at the end of the grid (the optimum may lie '
+             'beyond).\n\n'
+             f'| {panel_key} | width | best {label} | val loss | shift (log2) | seeds | '
+             f'optimum (log2 {label}) | optimum shift (log2) | finished |\n'
+             '|---|---|---|---|---|---|---|---|---|\n')
+    for r in rows:
       text += (f"| {r['panel']} | {r['width']} | {r['best']:.4g} | {r['val_loss']:.4f} | "
-               f"{r['shift_log2']:+.2f} | {r['finished']}/{r['runs']} |\n")
+               f"{r['shift_log2']:+.2f} | {r['seeds']} | "
+               f"{r['optimum_log2'].format('+.2f')}{' (edge)' if r['edge'] else ''} | "
+               f"{_shift_cell(r['shift'])} | {r['finished']}/{r['runs']} |\n")
     text += f'\n![{label} transfer](transfer_{key.split(".")[1]}.png)\n'
     if key == 'optim.weight_decay':
-      rows = sigma_ratio_rows(runs)
-      if rows:
+      ratios = sigma_ratio_rows(runs)
+      if ratios:
         text += ('\nsigma_max(width) / sigma_max(narrowest width), geometric mean over the '
-                 'hidden matrices and layers, at the last logged step:\n\n'
-                 '| wd_width_exponent | weight decay | widths | ratio |\n|---|---|---|---|\n')
-        for r in rows:
+                 'hidden matrices, layers and seeds, at the last logged step:\n\n'
+                 '| wd_width_exponent | weight decay | widths | seeds | ratio |\n'
+                 '|---|---|---|---|---|\n')
+        for r in ratios:
           text += (f"| {r['exponent']} | {r['weight_decay']:g} | {r['width']} / "
-                   f"{r['base_width']} | {r['ratio']:.3f} |\n")
+                   f"{r['base_width']} | {r['seeds']} | {r['ratio']:.3f} |\n")
   return text
 
 
@@ -147,15 +221,20 @@ def plot(runs, key: str):
   for ax, panel in zip(axes[0], panels):
     widths = sorted(points[panel])
     for i, width in enumerate(widths):
-      pts = [(x, loss) for x, loss, _ in points[panel][width] if loss is not None]
-      if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', label=f'width {width}',
-                color=cmap(i / max(len(widths) - 1, 1)))
+      seeds = _by_seed(points[panel][width])
+      at = _losses_at(seeds)
+      cis = [stats.t_interval(at[x]) for x in at]
+      if at:
+        ax.errorbar(list(at), [c.estimate for c in cis],
+                    yerr=[0 if math.isnan(c.half) else c.half for c in cis], fmt='o-',
+                    capsize=2, color=cmap(i / max(len(widths) - 1, 1)),
+                    label=f'width {width}' + (f' (n = {len(seeds)})' if len(seeds) > 1 else ''))
     ax.set_xscale('log', base=2)
     ax.set_xlabel(label)
     ax.set_title(f'{panel_key}={panel}')
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel('final val loss')
+  seeded = any(method_and_seed(r.label)[1] is not None for r in runs)
+  axes[0][0].set_ylabel('final val loss' + (' (mean over seeds, bars: 95% CI)' if seeded else ''))
   axes[0][-1].legend()
   fig.tight_layout()
   return fig

@@ -1,9 +1,9 @@
 """Weight diagnostics for the optimizer study (AdamP vs AdamW, notes §6).
 
-In the step (jitted): the mean, over the norm-preceded matrices (the model's
-NORM_PRECEDED, each layer's slice on its own), of the weight norm |w| and of the
-effective step |w_new - w| / |w|. In the report: those paths plus AdamP / SGDP's
-projection-fired fraction against step, and a table per run.
+In the step (jitted, when train.weight_stats is on): the mean, over the matrices that
+read an RMSNorm output (the parameter schema's `norm_input`, each layer's slice on its
+own), of the weight norm |w| and of the effective step |w_new - w| / |w|. In the report:
+those plus AdamP / SGDP's projection-fired fraction against step, and a table per run.
 """
 from __future__ import annotations
 
@@ -12,28 +12,28 @@ import statistics
 
 import jax.numpy as jnp
 
-from jaxlab.models.transformer import NORM_PRECEDED
+from jaxlab.config_types import ModelConfig
+from jaxlab.models import schema
 
 KEYS = {'prenorm_w_norm': 'mean |w| of norm-preceded matrices',
         'prenorm_eff_step': 'effective step |dw| / |w|',
         'proj_fired': 'AdamP / SGDP: share of params projected'}
 
 
-def weight_stats(old_params, new_params) -> dict:
-  """{'prenorm_w_norm', 'prenorm_eff_step'} (jnp scalars); {} if the model has none."""
+def weight_stats(old_params, new_params, cfg: ModelConfig) -> dict:
+  """{'prenorm_w_norm', 'prenorm_eff_step'} (jnp scalars) over the norm-fed matrices of
+  Transformer(cfg); {} if the model has none."""
   norms, steps = [], []
-  for path in NORM_PRECEDED:
-    keys = path.split('/')
-    old, new = old_params, new_params
-    for k in keys:
-      if k not in old:
-        break
-      old, new = old[k], new[k]
-    else:
-      axes = tuple(range(1, old.ndim)) if keys[0] == 'layers' else None
-      w_norm = jnp.sqrt(jnp.sum(old * old, axis=axes))
-      norms.append(jnp.ravel(jnp.sqrt(jnp.sum(new * new, axis=axes))))
-      steps.append(jnp.ravel(jnp.sqrt(jnp.sum((new - old) ** 2, axis=axes)) / w_norm))
+
+  def one(param, old, new):
+    if not (param.norm_input and param.is_matrix):
+      return
+    axes = tuple(range(1, old.ndim)) if param.stacked else None
+    w_norm = jnp.sqrt(jnp.sum(old * old, axis=axes))
+    norms.append(jnp.ravel(jnp.sqrt(jnp.sum(new * new, axis=axes))))
+    steps.append(jnp.ravel(jnp.sqrt(jnp.sum((new - old) ** 2, axis=axes)) / w_norm))
+
+  schema.map_params(one, old_params, cfg, new_params)
   if not norms:
     return {}
   return {'prenorm_w_norm': jnp.mean(jnp.concatenate(norms)),

@@ -17,13 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.config_types import ModelConfig
+from jaxlab.models import schema
 from jaxlab.growth.plan import (DEPTH_METHODS, Phase, depth_method_for, phase_index, phases,
                                 source_model, width_method_for)
 from jaxlab.growth.timing import GROWTH_FACTOR, growth_fraction, growth_timing
 
 METHODS = DEPTH_METHODS + ('split',)
 
-__all__ = ['grow', 'growth_timing', 'growth_fraction', 'GROWTH_FACTOR', 'METHODS', 'Phase',
+__all__ = ['grow', 'grower', 'growth_timing', 'growth_fraction', 'GROWTH_FACTOR', 'METHODS', 'Phase',
            'phases', 'phase_index', 'source_model', 'fresh_params', 'new_layers']
 
 
@@ -56,6 +57,37 @@ def new_layers(src: ModelConfig, dst: ModelConfig, method: str,
   return depth.new_layer_mask(depth_method_for(method), src.n_layers, dst.n_layers, layers)
 
 
+def grower(src: ModelConfig, dst: ModelConfig, method: str, *,
+           layers: list[int] | tuple[int, ...] | None = None, width_method: str | None = None,
+           moments: bool = False):
+  """fn(spec, leaf, fresh_mid=None, fresh_dst=None) -> grown leaf: one param (or, with
+  moments=True, one optimizer moment) of model `src` -> model `dst` (see `grow`). All
+  checks run here, once; the returned function only maps a leaf, so params and every
+  moment of an optimizer state go through the same operator
+  (jaxlab.models.schema.map_params / map_moments)."""
+  from jaxlab.growth import depth, width
+  _check_method(method, width_method)
+  layers = list(layers) if layers else None
+  width_m = width_method or width_method_for(method)
+  mid = dataclasses.replace(dst, n_layers=src.n_layers)
+  wp = width.plan(src, mid, width_m, moments) if _width_dims(src) != _width_dims(dst) else None
+  mid = mid if wp else src
+  dp = None
+  if src.n_layers != dst.n_layers or method == 'layers':
+    dp = depth.plan(mid, dst, depth_method_for(method), layers)
+
+  def grow_one(param, x, fresh_mid=None, fresh_dst=None):
+    if wp is not None:
+      x = width.grow_leaf(wp, param, x, fresh_mid, moments)
+    if dp is not None:
+      x = depth.grow_leaf(dp, param, x, fresh_dst, moments)
+    return x
+  grow_one.needs_fresh = (not moments and wp is not None and wp.method != 'split',
+                          not moments and dp is not None and dp.method == 'random')
+  grow_one.mid = mid
+  return grow_one
+
+
 def grow(params, src: ModelConfig, dst: ModelConfig, method: str, *,
          layers: list[int] | tuple[int, ...] | None = None, width_method: str | None = None,
          rng=None, moments: bool = False):
@@ -66,25 +98,18 @@ def grow(params, src: ModelConfig, dst: ModelConfig, method: str, *,
   for 'random', else 'split'. layers: source index per target layer (method 'layers', or
   the copy map of 'zero' / 'random'). rng: for fresh weights ('zero' width, 'random').
   moments=True grows an optimizer-moment tree instead (same maps, new entries zero).
+  Depth and width may grow together: width first (at the source depth), then depth.
   """
-  from jaxlab.growth import depth, width
-  _check_method(method, width_method)
-  layers = list(layers) if layers else None
-  depth_method = depth_method_for(method)
-  width_m = width_method or width_method_for(method)
+  fn = grower(src, dst, method, layers=layers, width_method=width_method, moments=moments)
   rng = jax.random.key(0) if rng is None else rng
   rng_width, rng_depth = jax.random.split(rng)
-  mid = dataclasses.replace(dst, n_layers=src.n_layers)
-  tree = params
-  if _width_dims(src) != _width_dims(dst):
-    fresh = None
-    if width_m in ('zero', 'random') and not moments:
-      fresh = fresh_params(mid, rng_width)
-    tree = width.grow_width(tree, src, mid, width_m, fresh=fresh, moments=moments)
-  else:
-    mid = src
-  if src.n_layers != dst.n_layers or method == 'layers':
-    fresh = fresh_params(dst, rng_depth) if depth_method == 'random' and not moments else None
-    tree = depth.grow_depth(tree, mid, dst, depth_method, layers=layers, fresh=fresh,
-                            moments=moments)
-  return tree
+  need_mid, need_dst = fn.needs_fresh
+  fresh_mid = fresh_params(fn.mid, rng_width) if need_mid else None
+  fresh_dst = fresh_params(dst, rng_depth) if need_dst else None
+  if fresh_mid is None and fresh_dst is None:
+    return schema.map_params(fn, params, src)
+  # Unused fresh slots are filled with `params` itself (same tree structure), ignored.
+  return schema.map_params(
+      lambda p, x, fm, fd: fn(p, x, fm if need_mid else None, fd if need_dst else None),
+      params, src, params if fresh_mid is None else fresh_mid,
+      params if fresh_dst is None else fresh_dst)

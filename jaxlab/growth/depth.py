@@ -8,15 +8,16 @@ Layer maps (``layer_map``), for n src layers and n' dst layers:
                                              Yi-style duplication of a middle range
   'zero', 'random'  the `layers` list when given, else the stack map.
 A dst layer is "new" when it is not the first occurrence (in dst order) of its src layer.
-'zero' sets attn/wo and mlp/w_down of new layers to 0, so each new block adds 0 to the
-residual stream (x + 0 * f(x) = x) and the network is the src network, provided the old
-layers keep their order 0..n-1 (``new_layer_mask`` checks it). 'random' takes new layers
-from a freshly initialised dst tree (the blending ramp m f(x) + (1 - m) x lives in the
-training loop). Embedding, final norm and head are copied unchanged.
-muP: copied leaves are multiplied by multiplier(src, role) / multiplier(dst, role) (and wq by
-the attention-scale ratio), which is 1 unless a multiplier depends on depth.
-``moments=True``: the tree holds Adam moments; copies use the same map without rescale, and
-new layers of 'zero' / 'random' are all 0.
+'zero' sets to 0, in new layers, every param that writes the residual stream (a dim
+tagged 'zero' in the parameter schema: attn/wo and mlp/w_down), so each new block adds
+0 to the residual stream (x + 0 * f(x) = x) and the network is the src network, provided
+the old layers keep their order 0..n-1 (``new_layer_mask`` checks it). 'random' takes new
+layers from a freshly initialised dst tree (the blending ramp m f(x) + (1 - m) x lives in
+the training loop). Embedding, final norm and head are copied unchanged.
+muP: copied leaves are multiplied by parametrization.growth_ratio (1 unless a multiplier
+depends on depth).
+``moments=True``: the tree holds optimizer moments; copies use the same map without
+rescale, and new layers of 'zero' / 'random' are all 0.
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+import dataclasses
+
 from jaxlab.config_types import ModelConfig
-from jaxlab.growth.width import check_shape, leaf_axes, map_tree, mup_ratio, scaled
+from jaxlab.growth.width import check_shape, map_tree, scaled
+from jaxlab.models import parametrization as pz
+from jaxlab.models.schema import ParamSpec
 
 METHODS = ('stack', 'interleave', 'layers', 'zero', 'random')
-_ZEROED = {('attn', 'wo'), ('mlp', 'w_down')}   # block outputs: new 'zero' layers write 0
 _WIDTH = ('d_model', 'ff_dim', 'n_heads', 'kv_heads', 'dim_per_head', 'vocab_size',
           'tie_embeddings')
 
@@ -90,43 +94,64 @@ def new_layer_mask(method: str, n_src: int, n_dst: int, layers=None) -> list[boo
   return mask
 
 
-def grow_depth(tree: Any, src: ModelConfig, dst: ModelConfig, method: str, *,
-               layers=None, fresh: Any | None = None, moments: bool = False) -> Any:
-  """Grows a param (or Adam-moment) tree from src.n_layers to dst.n_layers layers.
+@dataclasses.dataclass(frozen=True)
+class DepthPlan:
+  """What every leaf of one depth growth needs, computed once (see `plan`)."""
+  src: ModelConfig
+  dst: ModelConfig
+  method: str
+  idx: np.ndarray      # src layer per dst layer
+  new: np.ndarray      # True for dst layers that are not a first copy
 
-  Every leaf under 'layers' is gathered along axis 0 by ``layer_map``; other leaves are
-  copied. 'zero': new layers get wo = w_down = 0 (exactly function preserving). 'random':
-  new layers are taken from `fresh` (Transformer(dst) params, freshly initialised; not
-  needed for moments). Width fields of src and dst must be equal (grow width first, at
-  src depth: see jaxlab.growth.width.width_stage).
-  """
+
+def plan(src: ModelConfig, dst: ModelConfig, method: str, layers=None) -> DepthPlan:
+  """Checks that `method` can grow src.n_layers into dst.n_layers; builds the layer map.
+  Width fields of src and dst must be equal (grow width first, at src depth: see
+  jaxlab.growth.width.width_stage)."""
   diff = [f'{k}: {getattr(src, k)} vs {getattr(dst, k)}' for k in _WIDTH
           if getattr(src, k) != getattr(dst, k)]
   if diff:
     raise ValueError('depth growth needs src and dst of the same width; they differ in '
                      f'{"; ".join(diff)} (grow width first with grow_width)')
-  n_src, n_dst = src.n_layers, dst.n_layers
-  idx = np.asarray(layer_map(method, n_src, n_dst, layers))
-  new = np.asarray(new_layer_mask(method, n_src, n_dst, layers))
+  idx = np.asarray(layer_map(method, src.n_layers, dst.n_layers, layers))
+  new = np.asarray(new_layer_mask(method, src.n_layers, dst.n_layers, layers))
+  return DepthPlan(src, dst, method, idx, new)
+
+
+def grow_leaf(dp: DepthPlan, param: ParamSpec, x, fresh_x=None, moments: bool = False):
+  """One leaf of src depth -> dst depth (see the module doc); fresh_x: the same leaf of a
+  freshly initialised Transformer(dst) ('random' params only)."""
+  check_shape(param, x, dp.src, 'src')
+  r = 1.0 if moments else pz.growth_ratio(param, dp.src, dp.dst)
+  if not param.stacked:
+    return scaled(x, r)
+  y = scaled(jnp.take(x, dp.idx, axis=0), r)
+  if dp.method not in ('zero', 'random') or not dp.new.any():
+    return y
+  mask = dp.new.reshape((-1,) + (1,) * (y.ndim - 1))
+  if moments or (dp.method == 'zero' and 'zero' in param.growth):
+    return jnp.where(mask, jnp.zeros_like(y), y)
+  if dp.method == 'zero':
+    return y
+  if fresh_x is None:
+    raise ValueError("depth growth 'random' needs fresh=<params of Transformer(dst), freshly "
+                     'initialised> for the new layers')
+  check_shape(param, fresh_x, dp.dst, 'fresh (dst)')
+  return jnp.where(mask, fresh_x.astype(y.dtype), y)
+
+
+def grow_depth(tree: Any, src: ModelConfig, dst: ModelConfig, method: str, *,
+               layers=None, fresh: Any | None = None, moments: bool = False) -> Any:
+  """Grows a param (or optimizer-moment) tree from src.n_layers to dst.n_layers layers.
+
+  Every leaf under 'layers' is gathered along axis 0 by ``layer_map``; other leaves are
+  copied. 'zero': new layers write 0 into the residual stream (exactly function
+  preserving). 'random': new layers are taken from `fresh` (Transformer(dst) params,
+  freshly initialised; not needed for moments).
+  """
+  dp = plan(src, dst, method, layers)
   if method == 'random' and not moments and fresh is None:
     raise ValueError("depth growth 'random' needs fresh=<params of Transformer(dst), freshly "
                      'initialised> for the new layers')
-  fills = method in ('zero', 'random') and bool(new.any())
-
-  def grow(names, x, fresh_x):
-    check_shape(names, x, src, 'src')
-    r = 1.0 if moments else mup_ratio(names, src, dst)
-    if not leaf_axes(names).startswith('l'):
-      return scaled(x, r)
-    y = scaled(jnp.take(x, idx, axis=0), r)
-    if not fills:
-      return y
-    mask = new.reshape((-1,) + (1,) * (y.ndim - 1))
-    if moments or (method == 'zero' and tuple(names[-2:]) in _ZEROED):
-      return jnp.where(mask, jnp.zeros_like(y), y)
-    if method == 'zero':
-      return y
-    check_shape(names, fresh_x, dst, 'fresh (dst)')
-    return jnp.where(mask, fresh_x.astype(y.dtype), y)
-
-  return map_tree(grow, tree, fresh if method == 'random' and not moments else None)
+  use_fresh = fresh if method == 'random' and not moments else None
+  return map_tree(lambda p, x, f: grow_leaf(dp, p, x, f, moments), tree, src, use_fresh)

@@ -38,11 +38,14 @@ Depth (always consecutive layers, matrix R of shape (L_small, L_big)): small lay
 mean of big layers i*k .. i*k + k - 1; de-coalescing copies: big layer i = small layer i // k.
 Duplicating layers is not function preserving (each block then runs k times).
 
+Which side of a leaf each dim is on comes from the parameter schema (jaxlab.models.schema):
+dims tagged 'split' are input sides (summed / divided), 'copy' and 'zero' output sides or
+vectors (averaged / copied), 'keep' never changes, 'layer' is the depth axis.
+
 muP. Forward multipliers come from jaxlab.models.parametrization; the operators act on the
-effective weights multiplier(cfg, role) * W (and attention_scale(cfg) * wq), so each leaf
-is finally scaled by multiplier(src, role) / multiplier(dst, role) (wq also by
-attention_scale(src) / attention_scale(dst)); with tied embeddings the final gain also
-takes the output / embedding ratios of the readout. All ratios are 1 under 'sp'.
+effective weights (effective_multiplier(cfg, spec) * W: the attention scale included for
+wq, the readout's ratio for a tied final gain), so each leaf is finally scaled by
+parametrization.growth_ratio(spec, src, dst). All ratios are 1 under 'sp'.
 
 Optimizer moments (moments=True; Adam's mu and nu, trees shaped like params): no muP
 rescale, and every axis is averaged / copied (no input-side sum or division by k). Adam's
@@ -53,7 +56,8 @@ coalesce(decoalesce(m)) == m holds for moments too.
 
 Trees are unboxed (nn.unbox) param dicts, with or without the top 'params' level. Each
 operator is one jitted tree map, compiled once per (configs, grouping, moments); it may
-be called inside the caller's jit.
+be called inside the caller's jit. `coalesce_leaf` / `decoalesce_leaf` are the per-leaf
+operators (the growth event maps them over optimizer moments).
 """
 from __future__ import annotations
 
@@ -66,31 +70,15 @@ import numpy as np
 
 from jaxlab.config_types import ModelConfig
 from jaxlab.models import parametrization as pz
+from jaxlab.models import schema
+from jaxlab.models.schema import ParamSpec
 
 GROUPINGS = ('stride', 'adjacent')
 
-# Axis letters per leaf: L layers; V vocab and K head dim (never change); D d_model,
-# F ff_dim, H query heads, G kv heads. Upper case: output side or a vector (average /
-# copy); lower case: input side (sum / copy divided by k).
-_LAYOUT = {
-    ('embed', 'embedding'): 'VD',
-    ('attn_norm', 'scale'): 'LD',
-    ('attn', 'wq'): 'LdHK',
-    ('attn', 'wk'): 'LdGK',
-    ('attn', 'wv'): 'LdGK',
-    ('attn', 'wo'): 'LhKD',
-    ('mlp_norm', 'scale'): 'LD',
-    ('mlp', 'w_gate'): 'LdF',
-    ('mlp', 'w_up'): 'LdF',
-    ('mlp', 'w_down'): 'LfD',
-    ('final_norm', 'scale'): 'D',    # 'd' with tied embeddings (see the module docstring)
-    ('head', 'kernel'): 'dV',        # only without tied embeddings
-}
-
-
-def _dims(cfg: ModelConfig) -> dict[str, int]:
-  return {'L': cfg.n_layers, 'V': cfg.vocab_size, 'K': cfg.dim_per_head, 'D': cfg.d_model,
-          'F': cfg.ff_dim, 'H': cfg.n_heads, 'G': cfg.kv_heads}
+# The axes multi-level training merges (the head dim, vocab: 'keep'; layers: 'layer').
+MERGED = ('embed', 'mlp', 'heads', 'kv_heads', 'layers')
+_NAMES = {'layers': 'n_layers', 'embed': 'd_model', 'mlp': 'ff_dim', 'heads': 'n_heads',
+          'kv_heads': 'kv_heads'}
 
 
 def _check_grouping(grouping: str):
@@ -116,7 +104,7 @@ def coalescing_matrix(n_big: int, n_small: int, grouping: str = 'stride') -> np.
 
 
 def _factors(big: ModelConfig, small: ModelConfig, grouping: str) -> dict[str, int]:
-  """k per axis letter; raises unless `small` is `big` divided by integer factors."""
+  """k per merged axis; raises unless `small` is `big` divided by integer factors."""
   _check_grouping(grouping)
   for name in ('vocab_size', 'tie_embeddings'):
     if getattr(big, name) != getattr(small, name):
@@ -126,15 +114,13 @@ def _factors(big: ModelConfig, small: ModelConfig, grouping: str) -> dict[str, i
     raise ValueError(f'head dim differs: big {big.dim_per_head}, small {small.dim_per_head}; '
                      'coalescing merges whole heads and keeps the head dim (RoPE depends on '
                      'it): set head_dim explicitly or change n_heads with d_model')
-  big_dims, small_dims = _dims(big), _dims(small)
-  names = {'L': 'n_layers', 'D': 'd_model', 'F': 'ff_dim', 'H': 'n_heads', 'G': 'kv_heads'}
-  factors = {'V': 1, 'K': 1}
-  for letter, name in names.items():
-    n_big, n_small = big_dims[letter], small_dims[letter]
+  factors = {}
+  for axis in MERGED:
+    n_big, n_small = schema.axis_size(big, axis), schema.axis_size(small, axis)
     if n_small < 1 or n_small > n_big or n_big % n_small:
-      raise ValueError(f'{name}: the small model has {n_small}, the big one {n_big}; the '
-                       'small size must divide the big one (an integer factor >= 1)')
-    factors[letter] = n_big // n_small
+      raise ValueError(f'{_NAMES[axis]}: the small model has {n_small}, the big one {n_big}; '
+                       'the small size must divide the big one (an integer factor >= 1)')
+    factors[axis] = n_big // n_small
   for cfg, which in ((big, 'big'), (small, 'small')):
     if cfg.n_heads % cfg.kv_heads:
       raise ValueError(f'the {which} model has n_heads={cfg.n_heads} not a multiple of '
@@ -157,67 +143,36 @@ def _check_gqa(big: ModelConfig, small: ModelConfig, grouping: str):
         'for any factors) or divide n_heads and kv_heads by the same factor')
 
 
-def _leaf_key(path) -> tuple[str, ...]:
-  keys = []
-  for k in path:
-    if not isinstance(k, jax.tree_util.DictKey):
+def _map(fn, tree, cfg: ModelConfig, *rest):
+  """tree_map of fn(spec, leaf, *rest_leaves) after checking every leaf's shape against
+  model `cfg` and that the tree holds every param of it."""
+  table, seen = schema.specs(cfg), set()
+
+  def check(path, leaf, *others):
+    if not all(isinstance(k, jax.tree_util.DictKey) for k in path):
       raise ValueError(f'tree path {jax.tree_util.keystr(path)} is not a dict key path; '
                        'pass an unboxed param tree (flax.linen.unbox) or a moment tree '
                        'shaped like it')
-    keys.append(str(k.key))
-  key = tuple(keys[-2:])
-  if key not in _LAYOUT:
-    raise ValueError(f'param {"/".join(keys)!r} is not known to jaxlab.growth.multilevel '
-                     f'(known: {", ".join("/".join(k) for k in _LAYOUT)})')
-  return key
-
-
-def _map(fn, tree, cfg: ModelConfig, *rest):
-  """tree_map of fn(key, leaf, *rest_leaves) after checking the tree matches model `cfg`."""
-  dims, seen = _dims(cfg), set()
-
-  def check(path, leaf, *others):
-    key = _leaf_key(path)
-    seen.add(key)
-    want = tuple(dims[a.upper()] for a in _layout(key, cfg))
+    names = schema.dict_keys(path)
+    param = schema.spec_at(cfg, names)
+    seen.add(names[1:] if names[:1] == ('params',) else names)
     for x in (leaf, *others):
-      if tuple(x.shape) != want:
-        raise ValueError(f'param {"/".join(key)} has shape {tuple(x.shape)}; model {_short(cfg)} '
-                         f'needs {want}')
-    return fn(key, leaf, *others)
+      if tuple(x.shape) != param.shape(cfg):
+        raise ValueError(f'param {"/".join(names)} has shape {tuple(x.shape)}; model '
+                         f'{_short(cfg)} needs {param.shape(cfg)}')
+    return fn(param, leaf, *others)
 
   out = jax.tree_util.tree_map_with_path(check, tree, *rest)
-  wanted = {k for k in _LAYOUT if k != ('head', 'kernel') or not cfg.tie_embeddings}
-  if seen != wanted:
-    missing, extra = sorted(wanted - seen), sorted(seen - wanted)
-    raise ValueError(f'param tree does not match model {_short(cfg)} (tie_embeddings='
-                     f'{cfg.tie_embeddings}): missing {missing}, unexpected {extra}')
+  missing = sorted(set(table) - seen)
+  if missing:
+    raise ValueError(f'param tree does not match model {_short(cfg)}: missing '
+                     f'{["/".join(k) for k in missing]}')
   return out
-
-
-def _layout(key: tuple[str, ...], cfg: ModelConfig) -> str:
-  if key == ('final_norm', 'scale') and cfg.tie_embeddings:
-    return 'd'
-  return _LAYOUT[key]
 
 
 def _short(cfg: ModelConfig) -> str:
   return (f'(L={cfg.n_layers}, D={cfg.d_model}, F={cfg.ff_dim}, H={cfg.n_heads}, '
           f'G={cfg.kv_heads}, K={cfg.dim_per_head})')
-
-
-def _mup_ratio(key: tuple[str, ...], src: ModelConfig, dst: ModelConfig) -> float:
-  """Factor that keeps the effective (multiplier-scaled) weight of a leaf unchanged."""
-  role = pz.role_of(key)
-  ratio = pz.multiplier(src, role) / pz.multiplier(dst, role)
-  if key == ('attn', 'wq'):
-    ratio *= pz.attention_scale(src) / pz.attention_scale(dst)
-  if key == ('final_norm', 'scale') and src.tie_embeddings:
-    # The tied readout is multiplier('output') * gain . E; E itself is scaled for the
-    # embedding lookup, so the gain compensates the readout's remaining ratio.
-    ratio *= pz.multiplier(src, 'output') / pz.multiplier(dst, 'output')
-    ratio *= pz.multiplier(dst, 'embedding') / pz.multiplier(src, 'embedding')
-  return ratio
 
 
 def _merge(x: jax.Array, axis: int, k: int, grouping: str, reduce: str) -> jax.Array:
@@ -236,8 +191,41 @@ def _copy(x: jax.Array, axis: int, k: int, grouping: str) -> jax.Array:
   return jnp.repeat(x, k, axis=axis)
 
 
+def coalesce_leaf(param: ParamSpec, x: jax.Array, factors: dict[str, int], grouping: str,
+                  moments: bool = False, ratio: float = 1.0) -> jax.Array:
+  """One leaf of the big model -> the small model: each merged dim's groups are summed
+  (input side, 'split') or averaged (output side / vector; always for moments), layers
+  are averaged in adjacent groups; then times `ratio` (the muP growth ratio)."""
+  for axis, (name, tag) in enumerate(zip(param.axes, param.growth)):
+    k = factors.get(name, 1)
+    if k == 1 or tag == 'keep':
+      continue
+    if tag == 'layer':
+      x = _merge(x, axis, k, 'adjacent', 'mean')
+    else:
+      x = _merge(x, axis, k, grouping, 'sum' if tag == 'split' and not moments else 'mean')
+  return x if ratio == 1.0 else x * ratio
+
+
+def decoalesce_leaf(param: ParamSpec, x: jax.Array, factors: dict[str, int], grouping: str,
+                    moments: bool = False, ratio: float = 1.0) -> jax.Array:
+  """One leaf of the small model -> the big model: every big unit gets a copy of its
+  small one, input-side copies divided by the group size (not for moments)."""
+  divisor = 1
+  for axis, (name, tag) in enumerate(zip(param.axes, param.growth)):
+    k = factors.get(name, 1)
+    if k == 1 or tag == 'keep':
+      continue
+    x = _copy(x, axis, k, 'adjacent' if tag == 'layer' else grouping)
+    if tag == 'split' and not moments:
+      divisor *= k
+  x = x if divisor == 1 else x / divisor
+  return x if ratio == 1.0 else x * ratio
+
+
 def _ratios(src: ModelConfig, dst: ModelConfig, moments: bool) -> tuple:
-  return tuple((key, 1.0 if moments else _mup_ratio(key, src, dst)) for key in _LAYOUT)
+  return tuple((p, 1.0 if moments else pz.growth_ratio(p, src, dst))
+               for p in schema.specs(src).values())
 
 
 @functools.lru_cache(maxsize=64)
@@ -246,33 +234,24 @@ def _compiled(op: str, src: ModelConfig, dst: ModelConfig, grouping: str, moment
   """One jitted tree map per (op, configs, grouping, moments, muP ratios); the ratios are
   read from the table by the caller, so the cache follows changes to the table."""
   big, small = (src, dst) if op == 'coalesce' else (dst, src)
-  factors, ratio_of = _factors(big, small, grouping), dict(ratios)
-
-  def coalesce_leaf(key, x):
-    for axis, letter in enumerate(_layout(key, big)):
-      k = factors[letter.upper()]
-      if k == 1:
-        continue
-      if letter == 'L':
-        x = _merge(x, axis, k, 'adjacent', 'mean')
-      else:
-        x = _merge(x, axis, k, grouping, 'sum' if letter.islower() and not moments else 'mean')
-    return x if ratio_of[key] == 1.0 else x * ratio_of[key]
-
-  def decoalesce_leaf(key, x):
-    divisor = 1
-    for axis, letter in enumerate(_layout(key, small)):
-      k = factors[letter.upper()]
-      if k == 1:
-        continue
-      x = _copy(x, axis, k, 'adjacent' if letter == 'L' else grouping)
-      if letter.islower() and not moments:
-        divisor *= k
-    x = x if divisor == 1 else x / divisor
-    return x if ratio_of[key] == 1.0 else x * ratio_of[key]
-
+  factors, ratio_of = _factors(big, small, grouping), dict(ratios)   # spec -> ratio
   leaf = coalesce_leaf if op == 'coalesce' else decoalesce_leaf
-  return jax.jit(lambda tree: _map(leaf, tree, src))
+  return jax.jit(lambda tree: _map(
+      lambda p, x: leaf(p, x, factors, grouping, moments, ratio_of[p]), tree, src))
+
+
+def leaf_operator(op: str, src: ModelConfig, dst: ModelConfig, *, grouping: str = 'stride',
+                  moments: bool = False):
+  """fn(spec, leaf) -> leaf: one leaf of model src through 'coalesce' (src big, dst small)
+  or 'decoalesce' (src small, dst big) -- for mapping over optimizer moments."""
+  big, small = (src, dst) if op == 'coalesce' else (dst, src)
+  factors = _factors(big, small, grouping)
+  leaf = coalesce_leaf if op == 'coalesce' else decoalesce_leaf
+
+  def one(param: ParamSpec, x):
+    r = 1.0 if moments else pz.growth_ratio(param, src, dst)
+    return leaf(param, x, factors, grouping, moments, r)
+  return one
 
 
 def coalesce(tree, big: ModelConfig, small: ModelConfig, *, grouping: str = 'stride',
@@ -305,7 +284,7 @@ def interpolate(big_tree, small_tree, small: ModelConfig, big: ModelConfig, *,
     raise ValueError(f'alpha={alpha} must be in [0, 1] (the weight of the de-coalesced small '
                      'model; the paper uses 0.25)')
   up = decoalesce(small_tree, small, big, grouping=grouping, moments=moments)
-  _map(lambda key, b, u: None, big_tree, big, up)    # checks big_tree against `big`
+  _map(lambda p, b, u: None, big_tree, big, up)    # checks big_tree against `big`
   if alpha == 1.0:
     return up
   if alpha == 0.0:

@@ -1,9 +1,11 @@
 """Width growth of a Transformer param tree: d_model, d_ff, query heads, kv heads.
 
-Every leaf's axes are named by the unit they index (see ``_LEAVES``): l layers, d residual
-dims, f MLP hidden units, h query heads, g kv heads, k head dim, v vocab. Growth builds,
-per grown unit kind, a map from dst units to src units and applies it to every axis of
-that kind, so one table drives all three methods and the moment trees.
+Every leaf's dims are named by the parameter schema (jaxlab.models.schema): a logical
+axis ('embed' residual dims, 'mlp' hidden units, 'heads' query heads, 'kv_heads' kv
+heads; 'kv' head dim, 'vocab' and 'layers' never change here) and a growth tag. Growth
+builds, per grown axis, a map from dst units to src units and applies it to every dim of
+that axis, so one per-leaf function serves all three methods, params and optimizer
+moments alike.
 
 Methods (the head dim K, n_layers, vocab and tying are fixed; no size may shrink):
   'split'   Net2Net / bert2BERT. dst unit j copies src unit idx[j]:
@@ -13,28 +15,27 @@ Methods (the head dim K, n_layers, vocab and tying are fixed; no size may shrink
               kv heads  g' -> g' mod G
               q heads   h' = g' gs' + r  ->  (g' mod G) gs + (r mod gs),  gs = H/G
             A query head's src head reads the src kv head that its dst kv head copies,
-            so attention outputs are copies. Weights leaving a copied unit (the input
-            axes: d of wq/wk/wv/w_gate/w_up/head, f of w_down, h of wo) are divided by
-            that unit's copy count c: sum over its c copies of x_u * W_u / c = x_u * W_u.
-            kv copies need no division (each query head reads one kv head).
+            so attention outputs are copies. Weights leaving a copied unit (the dims
+            tagged 'split': the input side) are divided by that unit's copy count c: sum
+            over its c copies of x_u * W_u / c = x_u * W_u. kv copies need no division
+            (each query head reads one kv head).
   'zero'    old unit i sits at dst unit i (query heads at g gs' + r, to keep their kv
             head); new units' incoming weights come from `fresh` (so they get gradient),
-            everything leaving a new unit or writing into a new residual dim is 0:
-            embedding columns, wo and w_down entries outside the old block. New residual
-            dims therefore stay exactly 0, and RMSNorm over D' dims sees a mean square
-            D/D' times the old one, so the old gains are multiplied by sqrt(D/D'). With
-            the same norm_eps this is exact up to eps: y = x / sqrt(ms D/D' + eps), i.e.
-            eps acts as eps D'/D; it is exact when dst.norm_eps = src.norm_eps * D / D'.
+            and every new entry of a param that writes the residual stream (a dim tagged
+            'zero': embedding columns, wo, w_down) is 0. New residual dims therefore stay
+            exactly 0, and an RMSNorm over D' dims sees a mean square D/D' times the old
+            one, so the old gains of the norms over d_model are multiplied by sqrt(D/D').
+            With the same norm_eps this is exact up to eps: y = x / sqrt(ms D/D' + eps),
+            i.e. eps acts as eps D'/D; it is exact when dst.norm_eps = src.norm_eps D/D'.
             New dims' gains are fresh (the table's init, 1) rather than 0 as in the paper:
             with gain 0 and activation 0 a dim would never receive gradient.
   'random'  old entries as in 'zero' (gains unchanged), every new entry from `fresh`;
             not function preserving.
-muP: each layer output is y = multiplier(cfg, role) * x @ W (attention logits also times
-attention_scale). Copied weights are multiplied by multiplier(src, role) / multiplier(dst,
-role), and wq also by attention_scale(src) / attention_scale(dst), so every product is the
-src one; fresh entries are already dst-initialised and are not rescaled.
-``moments=True``: the tree holds Adam moments; copies use the same maps without division or
-rescale, and every new entry is 0.
+muP: every copied weight is multiplied by jaxlab.models.parametrization.growth_ratio
+(its effective multiplier at src over dst, the attention scale included for wq), so
+every product is the src one; fresh entries are already dst-initialised.
+``moments=True``: the tree holds optimizer moments; copies use the same maps without
+division or rescale, and every new entry is 0.
 """
 from __future__ import annotations
 
@@ -47,83 +48,37 @@ import numpy as np
 
 from jaxlab.config_types import ModelConfig
 from jaxlab.models import parametrization as pz
+from jaxlab.models import schema
+from jaxlab.models.schema import ParamSpec
 
 METHODS = ('split', 'zero', 'random')
-
-# (module, param) -> (axis kinds without the layer axis, the input kind divided by copies)
-_LEAVES = {
-    ('embed', 'embedding'): ('vd', ''),
-    ('head', 'kernel'): ('dv', 'd'),
-    ('final_norm', 'scale'): ('d', ''),
-    ('attn_norm', 'scale'): ('d', ''),
-    ('mlp_norm', 'scale'): ('d', ''),
-    ('attn', 'wq'): ('dhk', 'd'),
-    ('attn', 'wk'): ('dgk', 'd'),
-    ('attn', 'wv'): ('dgk', 'd'),
-    ('attn', 'wo'): ('hkd', 'h'),
-    ('mlp', 'w_gate'): ('df', 'd'),
-    ('mlp', 'w_up'): ('df', 'd'),
-    ('mlp', 'w_down'): ('fd', 'f'),
-}
-# Under 'zero', entries of these outside the old block are 0 (they leave a new unit or
-# write into a new residual dim); all other new entries are fresh.
-_ZERO_FILLED = {('embed', 'embedding'), ('attn', 'wo'), ('mlp', 'w_down')}
-_NORMS = {('final_norm', 'scale'), ('attn_norm', 'scale'), ('mlp_norm', 'scale')}
+GROWN = ('embed', 'mlp', 'heads', 'kv_heads')   # the axes width growth maps
 
 
 # ------------------------------------------------------------------ shared leaf helpers
 
-def leaf_names(path) -> tuple[str, ...]:
-  """Dict keys of a tree path, e.g. ('layers', 'attn', 'wq') (a 'params' level is kept)."""
-  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-
-
-def leaf_axes(names: tuple[str, ...]) -> str:
-  """Axis kinds of the leaf at `names`, with 'l' first for leaves under 'layers'."""
-  key = tuple(names[-2:])
-  if key not in _LEAVES:
-    raise ValueError(f'param {"/".join(names)!r} is not a Transformer param known to growth '
-                     f'(known: {", ".join("/".join(k) for k in _LEAVES)})')
-  return ('l' if 'layers' in names[:-2] else '') + _LEAVES[key][0]
-
-
-def unit_sizes(cfg: ModelConfig) -> dict[str, int]:
-  return {'l': cfg.n_layers, 'd': cfg.d_model, 'f': cfg.ff_dim, 'h': cfg.n_heads,
-          'g': cfg.kv_heads, 'k': cfg.dim_per_head, 'v': cfg.vocab_size}
-
-
-def check_shape(names: tuple[str, ...], x: Any, cfg: ModelConfig, what: str) -> None:
-  """Raises if leaf `x` at `names` does not have the shape `cfg` gives it."""
-  sizes = unit_sizes(cfg)
-  want = tuple(sizes[a] for a in leaf_axes(names))
+def check_shape(param: ParamSpec, x: Any, cfg: ModelConfig, what: str) -> None:
+  """Raises if leaf `x` does not have the shape `cfg` gives its spec."""
+  want = param.shape(cfg)
   if tuple(x.shape) != want:
-    raise ValueError(f'{what} leaf {"/".join(names)!r} has shape {tuple(x.shape)}; the '
-                     f'{what} config expects {want} ({leaf_axes(names)} = '
-                     f'{", ".join(f"{a}={sizes[a]}" for a in leaf_axes(names))})')
-
-
-def mup_ratio(names: tuple[str, ...], src: ModelConfig, dst: ModelConfig) -> float:
-  """multiplier(src, role) / multiplier(dst, role), times the attention-scale ratio for wq."""
-  role = pz.role_of(names)
-  r = pz.multiplier(src, role) / pz.multiplier(dst, role)
-  if tuple(names[-2:]) == ('attn', 'wq'):
-    r *= pz.attention_scale(src) / pz.attention_scale(dst)
-  return r
+    dims = ', '.join(f'{a}={schema.axis_size(cfg, a)}' for a in param.axes)
+    raise ValueError(f'the {what} leaf has shape {tuple(x.shape)}; the {what} config '
+                     f'expects {want} ({dims})')
 
 
 def scaled(x: jax.Array, r: float) -> jax.Array:
   return x if r == 1.0 else x * jnp.asarray(r, x.dtype)
 
 
-def map_tree(fn, tree: Any, fresh: Any | None) -> Any:
-  """tree_map_with_path of fn(names, x, fresh_x) (fresh_x None when fresh is None)."""
+def map_tree(fn, tree: Any, cfg: ModelConfig, fresh: Any | None) -> Any:
+  """schema.map_params of fn(spec, x, fresh_x) (fresh_x None when fresh is None)."""
   if fresh is None:
-    return jax.tree_util.tree_map_with_path(lambda p, x: fn(leaf_names(p), x, None), tree)
+    return schema.map_params(lambda s, x: fn(s, x, None), tree, cfg)
   if jax.tree_util.tree_structure(fresh) != jax.tree_util.tree_structure(tree):
     raise ValueError('fresh must have the same tree structure as the tree being grown '
                      f'(got {jax.tree_util.tree_structure(fresh)} vs '
                      f'{jax.tree_util.tree_structure(tree)})')
-  return jax.tree_util.tree_map_with_path(lambda p, x, f: fn(leaf_names(p), x, f), tree, fresh)
+  return schema.map_params(fn, tree, cfg, fresh)
 
 
 # ------------------------------------------------------------------------- unit maps
@@ -169,17 +124,21 @@ def _covered(kind: str, idx: np.ndarray, n_src: int) -> None:
     raise ValueError(f'split width growth leaves src {kind} {missing} without a copy')
 
 
+def _units(cfg: ModelConfig) -> dict[str, int]:
+  return {a: schema.axis_size(cfg, a) for a in GROWN}
+
+
 def split_maps(src: ModelConfig, dst: ModelConfig) -> dict[str, np.ndarray]:
-  """For each grown unit kind, the src unit that each dst unit copies ('split')."""
+  """For each grown axis, the src unit that each dst unit copies ('split')."""
   gs, gs_d = src.n_heads // src.kv_heads, dst.n_heads // dst.kv_heads
   h_d = np.arange(dst.n_heads)
-  maps = {'d': np.arange(dst.d_model) % src.d_model,
-          'f': np.arange(dst.ff_dim) % src.ff_dim,
-          'g': np.arange(dst.kv_heads) % src.kv_heads,
-          'h': (h_d // gs_d % src.kv_heads) * gs + (h_d % gs_d) % gs}
-  for kind, name in [('d', 'residual dims'), ('f', 'MLP units'), ('g', 'kv heads'),
-                     ('h', 'query heads')]:
-    _covered(name, maps[kind], unit_sizes(src)[kind])
+  maps = {'embed': np.arange(dst.d_model) % src.d_model,
+          'mlp': np.arange(dst.ff_dim) % src.ff_dim,
+          'kv_heads': np.arange(dst.kv_heads) % src.kv_heads,
+          'heads': (h_d // gs_d % src.kv_heads) * gs + (h_d % gs_d) % gs}
+  for axis, name in [('embed', 'residual dims'), ('mlp', 'MLP units'), ('kv_heads', 'kv heads'),
+                     ('heads', 'query heads')]:
+    _covered(name, maps[axis], _units(src)[axis])
   return maps
 
 
@@ -191,19 +150,19 @@ def place_maps(src: ModelConfig, dst: ModelConfig) -> dict[str, np.ndarray]:
   gs, gs_d = src.n_heads // src.kv_heads, dst.n_heads // dst.kv_heads
   h_d = np.arange(dst.n_heads)
   g_d, r_d = h_d // gs_d, h_d % gs_d
-  return {'d': first(src.d_model, dst.d_model), 'f': first(src.ff_dim, dst.ff_dim),
-          'g': first(src.kv_heads, dst.kv_heads),
-          'h': np.where((g_d < src.kv_heads) & (r_d < gs), g_d * gs + r_d, -1)}
+  return {'embed': first(src.d_model, dst.d_model), 'mlp': first(src.ff_dim, dst.ff_dim),
+          'kv_heads': first(src.kv_heads, dst.kv_heads),
+          'heads': np.where((g_d < src.kv_heads) & (r_d < gs), g_d * gs + r_d, -1)}
 
 
 def _along(v: np.ndarray, axis: int, ndim: int) -> np.ndarray:
   return v.reshape([-1 if a == axis else 1 for a in range(ndim)])
 
 
-def _gather(x: jax.Array, axes: str, maps: dict[str, np.ndarray]) -> jax.Array:
-  for axis, kind in enumerate(axes):
-    if kind in maps:
-      x = jnp.take(x, np.maximum(maps[kind], 0), axis=axis)
+def _gather(x: jax.Array, axes: tuple[str, ...], maps: dict[str, np.ndarray]) -> jax.Array:
+  for axis, name in enumerate(axes):
+    if name in maps:
+      x = jnp.take(x, np.maximum(maps[name], 0), axis=axis)
   return x
 
 
@@ -214,9 +173,79 @@ def width_stage(src: ModelConfig, dst: ModelConfig) -> ModelConfig:
   return dataclasses.replace(dst, n_layers=src.n_layers)
 
 
+@dataclasses.dataclass(frozen=True)
+class WidthPlan:
+  """What every leaf of one width growth needs, computed once (see `plan`)."""
+  src: ModelConfig
+  dst: ModelConfig
+  method: str
+  maps: dict           # grown axis -> src unit per dst unit (-1: new, 'zero' / 'random')
+  counts: dict         # 'split': grown axis -> copy count of each dst unit's src unit
+  gain: float          # 'zero': sqrt(D / D') on the residual norms' old gains
+
+
+def plan(src: ModelConfig, dst: ModelConfig, method: str, moments: bool = False) -> WidthPlan:
+  """Checks that `method` can grow src's widths into dst's and builds the unit maps."""
+  _check_configs(src, dst, method)
+  if not moments and method != 'random' and src.tie_embeddings:
+    if dst.d_model != src.d_model and method == 'split':
+      raise ValueError(
+          "width growth 'split' of model.d_model cannot keep the function with "
+          'model.tie_embeddings=True: the embedding is both the input (its columns must '
+          'be copied) and the readout (its rows must be divided); use untied embeddings '
+          "or method 'zero'")
+    embedding = next(p for p in schema.specs(src).values() if p.role == 'embedding')
+    r_in = pz.growth_ratio(embedding, src, dst)
+    r_out = pz.multiplier(src, embedding, 'output') / pz.multiplier(dst, embedding, 'output')
+    if not np.isclose(r_in, r_out, rtol=1e-12):
+      raise ValueError(
+          f'width growth with model.tie_embeddings=True under parametrization '
+          f'{dst.parametrization!r}: the embedding multiplier changes by {r_in:g} and the '
+          f'readout multiplier by {r_out:g}; one tied matrix cannot compensate both')
+  counts = {}
+  if method == 'split':
+    maps = split_maps(src, dst)
+    counts = {a: np.bincount(v, minlength=_units(src)[a])[v] for a, v in maps.items()}
+  else:
+    maps = place_maps(src, dst)
+  return WidthPlan(src, dst, method, maps, counts, float(np.sqrt(src.d_model / dst.d_model)))
+
+
+def grow_leaf(wp: WidthPlan, param: ParamSpec, x: jax.Array, fresh_x: jax.Array | None = None,
+              moments: bool = False) -> jax.Array:
+  """One leaf of src widths -> dst widths (see the module doc); fresh_x: the same leaf of
+  a freshly initialised Transformer(dst) ('zero' / 'random' params only)."""
+  check_shape(param, x, wp.src, 'src')
+  y = _gather(x, param.axes, wp.maps)
+  if wp.method == 'split':
+    if moments:
+      return y
+    for axis, (name, tag) in enumerate(zip(param.axes, param.growth)):
+      if tag == 'split' and name in wp.counts:
+        y = y / jnp.asarray(_along(wp.counts[name], axis, y.ndim), y.dtype)
+    return scaled(y, pz.growth_ratio(param, wp.src, wp.dst))
+  old = np.ones((1,) * y.ndim, bool)
+  for axis, name in enumerate(param.axes):
+    if name in wp.maps:
+      old = old & _along(wp.maps[name] >= 0, axis, y.ndim)
+  if moments:
+    return jnp.where(old, y, jnp.zeros_like(y))
+  if fresh_x is None:
+    raise ValueError(f"width growth {wp.method!r} needs fresh=<params of Transformer(dst), "
+                     'freshly initialised> for the new units')
+  check_shape(param, fresh_x, wp.dst, 'fresh (dst)')
+  r = pz.growth_ratio(param, wp.src, wp.dst)
+  residual_norm = param.role == 'norm' and [param.axes[i] for i in param.weight_dims] == ['embed']
+  if wp.method == 'zero' and residual_norm:
+    r *= wp.gain
+  zero_filled = wp.method == 'zero' and 'zero' in param.growth
+  new = jnp.zeros_like(y) if zero_filled else fresh_x
+  return jnp.where(old, scaled(y, r), new.astype(y.dtype))
+
+
 def grow_width(tree: Any, src: ModelConfig, dst: ModelConfig, method: str, *,
                fresh: Any | None = None, moments: bool = False) -> Any:
-  """Grows a param (or Adam-moment) tree of `src` widths to `dst` widths (see module doc).
+  """Grows a param (or optimizer-moment) tree of `src` widths to `dst` widths.
 
   tree: unboxed params of Transformer(src) (or a moment tree of the same structure).
   fresh: params of Transformer(dst), freshly initialised; needed by 'zero' and 'random'
@@ -224,55 +253,9 @@ def grow_width(tree: Any, src: ModelConfig, dst: ModelConfig, method: str, *,
   Returns a tree of dst shapes. For 'split' and 'zero' Transformer(dst) on it computes the
   same logits as Transformer(src) on `tree` ('zero': up to norm_eps, see module doc).
   """
-  _check_configs(src, dst, method)
-  d_grows = dst.d_model != src.d_model
-  if not moments:
-    if method != 'random' and src.tie_embeddings:
-      if d_grows and method == 'split':
-        raise ValueError(
-            "width growth 'split' of model.d_model cannot keep the function with "
-            'model.tie_embeddings=True: the embedding is both the input (its columns must '
-            'be copied) and the readout (its rows must be divided); use untied embeddings '
-            "or method 'zero'")
-      r_in = pz.multiplier(src, 'embedding') / pz.multiplier(dst, 'embedding')
-      r_out = pz.multiplier(src, 'output') / pz.multiplier(dst, 'output')
-      if not np.isclose(r_in, r_out, rtol=1e-12):
-        raise ValueError(
-            f'width growth with model.tie_embeddings=True under parametrization '
-            f'{dst.parametrization!r}: the embedding multiplier changes by {r_in:g} and the '
-            f'output multiplier by {r_out:g}; one tied matrix cannot compensate both')
-    if method != 'split' and fresh is None:
-      raise ValueError(f"width growth {method!r} needs fresh=<params of Transformer(dst), "
-                       'freshly initialised> for the new units')
-  if method == 'split':
-    maps = split_maps(src, dst)
-    counts = {k: np.bincount(v, minlength=unit_sizes(src)[k])[v] for k, v in maps.items()}
-  else:
-    maps = place_maps(src, dst)
-  gain = float(np.sqrt(src.d_model / dst.d_model))
-
-  def grow(names, x, fresh_x):
-    check_shape(names, x, src, 'src')
-    axes, key = leaf_axes(names), tuple(names[-2:])
-    y = _gather(x, axes, maps)
-    if method == 'split':
-      if not moments:
-        cut = _LEAVES[key][1]
-        if cut:
-          y = y / jnp.asarray(_along(counts[cut], axes.index(cut), y.ndim), y.dtype)
-        y = scaled(y, mup_ratio(names, src, dst))
-      return y
-    old = np.ones((1,) * y.ndim, bool)
-    for axis, kind in enumerate(axes):
-      if kind in maps:
-        old = old & _along(maps[kind] >= 0, axis, y.ndim)
-    if moments:
-      return jnp.where(old, y, jnp.zeros_like(y))
-    check_shape(names, fresh_x, dst, 'fresh (dst)')
-    r = mup_ratio(names, src, dst)
-    if method == 'zero' and key in _NORMS:
-      r *= gain
-    new = jnp.zeros_like(y) if method == 'zero' and key in _ZERO_FILLED else fresh_x
-    return jnp.where(old, scaled(y, r), new.astype(y.dtype))
-
-  return map_tree(grow, tree, None if moments else fresh)
+  wp = plan(src, dst, method, moments)
+  if not moments and method != 'split' and fresh is None:
+    raise ValueError(f"width growth {method!r} needs fresh=<params of Transformer(dst), "
+                     'freshly initialised> for the new units')
+  return map_tree(lambda p, x, f: grow_leaf(wp, p, x, f, moments), tree, src,
+                  None if moments else fresh)

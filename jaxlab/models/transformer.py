@@ -14,7 +14,9 @@ import flax.linen as nn
 
 from jaxlab.config_types import ModelConfig
 from jaxlab.kernels import attention
+from jaxlab.models import param_spec as schema
 from jaxlab.models import parametrization as pz
+from jaxlab.models.param_spec import spec
 from jaxlab.parallel.rules import shard_map_logical
 
 _REMAT_POLICIES = {
@@ -24,23 +26,49 @@ _REMAT_POLICIES = {
     'save_dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
-
-# The matrices whose input is an RMSNorm's output (optimizer diagnostics read them).
-NORM_PRECEDED = ('layers/attn/wq', 'layers/attn/wk', 'layers/attn/wv', 'layers/mlp/w_gate',
-                 'layers/mlp/w_up', 'head/kernel')
-
+# ------------------------------------------------------------------- the parameter schema
+# Every param, declared once: (logical axis, growth, is fan-in) per dim; see
+# jaxlab.models.param_spec. Names in the Hugging Face Llama / Qwen3 layout.
+_L = 'model.layers.{layer}.'
+WQ = spec('hidden', ('embed', 'split', True), ('heads', 'copy', False), ('kv', 'keep', False),
+          hf=_L + 'self_attn.q_proj.weight', norm_input=True, absorbs=('attention',))
+WK = spec('hidden', ('embed', 'split', True), ('kv_heads', 'copy', False), ('kv', 'keep', False),
+          hf=_L + 'self_attn.k_proj.weight', norm_input=True)
+WV = spec('hidden', ('embed', 'split', True), ('kv_heads', 'copy', False), ('kv', 'keep', False),
+          hf=_L + 'self_attn.v_proj.weight', norm_input=True)
+WO = spec('hidden', ('heads', 'split', True), ('kv', 'keep', True), ('embed', 'zero', False),
+          hf=_L + 'self_attn.o_proj.weight')
+Q_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.q_norm.weight')
+K_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.k_norm.weight')
+W_GATE = spec('hidden', ('embed', 'split', True), ('mlp', 'copy', False),
+              hf=_L + 'mlp.gate_proj.weight', norm_input=True)
+W_UP = spec('hidden', ('embed', 'split', True), ('mlp', 'copy', False),
+            hf=_L + 'mlp.up_proj.weight', norm_input=True)
+W_DOWN = spec('hidden', ('mlp', 'split', True), ('embed', 'zero', False),
+              hf=_L + 'mlp.down_proj.weight')
+ATTN_NORM = spec('norm', ('embed', 'copy', False), hf=_L + 'input_layernorm.weight')
+MLP_NORM = spec('norm', ('embed', 'copy', False), hf=_L + 'post_attention_layernorm.weight')
+FINAL_NORM = spec('norm', ('embed', 'copy', False), hf='model.norm.weight')
+# With tied embeddings the final gain feeds only the readout (the embedding transposed):
+# it is on the readout's input side and absorbs the readout's multiplier changes.
+FINAL_NORM_TIED = spec('norm', ('embed', 'split', False), hf='model.norm.weight',
+                       absorbs=('readout',))
+EMBEDDING = spec('embedding', ('vocab', 'keep', True), ('embed', 'zero', False),
+                 hf='model.embed_tokens.weight')
+HEAD = spec('output', ('embed', 'split', True), ('vocab', 'keep', False), hf='lm_head.weight',
+            norm_input=True)
 
 QKV_NAMES = ('batch', 'seq', 'heads', 'kv')
 
 
-def _param(module: nn.Module, name: str, role: str, shape: tuple[int, ...],
-           names: tuple[str, ...], fan_in: int = 1) -> jax.Array:
-  init = pz.initializer(module.cfg, role, fan_in, key=(module.name, name))
-  return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+def _param(module: nn.Module, name: str, param: schema.ParamSpec, zero: bool = False):
+  init = pz.initializer(module.cfg, param, zero=zero)
+  return schema.declare(module, name, param, init)
 
 
-def _scaled(y: jax.Array, cfg: ModelConfig, role: str) -> jax.Array:
-  m = pz.multiplier(cfg, role)
+def _scaled(y: jax.Array, cfg: ModelConfig, param: schema.ParamSpec,
+            role: str | None = None) -> jax.Array:
+  m = pz.multiplier(cfg, param, role)
   return y if m == 1.0 else y * m
 
 
@@ -75,15 +103,16 @@ def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Ar
 
 class RMSNorm(nn.Module):
   cfg: ModelConfig
+  declared: schema.ParamSpec      # the gain's spec (which norm this is)
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    D = x_BxTxD.shape[-1]
-    scale_D = _param(self, 'scale', 'norm', (D,), ('embed',))
+    """Normalises the last axis (D here; the head dim K for QK-norm)."""
+    scale_D = _param(self, 'scale', self.declared)
     x32_BxTxD = x_BxTxD.astype(jnp.float32)
     ms_BxTx1 = jnp.mean(jnp.square(x32_BxTxD), axis=-1, keepdims=True)
     y_BxTxD = x32_BxTxD * jax.lax.rsqrt(ms_BxTx1 + self.cfg.norm_eps)
-    y_BxTxD = y_BxTxD * _scaled(scale_D, self.cfg, 'norm')
+    y_BxTxD = y_BxTxD * _scaled(scale_D, self.cfg, self.declared)
     return y_BxTxD.astype(self.cfg.dtype)
 
 
@@ -93,16 +122,19 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
     cfg = self.cfg
-    D, H, G, K, dt = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.dtype
-    wq_DxHxK = _param(self, 'wq', 'hidden', (D, H, K), ('embed', 'heads', 'kv'), fan_in=D)
-    wk_DxGxK = _param(self, 'wk', 'hidden', (D, G, K), ('embed', 'kv_heads', 'kv'), fan_in=D)
-    wv_DxGxK = _param(self, 'wv', 'hidden', (D, G, K), ('embed', 'kv_heads', 'kv'), fan_in=D)
-    wo_HxKxD = _param(self, 'wo', 'hidden', (H, K, D), ('heads', 'kv', 'embed'), fan_in=H * K)
+    dt = cfg.dtype
+    wq_DxHxK = _param(self, 'wq', WQ, zero=cfg.zero_init_query)
+    wk_DxGxK = _param(self, 'wk', WK)
+    wv_DxGxK = _param(self, 'wv', WV)
+    wo_HxKxD = _param(self, 'wo', WO)
 
     x_BxTxD = x_BxTxD.astype(dt)
-    q_BxTxHxK = _scaled(jnp.einsum('btd,dhk->bthk', x_BxTxD, wq_DxHxK.astype(dt)), cfg, 'hidden')
-    k_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wk_DxGxK.astype(dt)), cfg, 'hidden')
-    v_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wv_DxGxK.astype(dt)), cfg, 'hidden')
+    q_BxTxHxK = _scaled(jnp.einsum('btd,dhk->bthk', x_BxTxD, wq_DxHxK.astype(dt)), cfg, WQ)
+    k_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wk_DxGxK.astype(dt)), cfg, WK)
+    v_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wv_DxGxK.astype(dt)), cfg, WV)
+    if cfg.qk_norm:   # OLMo-2 / Qwen3: RMSNorm over each head's K dims, before RoPE
+      q_BxTxHxK = RMSNorm(cfg, Q_NORM, name='q_norm')(q_BxTxHxK)
+      k_BxTxGxK = RMSNorm(cfg, K_NORM, name='k_norm')(k_BxTxGxK)
     q_BxTxHxK = _constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_theta),
                            'batch', 'seq', 'heads', 'kv')
     k_BxTxGxK = _constrain(rope(k_BxTxGxK, positions_BxT, cfg.rope_theta),
@@ -122,7 +154,7 @@ class Attention(nn.Module):
                                       QKV_NAMES)
     out_BxTxHxK = _constrain(out_BxTxHxK, 'batch', 'seq', 'heads', 'kv')
     y_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, wo_HxKxD.astype(dt))
-    return _scaled(y_BxTxD, cfg, 'hidden')
+    return _scaled(y_BxTxD, cfg, WO)
 
 
 class Mlp(nn.Module):
@@ -131,17 +163,17 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD):
     cfg = self.cfg
-    D, F, dt = cfg.d_model, cfg.ff_dim, cfg.dtype
-    w_gate_DxF = _param(self, 'w_gate', 'hidden', (D, F), ('embed', 'mlp'), fan_in=D)
-    w_up_DxF = _param(self, 'w_up', 'hidden', (D, F), ('embed', 'mlp'), fan_in=D)
-    w_down_FxD = _param(self, 'w_down', 'hidden', (F, D), ('mlp', 'embed'), fan_in=F)
+    dt = cfg.dtype
+    w_gate_DxF = _param(self, 'w_gate', W_GATE)
+    w_up_DxF = _param(self, 'w_up', W_UP)
+    w_down_FxD = _param(self, 'w_down', W_DOWN)
 
     x_BxTxD = x_BxTxD.astype(dt)
-    gate_BxTxF = _scaled(jnp.einsum('btd,df->btf', x_BxTxD, w_gate_DxF.astype(dt)), cfg, 'hidden')
-    up_BxTxF = _scaled(jnp.einsum('btd,df->btf', x_BxTxD, w_up_DxF.astype(dt)), cfg, 'hidden')
+    gate_BxTxF = _scaled(jnp.einsum('btd,df->btf', x_BxTxD, w_gate_DxF.astype(dt)), cfg, W_GATE)
+    up_BxTxF = _scaled(jnp.einsum('btd,df->btf', x_BxTxD, w_up_DxF.astype(dt)), cfg, W_UP)
     h_BxTxF = _constrain(nn.silu(gate_BxTxF) * up_BxTxF, 'batch', 'seq', 'mlp')
     y_BxTxD = jnp.einsum('btf,fd->btd', h_BxTxF, w_down_FxD.astype(dt))
-    return _scaled(y_BxTxD, cfg, 'hidden')
+    return _scaled(y_BxTxD, cfg, W_DOWN)
 
 
 class Block(nn.Module):
@@ -155,10 +187,10 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, gate=None):
     x_in_BxTxD = x_BxTxD
-    h_BxTxD = RMSNorm(self.cfg, name='attn_norm')(x_BxTxD)
+    h_BxTxD = RMSNorm(self.cfg, ATTN_NORM, name='attn_norm')(x_BxTxD)
     x_BxTxD = x_BxTxD + Attention(self.cfg, name='attn')(h_BxTxD, positions_BxT, segment_ids_BxT)
     x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
-    h_BxTxD = RMSNorm(self.cfg, name='mlp_norm')(x_BxTxD)
+    h_BxTxD = RMSNorm(self.cfg, MLP_NORM, name='mlp_norm')(x_BxTxD)
     x_BxTxD = x_BxTxD + Mlp(self.cfg, name='mlp')(h_BxTxD)
     if gate is not None:
       x_BxTxD = x_in_BxTxD + gate.astype(x_BxTxD.dtype) * (x_BxTxD - x_in_BxTxD)
@@ -170,17 +202,18 @@ class Embed(nn.Module):
   cfg: ModelConfig
 
   def setup(self):
-    self.embedding_VxD = _param(self, 'embedding', 'embedding',
-                                (self.cfg.vocab_size, self.cfg.d_model), ('vocab', 'embed'))
+    self.embedding_VxD = _param(self, 'embedding', EMBEDDING)
 
   def __call__(self, tokens_BxT):
     x_BxTxD = jnp.take(self.embedding_VxD, tokens_BxT, axis=0).astype(self.cfg.dtype)
-    return _scaled(x_BxTxD, self.cfg, 'embedding')
+    return _scaled(x_BxTxD, self.cfg, EMBEDDING)
 
   def attend(self, x_BxTxD):
-    """Tied readout: logits from the embedding matrix transposed (float32)."""
-    return jnp.einsum('btd,vd->btv', x_BxTxD, self.embedding_VxD.astype(self.cfg.dtype),
-                      preferred_element_type=jnp.float32)
+    """Tied readout: logits from the embedding matrix transposed (float32), times the
+    readout multiplier."""
+    logits_BxTxV = jnp.einsum('btd,vd->btv', x_BxTxD, self.embedding_VxD.astype(self.cfg.dtype),
+                              preferred_element_type=jnp.float32)
+    return _scaled(logits_BxTxV, self.cfg, EMBEDDING, 'output')
 
 
 class Head(nn.Module):
@@ -188,10 +221,10 @@ class Head(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD):
-    D, V = self.cfg.d_model, self.cfg.vocab_size
-    kernel_DxV = _param(self, 'kernel', 'output', (D, V), ('embed', 'vocab'), fan_in=D)
-    return jnp.einsum('btd,dv->btv', x_BxTxD, kernel_DxV.astype(self.cfg.dtype),
-                      preferred_element_type=jnp.float32)
+    kernel_DxV = _param(self, 'kernel', HEAD)
+    logits_BxTxV = jnp.einsum('btd,dv->btv', x_BxTxD, kernel_DxV.astype(self.cfg.dtype),
+                              preferred_element_type=jnp.float32)
+    return _scaled(logits_BxTxV, self.cfg, HEAD)
 
 
 class Transformer(nn.Module):
@@ -238,10 +271,10 @@ class Transformer(nn.Module):
     args = (positions_BxT, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
     x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, *args)
 
-    x_BxTxD = RMSNorm(cfg, name='final_norm')(x_BxTxD)
+    final_norm = FINAL_NORM_TIED if cfg.tie_embeddings else FINAL_NORM
+    x_BxTxD = RMSNorm(cfg, final_norm, name='final_norm')(x_BxTxD)
     if cfg.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
       logits_BxTxV = Head(cfg, name='head')(x_BxTxD)
-    logits_BxTxV = _scaled(logits_BxTxV, cfg, 'output')
     return _constrain(logits_BxTxV, 'batch', 'seq', 'vocab')

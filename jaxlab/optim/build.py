@@ -9,26 +9,24 @@ Everything is an optax piece, chained in this order:
                    weight_decay argument (sgd, adam, ...) gets L2 decay added to its
                    gradient instead (add_decayed_weights first), as torch's SGD / Adam do.
 Per-tensor learning rates and weight decays come from the parametrization table
-(`parametrization.optimizer_scales`: muP's lr / m on hidden matrices, the weight-decay
-width rule m^e, no decay on norm gains): the params are split into groups of equal
-(lr scale, wd scale) and `optax.multi_transform` gives each group its own instance of
-the optimizer, with lr schedule x lr scale and weight_decay x wd scale. Every optimizer
-here acts per tensor, so the groups together are the same optimizer with per-tensor
-hyperparameters. Decay stays lr-coupled (AdamW: p <- p - lr (u + wd p)).
+(`parametrization.optimizer_scales`: muP's per-family lr rules, the weight-decay width
+rule, no decay on norm gains): the params are split into groups of equal (lr scale,
+wd scale), each with its own label, and `optax.multi_transform` gives each group its own
+instance of the optimizer, with lr schedule x lr scale and weight_decay x wd scale.
+Every optimizer here acts per tensor, so the groups together are the same optimizer with
+per-tensor hyperparameters. Decay stays lr-coupled (AdamW: p <- p - lr (u + wd p)).
 AdamP / SGDP project each weight per output channel; their layout comes from the
-model's logical axis names (adamp_layout).
+parameter schema (adamp_layout).
 """
 from __future__ import annotations
 
 import inspect
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 from jaxlab.config_types import ModelConfig, OptimConfig
-from jaxlab.models import Transformer, parametrization
+from jaxlab.models import parametrization, schema
 from jaxlab.optim.adamp import Layout, adamp, sgdp
 
 
@@ -49,31 +47,21 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
-def adamp_layout(model_cfg: ModelConfig):
-  """Per-param AdamP / SGDP Layout from the logical axis names: the 'layers' axis holds
-  separate weights; the output channels are the last axis, (heads, head_dim) of a q / k /
-  v kernel, and the token of the embedding table (vocab, embed) -- one row per token, as
-  in torch's nn.Embedding. Vectors (norm gains, per layer) are never projected."""
-  return _layouts(_boxed_shapes(model_cfg))
+def adamp_layout(model_cfg: ModelConfig) -> dict[tuple[str, ...], Layout | None]:
+  """Per-param AdamP / SGDP Layout, from the parameter schema: the 'layers' axis holds
+  separate weights; the output channels (one row each) are the fan-out dims -- (heads,
+  head_dim) of a q / k / v kernel, d_model of wo and w_down, the vocab of the head -- and,
+  for the embedding table, the token (its fan-in), one row per token as in torch's
+  nn.Embedding. Vectors (norm gains, per layer) are never projected."""
+  return {path: _layout(p) for path, p in schema.specs(model_cfg).items()}
 
 
-def _layouts(boxed):
-  def one(spec):
-    names = tuple(spec)
-    batch = tuple(i for i, n in enumerate(names) if n == 'layers')
-    weight = [i for i in range(len(names)) if i not in batch]
-    if len(weight) <= 1:
-      return None
-    if names[weight[0]] == 'vocab':
-      channel = (weight[0],)
-    elif names[weight[-1]] == 'kv':
-      channel = tuple(i for i in weight if names[i] in ('heads', 'kv_heads', 'kv'))
-    else:
-      channel = (weight[-1],)
-    return Layout(batch, channel)
-
-  specs = nn.get_partition_spec(boxed)
-  return jax.tree.map(one, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+def _layout(param: schema.ParamSpec) -> Layout | None:
+  if not param.is_matrix:
+    return None
+  fan_in, fan_out = param.fan_dims()
+  batch = tuple(i for i, a in enumerate(param.axes) if a == 'layers')
+  return Layout(batch, fan_in if param.role == 'embedding' else fan_out)
 
 
 def _optimizer(cfg: OptimConfig, schedule, weight_decay: float, layout):
@@ -99,21 +87,38 @@ def _scaled_schedule(schedule, factor: float):
   return schedule if factor == 1.0 else (lambda step: schedule(step) * factor)
 
 
-def param_groups(params, cfg: OptimConfig, model_cfg: ModelConfig):
-  """(labels tree, {label: (lr scale, wd scale)}): one group per distinct pair of the
-  parametrization table's per-tensor scales, named after the roles it holds."""
-  lr, wd = parametrization.optimizer_scales(params, model_cfg, cfg.wd_width_exponent)
-  roles = parametrization.param_roles(params)
-  pairs = jax.tree.leaves(jax.tree.map(lambda a, b: (a, b), lr, wd),
-                          is_leaf=lambda x: isinstance(x, tuple))
-  names: dict[tuple, list[str]] = {}
-  for pair, role in zip(pairs, jax.tree.leaves(roles)):
-    if role not in names.setdefault(pair, []):
-      names[pair].append(role)
-  label_of = {pair: '+'.join(r for r in parametrization.ROLES if r in rs)
-              for pair, rs in names.items()}
-  labels = jax.tree.unflatten(jax.tree.structure(roles), [label_of[p] for p in pairs])
+def param_groups(cfg: OptimConfig, model_cfg: ModelConfig):
+  """(labels: {param path: label}, {label: (lr scale, wd scale)}): one group per distinct
+  pair of the parametrization's per-tensor scales, named after the roles it holds
+  ('hidden', 'embedding+output', 'norm', ...); two groups holding the same roles with
+  different scales (e.g. muP matrices of different fan-in ratios) get '.1', '.2', ...
+  in order of first appearance, so every distinct pair has its own label."""
+  scales = parametrization.optimizer_scales(model_cfg, schema.specs(model_cfg), cfg.name,
+                                            cfg.wd_width_exponent)
+  roles = {path: p.role for path, p in schema.specs(model_cfg).items()}
+  members: dict[tuple, list[str]] = {}
+  for path, pair in scales.items():
+    if roles[path] not in members.setdefault(pair, []):
+      members[pair].append(roles[path])
+  label_of, used = {}, {}
+  for pair, rs in members.items():
+    base = '+'.join(r for r in schema.ROLES if r in rs)
+    n = used.get(base, 0)
+    used[base] = n + 1
+    label_of[pair] = base if n == 0 else f'{base}.{n}'
+  labels = {path: label_of[pair] for path, pair in scales.items()}
   return labels, {label: pair for pair, label in label_of.items()}
+
+
+def _nest(flat: dict[tuple[str, ...], object]) -> dict:
+  """{('layers', 'attn', 'wq'): x, ...} -> {'layers': {'attn': {'wq': x}}, ...}."""
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = value
+  return out
 
 
 def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Schedule,
@@ -123,27 +128,19 @@ def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Sch
     parts.append(optax.add_noise(cfg.grad_noise_eta, cfg.grad_noise_gamma, key=seed))
   if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  boxed = _boxed_shapes(model_cfg)
-  # Labels on the unboxed tree, a prefix of the boxed params the sharded init passes: each
-  # group's MaskedNode then replaces a whole box there, as it does on the unboxed state.
-  labels, groups = param_groups(nn.unbox(boxed), cfg, model_cfg)
+  flat_labels, groups = param_groups(cfg, model_cfg)
+  # The labels are a prefix of boxed and unboxed param trees alike (the sharded init
+  # passes boxed params): each group's MaskedNode then replaces a whole param.
+  labels = _nest(flat_labels)
   layout = None
   if cfg.name in ('adamp', 'sgdp'):
-    flat = jax.tree_util.tree_flatten_with_path(
-        _layouts(boxed), is_leaf=lambda x: x is None or isinstance(x, Layout))[0]
-    by_key = {parametrization.dict_keys(path): lay for path, lay in flat}
+    by_path = adamp_layout(model_cfg)
 
     def layout(params):   # one group's params (optax.MaskedNode where another group's)
       return jax.tree_util.tree_map_with_path(
-          lambda path, _: by_key[parametrization.dict_keys(path)], params)
+          lambda path, _: by_path[schema.dict_keys(path)], params)
   transforms = {label: _optimizer(cfg, _scaled_schedule(schedule, lr_s), cfg.weight_decay * wd_s,
                                   layout)
                 for label, (lr_s, wd_s) in groups.items()}
   parts.append(optax.multi_transform(transforms, labels))
   return optax.chain(*parts)
-
-
-def _boxed_shapes(model_cfg: ModelConfig):
-  model = Transformer(model_cfg)
-  return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))['params'],
-                        jax.random.key(0))

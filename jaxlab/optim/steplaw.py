@@ -23,6 +23,7 @@ import dataclasses
 import math
 
 from jaxlab.config_types import Config, ConfigError, ModelConfig
+from jaxlab.models import schema
 
 LR_COEF = 1.79
 LR_N_EXP = -0.713
@@ -53,18 +54,12 @@ def batch_sequences(batch_tokens: float, seq_len: int) -> int:
 
 
 def non_embedding_params(cfg: ModelConfig) -> int:
-  """Step Law's N for a jaxlab Transformer, counted from the config: per layer the
-  attention projections (q, k, v, o; GQA-aware), the SwiGLU matrices (gate, up, down)
-  and the two RMSNorm gains, plus the final RMSNorm gain. The token embedding and the
-  output head are both left out, tied or untied: the paper's N is non-embedding, and
-  (as in Kaplan et al.) the vocabulary projection counts with the embeddings. This is
-  jaxlab.metrics.matmul_params minus its d_model x vocab_size head, plus the norm gains.
-  Under growth, cfg is the final (target) model."""
-  d, h, g, k, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.ff_dim
-  attention = d * h * k + 2 * d * g * k + h * k * d
-  mlp = 3 * d * f
-  norms = 2 * d
-  return cfg.n_layers * (attention + mlp + norms) + d
+  """Step Law's N for a jaxlab Transformer, counted from the parameter schema: every
+  param but the token embedding and the output head (tied or untied) -- the attention
+  projections, the SwiGLU matrices, the norm gains. The paper's N is non-embedding, and
+  (as in Kaplan et al.) the vocabulary projection counts with the embeddings. Under
+  growth, cfg is the final (target) model."""
+  return schema.count(cfg, tuple(r for r in schema.ROLES if r not in ('embedding', 'output')))
 
 
 def resolve(cfg: Config) -> Config:

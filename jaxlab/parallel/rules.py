@@ -48,15 +48,11 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedShard
   return NamedSharding(mesh, spec)
 
 
-# The config key behind each logical axis, for error messages.
-_AXIS_KEYS = {'vocab': 'model.vocab_size', 'embed': 'model.d_model', 'heads': 'model.n_heads',
-              'kv_heads': 'model.n_kv_heads', 'mlp': 'model.d_ff', 'kv': 'model.head_dim',
-              'layers': 'model.n_layers'}
-
-
-def check_divisible(abstract_tree, logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
-  """Raises ConfigError (naming the config key) when a sharded dim does not split evenly
-  over its mesh axes -- checked on shapes, before anything compiles."""
+def check_divisible(abstract_tree, logical_specs, mesh: Mesh, rules=DEFAULT_RULES,
+                    keys: dict[str, str] | None = None):
+  """Raises ConfigError (naming the config key: `keys` maps a logical axis to it, e.g.
+  from jaxlab.models.schema.AXES) when a sharded dim does not split evenly over its mesh
+  axes -- checked on shapes, before anything compiles."""
   specs = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   leaves = jax.tree.leaves(abstract_tree)
   for leaf, spec in zip(leaves, specs):
@@ -67,7 +63,7 @@ def check_divisible(abstract_tree, logical_specs, mesh: Mesh, rules=DEFAULT_RULE
       axes = (axes,) if isinstance(axes, str) else tuple(axes)
       ways = math.prod(mesh.shape[a] for a in axes)
       if size % ways:
-        key = _AXIS_KEYS.get(logical, f'the {logical!r} dimension')
+        key = (keys or {}).get(logical, f'the {logical!r} dimension')
         good = -(-size // ways) * ways
         raise ConfigError(
             f'{key}={size} cannot be split evenly over mesh axes {"x".join(axes)} '

@@ -146,7 +146,7 @@ def sweep(args, sweep_dir: pathlib.Path, count: int) -> int:
   The caller (cli) has run check_options."""
   check_project()
   argv = sweep_argv(experiment_arg(args.experiment, remote=args.target == 'tpu'),
-                    args.overrides, args.grid)
+                    args.overrides, args.grid, args.seeds, args.vary)
   if args.target == 'slurm':
     return _slurm(args, argv, sweep_dir, sweep_dir.name, array=count)
   target = tpu.Tpu.from_args(args)

@@ -73,9 +73,14 @@ def run_argv(experiment: str, overrides: list[str]) -> list[str]:
   return ['launch.py', 'run', experiment, *overrides]
 
 
-def sweep_argv(experiment: str, overrides: list[str], grid: list[str]) -> list[str]:
+def sweep_argv(experiment: str, overrides: list[str], grid: list[str],
+               seeds: int | None = None, vary: str = 'both') -> list[str]:
   """`launch.py sweep ...` without --point (the job appends it)."""
   argv = ['launch.py', 'sweep', experiment, *overrides]
   for item in grid:
     argv += ['--grid', item]
+  if seeds is not None:
+    argv += ['--seeds', str(seeds)]
+  if vary != 'both':
+    argv += ['--vary', vary]
   return argv

@@ -85,11 +85,13 @@ class EvalHook(Hook):
     for batch in self.batches:
       s, c = jax.device_get(t.program.eval_step(t.state.params, batch, t.state.step))
       total, count = total + float(s), count + float(c)
+    t.val_tokens = int(count)
     return total / max(count, 1.0)
 
   def run(self, t, record):
     if self.batches:
       t.last_val = record['val_loss'] = self.evaluate(t)
+      record['val_tokens'] = t.val_tokens
 
 
 class DiagnosticsHook(Hook):
@@ -97,13 +99,14 @@ class DiagnosticsHook(Hook):
 
   def __init__(self, every: int):
     self.every = every
-    self._fn = jax.jit(top_singular_values)   # retraces when growth changes the shapes
+    self._fn = jax.jit(top_singular_values, static_argnums=1)   # retraces at growth
 
   def due(self, t) -> bool:
     return bool(self.every and (t.last or t.step % self.every == 0))
 
   def run(self, t, record):
-    record.update({k: float(v) for k, v in jax.device_get(self._fn(t.state.params)).items()})
+    sigmas = self._fn(t.state.params, t.program.model.cfg)
+    record.update({k: float(v) for k, v in jax.device_get(sigmas).items()})
 
 
 class LogHook(Hook):

@@ -104,6 +104,7 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
       cfg=cfg, phases=phases, phase=phase, model=model, tx=tx, schedule=schedule,
       lr_schedule=lr_schedule, abstract_state=abstract, shardings=shardings,
       batch_sharding=in_sharding,
-      train_step=make_train_step(model, tx, lr_schedule, shardings, in_sharding, gate_fn),
+      train_step=make_train_step(model, tx, lr_schedule, shardings, in_sharding, gate_fn,
+                                 weight_stats=cfg.train.weight_stats),
       eval_step=make_eval_step(model, shardings.params, in_sharding, gate_fn),
       enter=enter)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxlab.models import schema
 from jaxlab.parallel import check_divisible, logical_sharding
 
 
@@ -40,7 +41,7 @@ def state_shardings(model, tx, seq_len: int, mesh, stash_models=None):
   _init_fn = functools.partial(_init, stash_models=stash_models)
   boxed = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=True), rng)
   specs = nn.get_partition_spec(boxed)
-  check_divisible(boxed, specs, mesh)
+  check_divisible(boxed, specs, mesh, keys={a: ax.key for a, ax in schema.AXES.items()})
   shardings = logical_sharding(specs, mesh)
   abstract = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=False), rng)
   abstract = jax.tree.map(

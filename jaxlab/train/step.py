@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.diagnostics.weights import weight_stats
+from jaxlab.diagnostics import weights
 from jaxlab.optim import fired_fraction
 from jaxlab.parallel import activation_rules
 from jaxlab.train.state import TrainState
@@ -31,9 +31,11 @@ def _no_gate(step):
   return None
 
 
-def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gate_fn=_no_gate):
+def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gate_fn=_no_gate,
+                    weight_stats: bool = False):
   """lr_schedule: global step -> lr (logged only; the optimizer holds its own schedule).
-  gate_fn: global step -> per-layer gate for the model (growth's ramp) or None."""
+  gate_fn: global step -> per-layer gate for the model (growth's ramp) or None.
+  weight_stats: also return the weight diagnostics (train.weight_stats)."""
   def mean_loss(params, batch, gate):
     total, count = loss_terms(model, params, batch, gate)
     return total / jnp.maximum(count, 1)
@@ -45,8 +47,9 @@ def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gat
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-               'param_norm': optax.tree.norm(params), 'lr': lr_schedule(state.step),
-               **weight_stats(state.params, params)}
+               'param_norm': optax.tree.norm(params), 'lr': lr_schedule(state.step)}
+    if weight_stats:
+      metrics.update(weights.weight_stats(state.params, params, model.cfg))
     fired = fired_fraction(opt_state)
     if fired is not None:   # AdamP / SGDP: share of param entries projected this step
       metrics['proj_fired'] = fired

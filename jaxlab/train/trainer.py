@@ -65,6 +65,7 @@ class Trainer:
     self.last = self.growing = False
     self.stopping = None              # the agreed stop's signal number
     self.last_loss = self.last_val = self.last_rate = None
+    self.val_tokens = None             # target tokens per evaluation (the same at every one)
     self.last_metrics: dict = {}
     self.logged: dict | None = None    # the newest record written to metrics.jsonl
     self.summary: dict = {}
@@ -181,6 +182,9 @@ class Trainer:
                                        n_batches=tc.eval_batches, **proc) if tc.eval_batches else []
     except ValueError as err:
       raise ConfigError(str(err)) from None
+    note = data_lib.eval_cost_note(len(val_host), tc.eval_every, tc.steps)
+    if note and tc.eval_batches == 'all' and self.run_dir.writer:
+      print(note, flush=True)
     sharding = self.program_at(0).batch_sharding
     return [_to_global(b, sharding) for b in val_host]
 
@@ -289,7 +293,7 @@ class Trainer:
   def finish(self, status: str, **extra) -> dict:
     self.summary.update(status=status, step=self.step, tokens=self.tokens, flops=self.flops,
                         final_loss=self.last_loss, final_val_loss=self.last_val,
-                        tokens_per_sec=self.last_rate,
+                        val_tokens=self.val_tokens, tokens_per_sec=self.last_rate,
                         wall_time_sec=time.time() - self.t_start, **extra)
     self.run_dir.write_summary(self.summary)
     return self.summary
