@@ -1,4 +1,4 @@
-"""Command line: `python launch.py {run,sweep,grow,submit,report,steplaw,coordcheck} ...`.
+"""Command line: `python launch.py {run,sweep,grow,export,submit,report,steplaw,coordcheck} ...`.
 
 Configuration mistakes -- and a run directory in use, a full disk or an unwritable
 directory -- exit with status 2 and one clear line (no traceback), before anything is
@@ -160,15 +160,69 @@ def _cmd_sweep(args) -> int:
   return 0
 
 
+def _growth_layers(args, n_src: int) -> list[int] | None:
+  """The layer map of --layers RANGES (SOLAR / Yi) or --insert-every K (LLaMA-Pro)."""
+  from jaxlab.growth.depth import insert_every
+  if args.layers is not None and args.insert_every is not None:
+    raise ConfigError('--layers and --insert-every exclude each other')
+  if args.insert_every is not None:
+    if args.method != 'zero':
+      raise ConfigError(f'--insert-every adds identity blocks: it needs --method zero, not '
+                        f'{args.method!r}')
+    try:
+      return insert_every(n_src, args.insert_every)
+    except ValueError as err:
+      raise ConfigError(f'--insert-every {args.insert_every}: {err}') from None
+  if args.layers is not None:
+    if args.method not in ('layers', 'zero', 'random'):
+      raise ConfigError(f'--layers is a layer map for --method layers, zero or random, not '
+                        f'{args.method!r}')
+    return list(config_lib.parse_ranges(args.layers, '--layers'))
+  if args.method == 'layers':
+    raise ConfigError('--method layers needs --layers RANGES (e.g. --layers 0-23,8-31)')
+  return None
+
+
 def _cmd_grow(args) -> int:
-  from jaxlab.growth.from_checkpoint import grow_checkpoint
   out = pathlib.Path(args.out)
+  if args.source.startswith('hf:'):
+    from jaxlab.interop import grow_hf, hf_config
+    n_src = hf_config.model_config(hf_config.init_dir(args.source)).n_layers
+    cfg = grow_hf.grow_from_hf(args.source, out, method=args.method,
+                               layers=_growth_layers(args, n_src), factor=args.factor,
+                               experiment=args.experiment, overrides=args.overrides)
+    print(f'wrote {out}: {args.method} growth of {args.source} ({cfg.model.n_layers} layers'
+          f'{", trainable: " + cfg.train.trainable if cfg.train.trainable else ""}); continue '
+          f'it with: python launch.py run {out}')
+    return 0
+  if args.experiment:
+    raise ConfigError('--experiment applies to --from hf:DIR (a jaxlab run has its own config)')
+  from jaxlab.growth.from_checkpoint import grow_checkpoint
+  overrides = list(args.overrides)
+  if args.layers is not None or args.insert_every is not None:
+    src_dir = pathlib.Path(args.source)
+    if not (src_dir / 'config.json').is_file():
+      raise ConfigError(f'--from {src_dir}: no config.json there (not a jaxlab run directory)')
+    layers = _growth_layers(args, config_lib.load_run_dir(src_dir).model.n_layers)
+    overrides = [f'growth.layers={",".join(map(str, layers))}',
+                 f'model.n_layers={len(layers)}'] + overrides
   cfg = grow_checkpoint(args.source, out, method=args.method, factor=args.factor,
-                        step=args.step, overrides=args.overrides)
+                        step=args.step, overrides=overrides)
   g = cfg.growth
   print(f'wrote {out}: {g.method} growth of {args.source} at step '
         f'{g.at_tokens // (cfg.train.batch_size * cfg.data.seq_len)}; continue it with: '
         f'python launch.py run {out}')
+  return 0
+
+
+def _cmd_export(args) -> int:
+  from jaxlab.interop import export
+  size = export.parse_size(args.max_shard_size)
+  if args.max_positions is not None and args.max_positions < 1:
+    raise ConfigError(f'--max-positions {args.max_positions} must be >= 1')
+  step, files = export.export_run(args.run_dir, args.out, step=args.step, dtype=args.dtype,
+                                  max_shard_bytes=size, max_positions=args.max_positions)
+  print(f'wrote {args.out} from {args.run_dir} step {step}: {", ".join(files)}')
   return 0
 
 
@@ -256,17 +310,38 @@ def build_parser() -> argparse.ArgumentParser:
                      'each process takes the whole accelerator')
   submit_lib.add_options(sweep, sweep=True)
   sweep.set_defaults(func=_cmd_sweep)
-  grow = sub.add_parser('grow', help='grow a run\'s checkpoint into a new run directory')
-  grow.add_argument('--from', dest='source', required=True, metavar='RUN_DIR')
+  grow = sub.add_parser('grow', help='grow a run\'s checkpoint (or a Hugging Face model: '
+                        '--from hf:DIR) into a new run directory')
+  grow.add_argument('--from', dest='source', required=True, metavar='RUN_DIR|hf:DIR')
   grow.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   grow.add_argument('--method', default='stack',
                     choices=['stack', 'interleave', 'layers', 'zero', 'random', 'split'])
   grow.add_argument('--factor', type=int, default=4,
                     help='depth growth factor (target layers / source layers); default 4')
+  grow.add_argument('--layers', default=None, metavar='RANGES',
+                    help='source layer of each target layer, ranges allowed: 0-23,8-31 '
+                    '(SOLAR); for --method layers (or zero / random)')
+  grow.add_argument('--insert-every', type=int, default=None, metavar='K',
+                    help='--method zero: an identity copy after every K source layers (LLaMA-Pro)')
+  grow.add_argument('--experiment', default=None, metavar='EXPERIMENT',
+                    help='--from hf:DIR: the experiment whose config (data, optim, train) the '
+                    'grown run takes (default: the Config defaults)')
   grow.add_argument('--out', required=True, metavar='RUN_DIR2')
   grow.add_argument('overrides', nargs='*',
                     help='overrides for the grown run, e.g. train.steps=2000 model.d_model=256')
   grow.set_defaults(func=_cmd_grow)
+  export = sub.add_parser('export', help='write a run\'s checkpoint as a Hugging Face model '
+                          'directory (from_pretrained, lm-eval-harness)')
+  export.add_argument('run_dir', metavar='RUN_DIR')
+  export.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
+  export.add_argument('--format', default='hf', choices=['hf'])
+  export.add_argument('--out', required=True, metavar='DIR')
+  export.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+  export.add_argument('--max-shard-size', default='5GB', metavar='SIZE',
+                      help='one safetensors file up to this size, then shards + index (5GB)')
+  export.add_argument('--max-positions', type=int, default=None, metavar='N',
+                      help='max_position_embeddings in config.json (default: data.seq_len)')
+  export.set_defaults(func=_cmd_export)
   submit = sub.add_parser('submit', help='run an experiment on a Cloud TPU slice or a SLURM '
                           'GPU cluster: submit --target tpu|slurm EXPERIMENT [key=value ...]')
   submit.add_argument('experiment', nargs='?', help='as for run (not needed by --action create, '

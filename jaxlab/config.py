@@ -21,11 +21,11 @@ from typing import Literal
 from jaxlab import config_checks
 from jaxlab.config_types import (Config, ConfigError, DataConfig, GrowthConfig, MeshConfig,
                                  ModelConfig, OptimConfig, TrainConfig, all_keys, check_type,
-                                 describe, fields_of, union_args)
+                                 describe, fields_of, parse_ranges, union_args)
 
 __all__ = ['Config', 'ConfigError', 'DataConfig', 'GrowthConfig', 'MeshConfig', 'ModelConfig',
            'OptimConfig', 'TrainConfig', 'apply_overrides', 'from_dict', 'load', 'load_module',
-           'load_run_dir', 'resolve_experiment', 'validate']
+           'load_run_dir', 'parse_ranges', 'resolve_experiment', 'validate']
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -50,6 +50,8 @@ def _parse(key: str, text: str, tp):
     hint = f'; did you mean {close[0]!r}?' if close else ''
     raise ConfigError(f'{key}={text!r} is not allowed: expected {describe(tp)}{hint}')
   if origin is tuple:
+    if typing.get_args(tp)[0] is int:   # integer lists take ranges: 0-23,8-31
+      return parse_ranges(text, key)
     return tuple(_parse(key, t.strip(), typing.get_args(tp)[0]) for t in text.split(',') if t.strip())
   if tp is bool:
     low = text.lower()
@@ -116,6 +118,7 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
   """Applies `key.sub=value` overrides, then the steplaw rules (jaxlab.optim.steplaw.resolve),
   then validates."""
   steps_set = None
+  explicit = set()
   for item in overrides:
     if '=' not in item:
       raise ConfigError(f'override {item!r} must look like key.sub=value (e.g. train.steps=100)')
@@ -131,7 +134,12 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
       cfg = _set(cfg, rule.split('.'), 'fixed', rule)
     if key == 'train.steps':
       steps_set = text
+    explicit.add(key)
     cfg = _set(cfg, key.split('.'), text, key)
+  if cfg.model.init:   # the architecture comes from the checkpoint (jaxlab.interop.hf_config)
+    from jaxlab.interop.hf_config import resolve_init
+    check_type('', cfg, Config)
+    cfg = resolve_init(cfg, explicit)
   if cfg.optim.lr_rule == 'steplaw' or cfg.train.batch_rule == 'steplaw':
     if steps_set is not None and cfg.train.batch_rule == 'steplaw':
       raise ConfigError(f"train.steps={steps_set} cannot be set under train.batch_rule='steplaw' "
@@ -250,9 +258,13 @@ def from_dict(data: dict, cls=Config):
 
 def _migrated(data: dict, cls) -> dict:
   """Keys renamed since a config.json was written: model.zero_init_head=true is
-  model.readout_init='zero'."""
+  model.readout_init='zero'; data.text_key is data.text_field."""
   if cls is ModelConfig and 'zero_init_head' in data:
     data = dict(data)
     if data.pop('zero_init_head'):
       data['readout_init'] = 'zero'
+  if cls is DataConfig and 'text_key' in data:
+    data = dict(data)
+    data.setdefault('text_field', data.pop('text_key'))
+    data.pop('text_key', None)
   return data

@@ -50,6 +50,22 @@ def validate(cfg: Config) -> Config:
   _require(m.init_std > 0, f'model.init_std={m.init_std} must be > 0')
   _require(m.rope_theta > 0, f'model.rope_theta={m.rope_theta} must be > 0')
   _require(m.norm_eps > 0, f'model.norm_eps={m.norm_eps} must be > 0')
+  if m.rope_scaling == 'llama3':
+    _require(m.rope_factor >= 1 and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor
+             and m.rope_original_max_len >= 1,
+             f'model.rope_scaling=llama3 needs model.rope_factor >= 1 (got {m.rope_factor}), '
+             f'0 < model.rope_low_freq_factor ({m.rope_low_freq_factor}) < '
+             f'model.rope_high_freq_factor ({m.rope_high_freq_factor}) and '
+             f'model.rope_original_max_len >= 1 (got {m.rope_original_max_len})')
+  if m.init:
+    from jaxlab.interop.hf_config import init_dir   # pure Python; checks the syntax
+    init_dir(m.init)
+  if t.trainable:
+    from jaxlab.optim import trainable   # only here: it imports jax
+    trainable.parse(t.trainable)
+    _require(cfg.growth.optimizer != 'grow',
+             'train.trainable freezes params, so the optimizer state changes shape at the '
+             'growth event; use growth.optimizer=reset')
   _require(o.lr > 0, f'optim.lr={o.lr} must be > 0')
   _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f'optim.b1={o.b1}, optim.b2={o.b2} must be in [0, 1)')
   _validate_optimizer(o)

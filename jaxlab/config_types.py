@@ -29,6 +29,11 @@ class ModelConfig:
   head_dim: int = 0                # 0 -> d_model // n_heads
   d_ff: int = 0                    # 0 -> LLaMA's 8/3 * d_model rounded up to 64 (ff_dim)
   rope_theta: float = 10_000.0
+  rope_scaling: Literal['none', 'llama3'] = 'none'   # llama3: Llama 3.1's frequency-dependent
+  rope_factor: float = 8.0         #   RoPE scaling (rope_type llama3 in a HF config): long
+  rope_low_freq_factor: float = 1.0    # wavelengths / factor, short ones kept, smooth between;
+  rope_high_freq_factor: float = 4.0   # the defaults are Llama 3.1's
+  rope_original_max_len: int = 8192    # original_max_position_embeddings
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   remat: Literal['none', 'full', 'save_dots'] = 'none'
@@ -44,6 +49,8 @@ class ModelConfig:
   base_head_dim: int = 0           #   the rules the model uses (explicit head_dim: fixed, heads
   base_d_ff: int = 0               #   scale; else heads fixed; d_ff: its ratio, or LLaMA's rule)
   zero_init_query: bool = False    # query projection initialised to zero
+  init: str = ''                   # '' (init from the parametrization) or 'hf:DIR': start from a
+                                   #   Hugging Face checkpoint (jaxlab.interop.hf)
 
   @property
   def kv_heads(self) -> int:
@@ -90,10 +97,13 @@ class DataConfig:
   tfds_name: str = ''              # e.g. 'lm1b' (needs a network the first time)
   tfds_train_split: str = 'train'
   tfds_val_split: str = 'test'
-  text_key: str = 'text'
-  files: tuple[str, ...] = ()      # local text files (data.files=a.txt,b.txt); one document per file
+  text_field: str = 'text'         # the field holding the text (tfds features, .jsonl keys,
+                                   #   .parquet columns)
+  files: tuple[str, ...] = ()      # local files (data.files=a.txt,b.jsonl.gz,c.parquet): a .txt is
+                                   #   one document, a .jsonl line or a .parquet row is one
   val_fraction: float = 0.05       # files only: the last fraction of each file is validation
-  tokenizer: str = 'byte'          # 'byte' or a path to a trained SentencePiece .model
+  tokenizer: str = 'byte'          # 'byte', a SentencePiece .model, or a Hugging Face
+                                   #   tokenizer.json (or a directory holding one)
   seq_len: int = 256
   seed: int = 0
   shuffle_rows: int = 1024         # packed rows shuffled within windows of this size (0: off)
@@ -139,6 +149,9 @@ class TrainConfig:
                                    #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
   weight_stats: bool = False       # weight norm and effective step of the norm-fed matrices
                                    #   in every step (jaxlab/diagnostics/weights.py)
+  trainable: str = ''              # '' = every param trains; else what trains, the rest frozen
+                                   #   (no update, no optimizer state): globs over param paths,
+                                   #   layers[RANGES][/GLOB], or 'new' (jaxlab/optim/trainable.py)
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,29 @@ class Config:
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
+
+
+# ------------------------------------------------------------------------- int ranges
+
+def parse_ranges(text: str, key: str) -> tuple[int, ...]:
+  """'0-23,8-31' -> (0, 1, ..., 23, 8, ..., 31): comma-separated integers or inclusive
+  ranges a-b (a <= b), in the order given; ConfigError naming `key` otherwise."""
+  out: list[int] = []
+  for item in (t.strip() for t in text.split(',')):
+    if not item:
+      continue
+    lo, sep, hi = item.partition('-')
+    try:
+      a, b = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+      raise ConfigError(f'{key}={text!r}: {item!r} is not an integer or a range a-b '
+                        '(e.g. 0-23,8-31)') from None
+    if a < 0 or b < a:
+      raise ConfigError(f'{key}={text!r}: the range {item!r} must be a-b with 0 <= a <= b')
+    out.extend(range(a, b + 1))
+  if not out:
+    raise ConfigError(f'{key}={text!r} lists no integers (e.g. 0-23,8-31)')
+  return tuple(out)
 
 
 # ------------------------------------------------------------------------- type checks

@@ -16,6 +16,7 @@ from jaxlab.config import DataConfig
 from jaxlab.data import (ByteTokenizer, SentencePieceTokenizer, eval_batches, make_tokenizer,
                          make_train_iterator, train_sentencepiece)
 from jaxlab.data import corpus, pipeline
+from jaxlab.data import files as file_corpora
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BOS = ByteTokenizer.bos_id
@@ -285,8 +286,10 @@ def test_exact_resume_across_epochs_and_reshuffle(tmp_path):
   files = _write_files(tmp_path, n_files=6, n_lines=12)
   # shuffle_rows=0: documents are rebuilt from consecutive rows (row shuffling is
   # resumed exactly too: see test_exact_resume_with_row_shuffle).
-  cfg = DataConfig(source='files', files=files, seq_len=48, val_fraction=0.25, shuffle_rows=0)
-  train_docs = pipeline._file_documents(cfg, 'train')
+  cfg = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                   seq_len=48, val_fraction=0.25, shuffle_rows=0)
+  tok = ByteTokenizer()
+  train_docs = [tok.decode(d) for d in file_corpora.documents(cfg, 'train', tok)]
   epoch_tokens = sum(len(d.encode()) + 1 for d in train_docs)
   batch_size = 2
   n = 3 * epoch_tokens // (batch_size * 49) + 2   # about three epochs
@@ -302,7 +305,8 @@ def test_exact_resume_across_epochs_and_reshuffle(tmp_path):
 
 def test_row_shuffle_mixes_documents_keeps_every_row_and_resumes(tmp_path):
   files = _write_files(tmp_path, n_files=8, n_lines=30)
-  plain = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.1, shuffle_rows=0)
+  plain = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                     seq_len=32, val_fraction=0.1, shuffle_rows=0)
   mixed = dataclasses.replace(plain, shuffle_rows=64)
   tok = ByteTokenizer()
   # 32 batches of 4 rows = two whole windows of 64 rows: the same rows, another order.
@@ -360,7 +364,8 @@ def test_eval_batches_fixed_and_sized(embedded):
 
 def test_process_shards_are_disjoint(tmp_path):
   files = _write_files(tmp_path, n_files=7, n_lines=6)
-  cfg = DataConfig(source='files', files=files, seq_len=32, val_fraction=0.3, shuffle_rows=0)
+  cfg = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                   seq_len=32, val_fraction=0.3, shuffle_rows=0)
   tok = ByteTokenizer()
   seen = []
   for index in range(2):
@@ -378,7 +383,8 @@ def test_process_shards_are_disjoint(tmp_path):
 
 def test_files_source_holds_out_the_tail_of_each_file(tmp_path):
   files = _write_files(tmp_path, n_files=3, n_lines=40)
-  cfg = DataConfig(source='files', files=files, seq_len=64, val_fraction=0.1, shuffle_rows=0)
+  cfg = DataConfig(source='files', files=files, data_dir=str(tmp_path / 'cache'),
+                   seq_len=64, val_fraction=0.1, shuffle_rows=0)
   all_lines = {line for f in files for line in open(f, encoding='utf-8').read().splitlines()}
   val_lines = {f'f{i} line {j:03d} ü' for i in range(3) for j in range(36, 40)}
   tok = ByteTokenizer()
@@ -391,8 +397,8 @@ def test_files_source_holds_out_the_tail_of_each_file(tmp_path):
                                     for i in range(3))
   with pytest.raises(ValueError, match='only 3 batches'):
     eval_batches(cfg, tok, 1, 4)
-  assert pipeline._split_at_line('ab\ncd\nef\ngh\n', 0.25) == ('ab\ncd\nef\n', 'gh\n')
-  assert pipeline._split_at_line('one long line', 0.5) == ('one long line', '')
+  assert file_corpora.split_at_line('ab\ncd\nef\ngh\n', 0.25) == ('ab\ncd\nef\n', 'gh\n')
+  assert file_corpora.split_at_line('one long line', 0.5) == ('one long line', '')
 
 
 def test_tfds_source_by_name_matches_embedded(embedded):
@@ -404,8 +410,8 @@ def test_tfds_source_by_name_matches_embedded(embedded):
   assert _same(via_tfds, direct)
   assert _same(eval_batches(cfg, tok, 4, 2),
                eval_batches(dataclasses.replace(embedded, seq_len=64), tok, 4, 2))
-  with pytest.raises(ValueError, match='data.text_key'):
-    make_train_iterator(dataclasses.replace(cfg, text_key='body'), tok, 4)
+  with pytest.raises(ValueError, match='data.text_field'):
+    make_train_iterator(dataclasses.replace(cfg, text_field='body'), tok, 4)
   with pytest.raises(ValueError, match='data.tfds_name'):
     make_train_iterator(dataclasses.replace(cfg, tfds_name='no_such_dataset_xyz'), tok, 4)
 

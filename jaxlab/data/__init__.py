@@ -2,9 +2,9 @@
 from jaxlab.data.corpus import JaxlabCorpus
 from jaxlab.data.pipeline import (DataIterator, eval_batches, eval_cost_note,
                                   make_train_iterator)
-from jaxlab.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, make_tokenizer,
-                                    train_sentencepiece)
+from jaxlab.data.tokenizers import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer,
+                                    make_tokenizer, train_sentencepiece)
 
-__all__ = ['ByteTokenizer', 'DataIterator', 'JaxlabCorpus', 'SentencePieceTokenizer',
-           'eval_batches', 'eval_cost_note', 'make_tokenizer', 'make_train_iterator',
-           'train_sentencepiece']
+__all__ = ['ByteTokenizer', 'DataIterator', 'HFTokenizer', 'JaxlabCorpus',
+           'SentencePieceTokenizer', 'eval_batches', 'eval_cost_note', 'make_tokenizer',
+           'make_train_iterator', 'train_sentencepiece']

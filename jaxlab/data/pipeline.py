@@ -1,6 +1,7 @@
 """The grain input pipeline: documents -> [BOS] + tokens -> packed rows -> batches.
 
-    documents (embedded corpus | any TFDS text dataset | local files)
+    documents (embedded corpus | any TFDS text dataset | local files: .txt, .jsonl(.gz),
+               .parquet, tokenised once and cached by jaxlab.data.files)
       -> this process's shard (documents process_index, process_index + process_count, ...)
       -> shuffle (training: by data.seed, a new order every epoch; repeated forever)
       -> [BOS] + tokenizer.encode(text)
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxlab.config_types import DataConfig
-from jaxlab.data import corpus
+from jaxlab.data import corpus, files
 
 Batch = dict[str, np.ndarray]
 
@@ -53,37 +54,9 @@ def _stable_seed(seed: int, purpose: str) -> int:
 
 # ----------------------------------------------------------------------------- sources
 
-def _split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
-  """(train, validation): validation is about the last `val_fraction` of `text`,
-  starting at the line boundary nearest to that point."""
-  target = int(round(len(text) * (1.0 - val_fraction)))
-  before = text.rfind('\n', 0, target)       # a line starts right after a newline
-  after = text.find('\n', target)
-  starts = [i + 1 for i in (before, after) if i >= 0] or [len(text)]
-  cut = min(starts, key=lambda i: (abs(i - target), i))
-  return text[:cut], text[cut:]
-
-
-def _file_documents(cfg: DataConfig, split: str) -> list[str]:
-  docs = []
-  for path in cfg.files:
-    try:
-      with open(path, encoding='utf-8') as f:
-        text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-      raise ValueError(f'data.files: cannot read {path!r} as UTF-8 text: {e}') from e
-    train, val = _split_at_line(text, cfg.val_fraction)
-    doc = train if split == 'train' else val
-    if doc:
-      docs.append(doc)
-  if not docs:
-    raise ValueError(f'data.files={",".join(cfg.files)!r} give no {split} text (each file is '
-                     f'split at the line nearest to 1 - data.val_fraction={cfg.val_fraction})')
-  return docs
-
-
 def _tfds_texts(name: str, split: str, split_key: str, text_key: str, data_dir: str):
-  """The `text_key` field of TFDS dataset `name`, `split`, as a grain MapDataset."""
+  """The `text_key` (data.text_field) field of TFDS dataset `name`, `split`, as a grain
+  MapDataset."""
   try:
     builder = corpus.prepared_builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -104,13 +77,14 @@ def _tfds_texts(name: str, split: str, split_key: str, text_key: str, data_dir: 
         f'{split_key}={split!r} of TFDS dataset {name!r} cannot be read as array_record '
         f'(splits: {", ".join(builder.info.splits.keys())}): {type(e).__name__}: {e}') from e
   if len(source) and text_key not in source[0]:
-    raise ValueError(f'data.text_key={text_key!r} is not a field of {name!r}; '
+    raise ValueError(f'data.text_field={text_key!r} is not a field of {name!r}; '
                      f'fields: {", ".join(source[0])}')
   return grain.MapDataset.source(source).map(lambda example: example[text_key])
 
 
-def _documents(cfg: DataConfig, split: str) -> grain.MapDataset:
-  """All documents of `split` ('train' or 'validation') as texts (str or UTF-8 bytes)."""
+def _documents(cfg: DataConfig, split: str, tokenizer) -> grain.MapDataset:
+  """All documents of `split` ('train' or 'validation') as texts (str or UTF-8 bytes), or
+  token ids (data.source=files: tokenised and cached by jaxlab.data.files)."""
   if cfg.source == 'embedded':
     return grain.MapDataset.source(corpus.data_source(split, cfg.data_dir)).map(
         lambda example: example['text'])
@@ -118,9 +92,9 @@ def _documents(cfg: DataConfig, split: str) -> grain.MapDataset:
     data_dir = corpus.default_data_dir(cfg.data_dir)
     split_name, key = ((cfg.tfds_train_split, 'data.tfds_train_split') if split == 'train'
                        else (cfg.tfds_val_split, 'data.tfds_val_split'))
-    return _tfds_texts(cfg.tfds_name, split_name, key, cfg.text_key, data_dir)
+    return _tfds_texts(cfg.tfds_name, split_name, key, cfg.text_field, data_dir)
   if cfg.source == 'files':
-    return grain.MapDataset.source(_file_documents(cfg, split))
+    return grain.MapDataset.source(files.documents(cfg, split, tokenizer))
   raise ValueError(f"data.source={cfg.source!r}: expected 'embedded', 'tfds' or 'files'")
 
 
@@ -141,6 +115,8 @@ def _encoder(tokenizer):
   bos = np.array([tokenizer.bos_id], dtype=np.int32)
 
   def encode(text) -> dict[str, np.ndarray]:
+    if isinstance(text, np.ndarray):   # already token ids
+      return {'tokens': np.concatenate([bos, text.astype(np.int32)])}
     if isinstance(text, bytes):
       text = text.decode('utf-8')
     return {'tokens': np.concatenate([bos, np.asarray(tokenizer.encode(text), np.int32)])}
@@ -226,7 +202,7 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   """
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1 (train.batch_size)')
-  docs = _shard(_documents(cfg, 'train'), process_index, process_count, 'train')
+  docs = _shard(_documents(cfg, 'train', tokenizer), process_index, process_count, 'train')
   docs = docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()   # reshuffled per epoch
   rows = _rows(docs, tokenizer, cfg.seq_len)
   if cfg.shuffle_rows > 1:
@@ -251,7 +227,8 @@ def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | s
   """
   if n_batches == 'all':
     return _whole_split(cfg, tokenizer, batch_size, process_index, process_count)
-  docs = _shard(_documents(cfg, 'validation'), process_index, process_count, 'validation')
+  docs = _shard(_documents(cfg, 'validation', tokenizer), process_index, process_count,
+                'validation')
   batches = _eval_rows(docs, tokenizer, cfg.seq_len).batch(batch_size, drop_remainder=True)
   out = list(itertools.islice(iter(batches), n_batches))
   if len(out) < n_batches:
@@ -290,7 +267,7 @@ def _whole_split(cfg: DataConfig, tokenizer, batch_size: int, process_index: int
                  process_count: int) -> list[Batch]:
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
-  rows = list(_eval_rows(_documents(cfg, 'validation'), tokenizer, cfg.seq_len))
+  rows = list(_eval_rows(_documents(cfg, 'validation', tokenizer), tokenizer, cfg.seq_len))
   if not rows:
     raise ValueError('the validation split is empty (data.source): train.eval_batches=all '
                      'has nothing to evaluate; set train.eval_batches=0')

@@ -73,6 +73,20 @@ def layer_map(method: str, n_src: int, n_dst: int, layers=None) -> list[int]:
   return layers
 
 
+def insert_every(n_src: int, k: int) -> list[int]:
+  """LLaMA-Pro's block expansion as a layer map for 'zero': after every k source layers a
+  copy of the last of them (new, so 'zero' zeroes its residual writers: the identity).
+  32 layers, k = 4 -> 40: [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, ...]."""
+  if k < 1 or k > n_src:
+    raise ValueError(f'insert_every k={k}: allowed 1 .. n_layers={n_src}')
+  out = []
+  for i in range(n_src):
+    out.append(i)
+    if (i + 1) % k == 0:
+      out.append(i)
+  return out
+
+
 def new_layer_mask(method: str, n_src: int, n_dst: int, layers=None) -> list[bool]:
   """True for dst layers that are not the first occurrence of their src layer.
 

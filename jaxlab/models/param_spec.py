@@ -19,6 +19,9 @@ A `ParamSpec` says, for one parameter:
                 'keep'   never changes size (vocab, head dim);
                 'layer'  the scanned layer axis (depth growth gathers along it);
   hf          its name in the Hugging Face Llama layout ('{layer}' inside the blocks);
+  hf_layout   how torch stores it there: 'linear' (nn.Linear: (fan-out dims flattened,
+              fan-in dims flattened), jaxlab's matrix view transposed) or 'table'
+              (nn.Embedding: the dims as jaxlab holds them); a vector is stored as is;
   norm_input  the matrix reads an RMSNorm output (AdamP's weight diagnostics);
   absorbs     forward factors besides its own multiplier that growth keeps constant by
               rescaling this param: 'attention' (the q.k logit scale, on wq), 'readout'
@@ -46,6 +49,7 @@ from jaxlab.config_types import ModelConfig
 
 ROLES = ('embedding', 'hidden', 'output', 'norm', 'bias')
 GROWTH = ('split', 'copy', 'zero', 'keep', 'layer')
+HF_LAYOUTS = ('linear', 'table')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +81,14 @@ class ParamSpec:
   fan_in: tuple[bool, ...]
   growth: tuple[str, ...]
   hf: str = ''
+  hf_layout: str = 'linear'
   norm_input: bool = False
   absorbs: tuple[str, ...] = ()
 
   def __post_init__(self):
+    if self.hf_layout not in HF_LAYOUTS:
+      raise ValueError(f'hf_layout {self.hf_layout!r} is not known; allowed: '
+                       f'{", ".join(HF_LAYOUTS)}')
     if self.role not in ROLES:
       raise ValueError(f'param role {self.role!r} is not known; allowed: {", ".join(ROLES)}')
     if not len(self.axes) == len(self.fan_in) == len(self.growth):
@@ -132,12 +140,12 @@ class ParamSpec:
     return self.hf.format(layer=layer) if '{layer}' in self.hf else self.hf
 
 
-def spec(role: str, *dims: tuple[str, str, bool], hf: str = '', norm_input: bool = False,
-         absorbs: tuple[str, ...] = ()) -> ParamSpec:
+def spec(role: str, *dims: tuple[str, str, bool], hf: str = '', hf_layout: str = 'linear',
+         norm_input: bool = False, absorbs: tuple[str, ...] = ()) -> ParamSpec:
   """A ParamSpec from (logical axis, growth, is fan-in) triples, one per dim."""
   return ParamSpec(role=role, axes=tuple(d[0] for d in dims), growth=tuple(d[1] for d in dims),
-                   fan_in=tuple(d[2] for d in dims), hf=hf, norm_input=norm_input,
-                   absorbs=absorbs)
+                   fan_in=tuple(d[2] for d in dims), hf=hf, hf_layout=hf_layout,
+                   norm_input=norm_input, absorbs=absorbs)
 
 
 class Declared(nn.LogicallyPartitioned):

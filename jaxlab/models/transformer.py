@@ -8,6 +8,8 @@ jaxlab.models.parametrization.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -38,7 +40,10 @@ WV = spec('hidden', ('embed', 'split', True), ('kv_heads', 'copy', False), ('kv'
           hf=_L + 'self_attn.v_proj.weight', norm_input=True)
 WO = spec('hidden', ('heads', 'split', True), ('kv', 'keep', True), ('embed', 'zero', False),
           hf=_L + 'self_attn.o_proj.weight')
-Q_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.q_norm.weight')
+# Under QK-norm the query's RMSNorm undoes any scale on wq: its gain absorbs the q.k scale.
+WQ_QK_NORMED = dataclasses.replace(WQ, absorbs=())
+Q_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.q_norm.weight',
+              absorbs=('attention',))
 K_NORM = spec('norm', ('kv', 'keep', False), hf=_L + 'self_attn.k_norm.weight')
 W_GATE = spec('hidden', ('embed', 'split', True), ('mlp', 'copy', False),
               hf=_L + 'mlp.gate_proj.weight', norm_input=True)
@@ -54,7 +59,7 @@ FINAL_NORM = spec('norm', ('embed', 'copy', False), hf='model.norm.weight')
 FINAL_NORM_TIED = spec('norm', ('embed', 'split', False), hf='model.norm.weight',
                        absorbs=('readout',))
 EMBEDDING = spec('embedding', ('vocab', 'keep', True), ('embed', 'zero', False),
-                 hf='model.embed_tokens.weight')
+                 hf='model.embed_tokens.weight', hf_layout='table')
 HEAD = spec('output', ('embed', 'split', True), ('vocab', 'keep', False), hf='lm_head.weight',
             norm_input=True)
 
@@ -86,11 +91,35 @@ def positions_from_segments(segment_ids_BxT: jax.Array) -> jax.Array:
   return t_T - start_BxT
 
 
-def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding (rotate-half layout: pairs (i, i + K/2)), computed in float32."""
+def rope_frequencies(cfg: ModelConfig, K: int) -> jax.Array:
+  """Inverse frequencies theta^(-2i/K), i < K/2 (float32); with model.rope_scaling=llama3,
+  Llama 3.1's rescaling (transformers' rope_type 'llama3'): for wavelengths 2 pi / f longer
+  than original_max_len / low_freq_factor the frequency is divided by rope_factor, shorter
+  than original_max_len / high_freq_factor it is kept, and in between it is interpolated
+  by s = (original_max_len / wavelength - low) / (high - low): (1 - s) f / factor + s f."""
+  half = K // 2
+  inv_freq_Kh = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if cfg.rope_scaling == 'none':
+    return inv_freq_Kh
+  factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+  old_len = cfg.rope_original_max_len
+  wavelen_Kh = 2 * jnp.pi / inv_freq_Kh
+  long_Kh = wavelen_Kh > old_len / low
+  short_Kh = wavelen_Kh < old_len / high
+  scaled_Kh = jnp.where(long_Kh, inv_freq_Kh / factor, inv_freq_Kh)
+  smooth_Kh = (old_len / wavelen_Kh - low) / (high - low)
+  smoothed_Kh = (1 - smooth_Kh) * scaled_Kh / factor + smooth_Kh * scaled_Kh
+  return jnp.where(~long_Kh & ~short_Kh, smoothed_Kh, scaled_Kh)
+
+
+def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float,
+         inv_freq_Kh: jax.Array | None = None) -> jax.Array:
+  """Rotary embedding (rotate-half layout: pairs (i, i + K/2)), computed in float32, with
+  frequencies theta^(-2i/K) unless inv_freq_Kh gives them (rope_frequencies)."""
   K = x_BxTxNxK.shape[-1]
   half = K // 2
-  inv_freq_Kh = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if inv_freq_Kh is None:
+    inv_freq_Kh = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_BxTxKh = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_Kh
   sin_BxTx1xKh = jnp.sin(angle_BxTxKh)[:, :, None, :]
   cos_BxTx1xKh = jnp.cos(angle_BxTxKh)[:, :, None, :]
@@ -123,21 +152,24 @@ class Attention(nn.Module):
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT):
     cfg = self.cfg
     dt = cfg.dtype
-    wq_DxHxK = _param(self, 'wq', WQ, zero=cfg.zero_init_query)
+    wq_spec = WQ_QK_NORMED if cfg.qk_norm else WQ
+    wq_DxHxK = _param(self, 'wq', wq_spec, zero=cfg.zero_init_query)
     wk_DxGxK = _param(self, 'wk', WK)
     wv_DxGxK = _param(self, 'wv', WV)
     wo_HxKxD = _param(self, 'wo', WO)
 
     x_BxTxD = x_BxTxD.astype(dt)
-    q_BxTxHxK = _scaled(jnp.einsum('btd,dhk->bthk', x_BxTxD, wq_DxHxK.astype(dt)), cfg, WQ)
+    q_BxTxHxK = _scaled(jnp.einsum('btd,dhk->bthk', x_BxTxD, wq_DxHxK.astype(dt)), cfg,
+                        wq_spec)
     k_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wk_DxGxK.astype(dt)), cfg, WK)
     v_BxTxGxK = _scaled(jnp.einsum('btd,dgk->btgk', x_BxTxD, wv_DxGxK.astype(dt)), cfg, WV)
     if cfg.qk_norm:   # OLMo-2 / Qwen3: RMSNorm over each head's K dims, before RoPE
       q_BxTxHxK = RMSNorm(cfg, Q_NORM, name='q_norm')(q_BxTxHxK)
       k_BxTxGxK = RMSNorm(cfg, K_NORM, name='k_norm')(k_BxTxGxK)
-    q_BxTxHxK = _constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_theta),
+    inv_freq_Kh = rope_frequencies(cfg, cfg.dim_per_head)
+    q_BxTxHxK = _constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_theta, inv_freq_Kh),
                            'batch', 'seq', 'heads', 'kv')
-    k_BxTxGxK = _constrain(rope(k_BxTxGxK, positions_BxT, cfg.rope_theta),
+    k_BxTxGxK = _constrain(rope(k_BxTxGxK, positions_BxT, cfg.rope_theta, inv_freq_Kh),
                            'batch', 'seq', 'kv_heads', 'kv')
     v_BxTxGxK = _constrain(v_BxTxGxK, 'batch', 'seq', 'kv_heads', 'kv')
 

@@ -17,6 +17,10 @@ Every optimizer here acts per tensor, so the groups together are the same optimi
 per-tensor hyperparameters. Decay stays lr-coupled (AdamW: p <- p - lr (u + wd p)).
 AdamP / SGDP project each weight per output channel; their layout comes from the
 parameter schema (adamp_layout).
+train.trainable (jaxlab.optim.trainable) freezes params: whole frozen params form a
+'frozen' group whose transform is optax.set_to_zero() (no state), the trainable rows of a
+partly frozen scanned param are the only ones its group's optimizer sees (rows_only), and
+the frozen gradients are zeroed before clipping.
 """
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ import optax
 
 from jaxlab.config_types import ModelConfig, OptimConfig
 from jaxlab.models import parametrization, schema
+from jaxlab.optim import trainable as trainable_lib
 from jaxlab.optim.adamp import Layout, adamp, sgdp
+
+FROZEN = 'frozen'
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -122,13 +129,21 @@ def _nest(flat: dict[tuple[str, ...], object]) -> dict:
 
 
 def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Schedule,
-                   seed: int = 0) -> optax.GradientTransformation:
+                   seed: int = 0, trainable: dict | None = None) -> optax.GradientTransformation:
+  """trainable: {param path: trainable_lib.ALL | trainable layer rows} (trainable.resolve),
+  or None when every param trains."""
   parts = []
   if cfg.grad_noise_eta > 0:
     parts.append(optax.add_noise(cfg.grad_noise_eta, cfg.grad_noise_gamma, key=seed))
+  if trainable is not None:
+    parts.append(trainable_lib.zero_frozen(trainable))
   if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
   flat_labels, groups = param_groups(cfg, model_cfg)
+  partial = {}
+  if trainable is not None:
+    flat_labels = {p: FROZEN if trainable[p] == () else label for p, label in flat_labels.items()}
+    partial = {p: rows for p, rows in trainable.items() if rows not in (trainable_lib.ALL, ())}
   # The labels are a prefix of boxed and unboxed param trees alike (the sharded init
   # passes boxed params): each group's MaskedNode then replaces a whole param.
   labels = _nest(flat_labels)
@@ -139,8 +154,13 @@ def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Sch
     def layout(params):   # one group's params (optax.MaskedNode where another group's)
       return jax.tree_util.tree_map_with_path(
           lambda path, _: by_path[schema.dict_keys(path)], params)
+  used = set(flat_labels.values())
   transforms = {label: _optimizer(cfg, _scaled_schedule(schedule, lr_s), cfg.weight_decay * wd_s,
                                   layout)
-                for label, (lr_s, wd_s) in groups.items()}
+                for label, (lr_s, wd_s) in groups.items() if label in used}
+  if partial:
+    transforms = {k: trainable_lib.rows_only(t, partial) for k, t in transforms.items()}
+  if FROZEN in used:
+    transforms[FROZEN] = optax.set_to_zero()
   parts.append(optax.multi_transform(transforms, labels))
   return optax.chain(*parts)

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab import growth
-from jaxlab.config_types import Config
+from jaxlab.config_types import Config, ConfigError
 from jaxlab.growth import events
-from jaxlab.models import Transformer
-from jaxlab.optim import make_optimizer, make_schedule
+from jaxlab.models import Transformer, schema
+from jaxlab.optim import make_optimizer, make_schedule, trainable
 from jaxlab.parallel import batch_sharding
-from jaxlab.train.state import init_state, state_shardings
+from jaxlab.train.state import init_state, init_state_from, state_shardings
 from jaxlab.train.step import make_eval_step, make_train_step
 
 
@@ -51,6 +51,11 @@ class Program:
   def init_state(self):
     if self.phase:
       raise ValueError('only the first phase of a run is initialised from scratch')
+    if self.cfg.model.init:   # model.init=hf:DIR: params streamed into their shards
+      from jaxlab.interop import hf, hf_config
+      params = hf.load_params(hf_config.init_dir(self.cfg.model.init), self.model.cfg,
+                              self.shardings.params)
+      return init_state_from(params, self.tx, self.shardings)
     return init_state(self.model, self.tx, self.cfg.data.seq_len, self.cfg.train.seed,
                       self.shardings)
 
@@ -82,12 +87,33 @@ def layer_gate_fn(cfg: Config, phases: list, k: int):
   return gate
 
 
+def trainable_rows(cfg: Config, phases: list, k: int) -> dict | None:
+  """train.trainable resolved for phase k ({param path: rows}, jaxlab.optim.trainable), or
+  None when every param trains. 'new' is the layers phase k's growth added; before a
+  growth, everything trains."""
+  text = cfg.train.trainable
+  if not text:
+    return None
+  new = None
+  if phases[k].event == 'grow':
+    g = cfg.growth
+    new = growth.new_layers(phases[k - 1].model, phases[k].model, g.method, g.layers or None)
+  elif phases[k].event is not None:
+    raise ConfigError(f"train.trainable={text!r} with growth.method={cfg.growth.method!r}: a "
+                      'V-cycle has no frozen part')
+  elif len(phases) > 1 and any(i.new for i in trainable.parse(text)):
+    return None
+  model_cfg = phases[k].model
+  return trainable.resolve(text, model_cfg, new, schema.specs(model_cfg))
+
+
 def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None) -> Program:
   phases = phases if phases is not None else growth.phases(cfg)
   model_cfg = phases[phase].model
   model = Transformer(model_cfg)
   schedule, lr_schedule = _schedules(cfg, phases, phase)
-  tx = make_optimizer(cfg.optim, model_cfg, schedule, seed=cfg.train.seed)
+  tx = make_optimizer(cfg.optim, model_cfg, schedule, seed=cfg.train.seed,
+                      trainable=trainable_rows(cfg, phases, phase))
   # Inside a V-cycle the state also holds the params of every finer level (to interpolate
   # into on the way back up).
   level_models = {p.level: p.model for p in phases}

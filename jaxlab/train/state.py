@@ -54,3 +54,12 @@ def init_state(model, tx, seq_len: int, seed: int, shardings) -> TrainState:
   init = jax.jit(functools.partial(_init, model, tx, seq_len, boxed=False),
                  out_shardings=shardings)
   return init(jax.random.key(seed))
+
+
+def init_state_from(params, tx, shardings) -> TrainState:
+  """A fresh train state around given params (already in their shards): step 0 and the
+  optimizer's initial state, made in its shards."""
+  init = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                      opt_state=tx.init(p), stash={}),
+                 out_shardings=shardings, donate_argnums=0)
+  return init(params)

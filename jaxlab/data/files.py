@@ -1,0 +1,225 @@
+"""data.source=files: local corpora, tokenised once and cached.
+
+  .txt                one document per file; its last data.val_fraction (cut at the line
+                      nearest to that point) is validation
+  .jsonl, .jsonl.gz   one document per line: the line's data.text_field (default 'text')
+  .parquet            one document per row: the column data.text_field
+For .jsonl and .parquet the last data.val_fraction of each file's documents (rounded)
+is validation, so training never sees a validation document. A malformed line or row is
+an error naming the file and the line (1-based) or row (0-based) number.
+
+Tokenisation runs in batches through the tokenizer's encode_batch (threads outside the
+GIL for SentencePiece and Hugging Face tokenizers) and is cached: a file's token ids are
+written once to <data dir>/tokenized/<key>/ (tokens.npy, offsets.npy, meta.json; written
+to a temporary directory and renamed, under a lock, so concurrent processes share one
+build) and memory-mapped afterwards. The key hashes the file's path, size and mtime, the
+tokenizer's fingerprint, data.text_field and data.val_fraction, so any change re-tokenises.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from jaxlab.config_types import DataConfig
+from jaxlab.data import corpus
+
+FORMATS = ('.txt', '.jsonl', '.jsonl.gz', '.parquet')
+_BATCH = 1024          # documents per encode_batch call
+_CACHE_VERSION = 1
+
+
+def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
+  """(train, validation): validation is about the last `val_fraction` of `text`,
+  starting at the line boundary nearest to that point."""
+  target = int(round(len(text) * (1.0 - val_fraction)))
+  before = text.rfind('\n', 0, target)       # a line starts right after a newline
+  after = text.find('\n', target)
+  starts = [i + 1 for i in (before, after) if i >= 0] or [len(text)]
+  cut = min(starts, key=lambda i: (abs(i - target), i))
+  return text[:cut], text[cut:]
+
+
+def file_format(path: str) -> str:
+  for ext in sorted(FORMATS, key=len, reverse=True):
+    if path.endswith(ext):
+      return ext
+  raise ValueError(f'data.files: {path!r} has an unknown extension; allowed: '
+                   f'{", ".join(FORMATS)}')
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _jsonl_texts(path: str, field: str) -> Iterator[str]:
+  opener = gzip.open if path.endswith('.gz') else open
+  try:
+    with opener(path, 'rt', encoding='utf-8') as f:
+      for n, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as err:
+          raise ValueError(f'data.files: {path} line {n}: not valid JSON ({err})') from None
+        if not isinstance(record, dict) or field not in record:
+          keys = ', '.join(record) if isinstance(record, dict) else type(record).__name__
+          raise ValueError(f'data.files: {path} line {n}: no field {field!r} (data.text_field; '
+                           f'the line has: {keys})')
+        text = record[field]
+        if not isinstance(text, str):
+          raise ValueError(f'data.files: {path} line {n}: field {field!r} is '
+                           f'{type(text).__name__}, not a string')
+        yield text
+  except (OSError, EOFError, UnicodeDecodeError) as err:
+    raise ValueError(f'data.files: cannot read {path} ({type(err).__name__}: {err})') from err
+
+
+def _parquet_texts(path: str, field: str) -> Iterator[str]:
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  try:
+    pf = pq.ParquetFile(path)
+  except (OSError, pa.ArrowException) as err:
+    raise ValueError(f'data.files: cannot read {path} as parquet ({err})') from err
+  names = pf.schema_arrow.names
+  if field not in names:
+    raise ValueError(f'data.files: {path}: no column {field!r} (data.text_field; columns: '
+                     f'{", ".join(names)})')
+  kind = pf.schema_arrow.field(field).type
+  if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    raise ValueError(f'data.files: {path}: column {field!r} holds {kind}, not strings')
+  row = 0
+  for batch in pf.iter_batches(columns=[field], batch_size=_BATCH):
+    for text in batch.column(0).to_pylist():
+      if text is None:
+        raise ValueError(f'data.files: {path} row {row}: {field!r} is null')
+      yield text
+      row += 1
+
+
+def _documents(path: str, cfg: DataConfig) -> tuple[Iterator[str], int | None]:
+  """(texts, number of training documents or None = by val_fraction of the count)."""
+  fmt = file_format(path)
+  if fmt == '.txt':
+    try:
+      with open(path, encoding='utf-8') as f:
+        text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+      raise ValueError(f'data.files: cannot read {path!r} as UTF-8 text: {e}') from e
+    return iter(split_at_line(text, cfg.val_fraction)), 1
+  if fmt == '.parquet':
+    return _parquet_texts(path, cfg.text_field), None
+  return _jsonl_texts(path, cfg.text_field), None
+
+
+# ----------------------------------------------------------------------------- cache
+
+class TokenDocs(Sequence):
+  """Documents [lo, hi) of one tokenised file: item i is its token ids (int32)."""
+
+  def __init__(self, tokens: np.ndarray, offsets: np.ndarray, lo: int, hi: int):
+    self._tokens, self._offsets, self._lo, self._n = tokens, offsets, lo, hi - lo
+
+  def __len__(self) -> int:
+    return self._n
+
+  @property
+  def n_tokens(self) -> int:
+    return int(self._offsets[self._lo + self._n] - self._offsets[self._lo])
+
+  def __getitem__(self, i):
+    if not -self._n <= i < self._n:
+      raise IndexError(i)
+    i = self._lo + (i % self._n)
+    return np.asarray(self._tokens[self._offsets[i]:self._offsets[i + 1]])
+
+
+class ChainedDocs(Sequence):
+  """Several TokenDocs read as one sequence."""
+
+  def __init__(self, parts: list[TokenDocs]):
+    self._parts = [p for p in parts if len(p)]
+    self._ends = np.cumsum([len(p) for p in self._parts])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __getitem__(self, i):
+    n = len(self)
+    if not -n <= i < n:
+      raise IndexError(i)
+    i %= n
+    k = int(np.searchsorted(self._ends, i, side='right'))
+    return self._parts[k][i - (int(self._ends[k - 1]) if k else 0)]
+
+
+def _key(path: str, cfg: DataConfig, tokenizer) -> str:
+  st = os.stat(path)
+  text = json.dumps([_CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns,
+                     tokenizer.fingerprint, cfg.text_field, cfg.val_fraction])
+  return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _tokenize(path: str, cfg: DataConfig, tokenizer, out: pathlib.Path):
+  texts, n_train = _documents(path, cfg)
+  chunks, lengths, batch = [], [], []
+
+  def flush():
+    for ids in tokenizer.encode_batch(batch):
+      chunks.append(ids)
+      lengths.append(len(ids))
+    batch.clear()
+  for text in texts:
+    batch.append(text)
+    if len(batch) == _BATCH:
+      flush()
+  flush()
+  n = len(lengths)
+  if n_train is None:
+    n_train = n - int(round(n * cfg.val_fraction))
+  tokens = np.concatenate(chunks).astype(np.int32) if chunks else np.zeros(0, np.int32)
+  offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+  np.save(out / 'tokens.npy', tokens)
+  np.save(out / 'offsets.npy', offsets)
+  (out / 'meta.json').write_text(json.dumps({'file': os.path.abspath(path), 'n_docs': n,
+                                             'n_train': n_train,
+                                             'tokenizer': tokenizer.fingerprint}))
+
+
+def tokenized(path: str, cfg: DataConfig, tokenizer) -> tuple[TokenDocs, TokenDocs]:
+  """(train, validation) documents of one file, tokenised (from the cache when there)."""
+  if not os.path.isfile(path):
+    raise ValueError(f'data.files: {path!r} does not exist')
+  root = pathlib.Path(corpus.default_data_dir(cfg.data_dir)) / 'tokenized'
+  entry = root / _key(path, cfg, tokenizer)
+  if not (entry / 'meta.json').is_file():
+    root.mkdir(parents=True, exist_ok=True)
+    with corpus.file_lock(str(root / '.lock')):
+      if not (entry / 'meta.json').is_file():
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix='.tmp-', dir=root))
+        try:
+          _tokenize(path, cfg, tokenizer, tmp)
+          os.replace(tmp, entry)
+        finally:
+          shutil.rmtree(tmp, ignore_errors=True)
+  meta = json.loads((entry / 'meta.json').read_text())
+  tokens = np.load(entry / 'tokens.npy', mmap_mode='r')
+  offsets = np.load(entry / 'offsets.npy')
+  n, k = meta['n_docs'], meta['n_train']
+  return TokenDocs(tokens, offsets, 0, k), TokenDocs(tokens, offsets, k, n)
+
+
+def documents(cfg: DataConfig, split: str, tokenizer) -> ChainedDocs:
+  """Every file's `split` ('train' | 'validation') documents, as token ids."""
+  parts = [tokenized(path, cfg, tokenizer)[0 if split == 'train' else 1] for path in cfg.files]
+  if not sum(p.n_tokens for p in parts):
+    raise ValueError(f'data.files={",".join(cfg.files)!r} give no {split} text (the last '
+                     f'data.val_fraction={cfg.val_fraction} of each file is validation)')
+  return ChainedDocs(parts)
