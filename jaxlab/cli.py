@@ -1,9 +1,11 @@
 """Command line: `python launch.py {run,sweep,grow,export,submit,compile,report,steplaw,
 coordcheck} ...`.
 
-Configuration mistakes exit with status 2 and one clear line (no traceback), before
-anything is compiled. A diverged run exits with 1; a run stopped by SIGTERM / SIGINT
-saves a checkpoint and exits with 128 + the signal number.
+Configuration mistakes -- and a run directory in use, a full disk or an unwritable
+directory -- exit with status 2 and one clear line (no traceback), before anything is
+compiled where the input allows. A diverged run exits with 1; a run stopped by SIGTERM /
+SIGINT saves a checkpoint (at a step every host agrees on) and exits with 128 + the
+signal number.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import signal
 import sys
 import typing
 
@@ -429,3 +432,6 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as err:
     print(f'error: {err}', file=sys.stderr)
     return 2
+  except KeyboardInterrupt:   # a second Ctrl-C (the first one stops a run at a step boundary)
+    print('interrupted', file=sys.stderr)
+    return 128 + signal.SIGINT

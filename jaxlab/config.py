@@ -7,10 +7,13 @@ the key, the value and what is allowed -- before anything is compiled.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
+import math
 import pathlib
+import traceback
 import types
 import typing
 from typing import Literal
@@ -70,9 +73,12 @@ def _parse(key: str, text: str, tp):
       return int(value)
   if tp is float:
     try:
-      return float(text)
+      value = float(text)
     except ValueError:
       raise bad() from None
+    if not math.isfinite(value):   # inf, nan, and 1e400 (which parses as inf)
+      raise ConfigError(f'{key}={text!r} is not valid: expected a finite number')
+    return value
   if tp is str:
     return text
   raise ConfigError(f'{key} cannot be set from the command line (type {tp})')
@@ -170,25 +176,50 @@ def resolve_experiment(experiment: str) -> pathlib.Path:
 
 
 def load_module(experiment: str) -> types.ModuleType:
+  """Imports an experiment file. A file that fails to import (a syntax error, an
+  exception at import) is the user's to fix: ConfigError naming the file and line."""
   path = resolve_experiment(experiment)
   spec = importlib.util.spec_from_file_location(f'jaxlab_experiment_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  with _experiment_errors(path, 'importing it'):
+    spec.loader.exec_module(module)
   if not callable(getattr(module, 'config', None)):
     raise ConfigError(f'experiment {str(path)!r} must define config() returning a jaxlab Config')
   return module
 
 
-def load_run_dir(run_dir: str | pathlib.Path) -> Config:
-  """The config of an existing run directory (its config.json), placed where it lies."""
-  import json
-  run_dir = pathlib.Path(run_dir)
+@contextlib.contextmanager
+def _experiment_errors(path: pathlib.Path, doing: str):
+  """Turns an exception raised by the experiment's own code into one line naming the file
+  and the line in it (ConfigError passes through unchanged)."""
   try:
-    cfg = from_dict(json.loads((run_dir / 'config.json').read_text()))
-  except (json.JSONDecodeError, TypeError) as err:
+    yield
+  except ConfigError:
+    raise
+  except SyntaxError as err:
+    raise ConfigError(f'experiment {str(path)!r} has a syntax error at line {err.lineno}: '
+                      f'{err.msg}') from None
+  except Exception as err:
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if pathlib.Path(f.filename).resolve() == path]
+    where = f' (line {frames[-1].lineno}: {frames[-1].line})' if frames else ''
+    message = str(err).splitlines()[0] if str(err) else ''
+    raise ConfigError(f'experiment {str(path)!r} raised {type(err).__name__} while '
+                      f'{doing}{where}: {message}') from None
+
+
+def load_run_dir(run_dir: str | pathlib.Path) -> Config:
+  """The config of an existing run directory (its config.json), placed where it lies: a
+  copied run directory continues under its new name."""
+  from jaxlab.run_dir import RunDir
+  run_dir = pathlib.Path(run_dir)
+  data, _ = RunDir(run_dir, writer=False).read_config()
+  try:
+    cfg = from_dict(data)
+  except (TypeError, AttributeError) as err:
     raise ConfigError(f'{run_dir / "config.json"} is not a jaxlab config ({err})') from None
   return dataclasses.replace(cfg, name=run_dir.resolve().name, train=dataclasses.replace(
-      cfg.train, workdir=str(run_dir.parent)))
+      cfg.train, workdir=str(run_dir.resolve().parent)))
 
 
 def load(experiment_path: str, overrides: typing.Iterable[str] = ()) -> Config:
@@ -197,7 +228,8 @@ def load(experiment_path: str, overrides: typing.Iterable[str] = ()) -> Config:
   if (pathlib.Path(experiment_path) / 'config.json').is_file():
     return apply_overrides(validate(load_run_dir(experiment_path)), list(overrides))
   module = load_module(experiment_path)
-  cfg = module.config()
+  with _experiment_errors(resolve_experiment(experiment_path), 'running config()'):
+    cfg = module.config()
   if not isinstance(cfg, Config):
     raise ConfigError(f'config() in {experiment_path!r} returned {type(cfg).__name__}, '
                       'expected jaxlab.config.Config')

@@ -4,9 +4,11 @@ Each error names the key, the value and what is allowed (ConfigError, exit 2 at 
 the override parsing."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import inspect
+import math
 
 from jaxlab.config_types import Config, ConfigError, OptimConfig, check_type
 
@@ -19,7 +21,9 @@ def _require(cond: bool, message: str):
 def validate(cfg: Config) -> Config:
   """Type checks every field, then the relations between fields."""
   check_type('', cfg, Config)
+  _check_finite(cfg)
   m, o, d, t, me = cfg.model, cfg.optim, cfg.data, cfg.train, cfg.mesh
+  _check_sizes(cfg)
   for key, value in [('model.vocab_size', m.vocab_size), ('model.d_model', m.d_model),
                      ('model.n_layers', m.n_layers), ('model.n_heads', m.n_heads),
                      ('data.seq_len', d.seq_len), ('train.steps', t.steps),
@@ -86,9 +90,53 @@ def validate(cfg: Config) -> Config:
     _require(list(sizes.values()).count(-1) <= 1,
              f'only one of {", ".join(sizes)} may be -1 (the rest); got {sizes}')
   _validate_growth(cfg)
-  _require(bool(cfg.name) and '/' not in cfg.name and cfg.name not in ('.', '..'),
+  _require(bool(cfg.name) and '/' not in cfg.name and '\0' not in cfg.name
+           and cfg.name not in ('.', '..'),
            f'name={cfg.name!r} must be a non-empty directory name without "/"')
+  _require(len(cfg.name.encode()) <= NAME_MAX,
+           f'name= is {len(cfg.name.encode())} bytes long; a directory name may have at most '
+           f'{NAME_MAX} (name={cfg.name[:40]!r}...)')
   return cfg
+
+
+# A file name's longest length on Linux / macOS file systems (NAME_MAX).
+NAME_MAX = 255
+# Every size is a dimension of an array (or a factor of one) that XLA indexes with int32
+# in places (a Python int passed to a jitted function must fit one): 2^31 - 1 at most.
+MAX_SIZE = 2**31 - 1
+
+
+def _check_finite(cfg: Config):
+  """inf / 1e400 parse as floats but are never a meaningful setting; nan fails every
+  comparison, so the range checks below would let it through in places."""
+  def walk(obj, prefix):
+    for f in dataclasses.fields(obj):
+      value, key = getattr(obj, f.name), f'{prefix}{f.name}'
+      if dataclasses.is_dataclass(value):
+        walk(value, key + '.')
+      elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f'{key}={value} is not valid: expected a finite number')
+  walk(cfg, '')
+
+
+def _check_sizes(cfg: Config):
+  m, g = cfg.model, cfg.growth
+  sizes = [('model.vocab_size', m.vocab_size), ('model.d_model', m.d_model),
+           ('model.n_layers', m.n_layers), ('model.n_heads', m.n_heads),
+           ('model.n_kv_heads', m.n_kv_heads), ('model.head_dim', m.head_dim),
+           ('model.d_ff', m.d_ff), ('model.base_d_model', m.base_d_model),
+           ('model.base_d_ff', m.base_d_ff), ('model.base_head_dim', m.base_head_dim),
+           ('data.seq_len', cfg.data.seq_len), ('train.batch_size', cfg.train.batch_size),
+           ('growth.n_layers', g.n_layers), ('growth.d_model', g.d_model),
+           ('growth.n_heads', g.n_heads), ('growth.n_kv_heads', g.n_kv_heads),
+           ('growth.d_ff', g.d_ff)]
+  for key, value in sizes:
+    _require(value <= MAX_SIZE, f'{key}={value} is too large: sizes must be <= {MAX_SIZE} '
+             '(2^31 - 1, the largest array dimension XLA indexes everywhere)')
+  if m.n_heads > 0:
+    heads = m.n_heads * m.dim_per_head
+    _require(heads <= MAX_SIZE, f'model.n_heads x head dim = {heads} is too large: must be <= '
+             f'{MAX_SIZE}')
 
 
 def _validate_optimizer(o: OptimConfig):

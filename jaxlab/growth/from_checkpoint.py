@@ -10,7 +10,6 @@ step plus the growth event, and token / FLOP counters carry on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -20,6 +19,7 @@ from jaxlab.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config_types import Config, ConfigError, GrowthConfig
 from jaxlab.config import apply_overrides, from_dict
 from jaxlab.growth import plan as plan_lib
+from jaxlab.run_dir import RunDir, growth_event
 
 
 def _normalized(m):
@@ -65,9 +65,14 @@ def grow_checkpoint(src_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
   from jaxlab.train.program import build_program
 
   src_dir, out_dir = pathlib.Path(src_dir), pathlib.Path(out_dir)
-  if not (src_dir / 'config.json').is_file():
+  if method in plan_lib.DEPTH_METHODS and method != 'layers' and factor < 2:
+    raise ConfigError(f'--factor {factor} is not valid: the target has source layers x factor '
+                      'layers, so --factor must be an integer >= 2')
+  src_run = RunDir(src_dir, writer=False)
+  found = src_run.read_config()
+  if found is None:
     raise ConfigError(f'--from {src_dir}: no config.json there (not a jaxlab run directory)')
-  src_cfg = from_dict(json.loads((src_dir / 'config.json').read_text()))
+  src_cfg = from_dict(found[0])
   src_ckpt = Checkpointer(checkpoint_dir(src_cfg, src_dir), keep=src_cfg.train.keep_checkpoints,
                           async_save=False)
   steps = src_ckpt.all_steps()
@@ -81,39 +86,36 @@ def grow_checkpoint(src_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
   if out_ckpt_dir.exists() and any(out_ckpt_dir.iterdir()):
     raise ConfigError(f'--out {out_dir} already holds checkpoints ({out_ckpt_dir}); pick a new '
                       'directory')
+  out_run = RunDir(out_dir, writer=jax.process_index() == 0)
+  out_run.create()
+  out_run.lock()
+  try:
+    mesh = make_mesh(cfg.mesh)
+    src_program = build_program(src_cfg, mesh)
+    out_program = build_program(cfg, mesh, 1)
+    tokenizer = data_lib.make_tokenizer(cfg.data)
+    batch = cfg.train.batch_size // jax.process_count()
+    proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=batch, **proc)
+    restored = src_ckpt.restore(step, src_program.abstract_state, iterator)
+    src_ckpt.close()
+    state = out_program.enter(restored.state)
 
-  mesh = make_mesh(cfg.mesh)
-  src_program = build_program(src_cfg, mesh)
-  out_program = build_program(cfg, mesh, 1)
-  tokenizer = data_lib.make_tokenizer(cfg.data)
-  batch = cfg.train.batch_size // jax.process_count()
-  proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=batch, **proc)
-  restored = src_ckpt.restore(step, src_program.abstract_state, iterator)
-  src_ckpt.close()
-  state = out_program.enter(restored.state)
-
-  out_dir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (out_dir / 'config.json').write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
-    kept = []
-    metrics = src_dir / 'metrics.jsonl'
-    if metrics.exists():
-      for line in metrics.read_text().splitlines():
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if rec.get('step', 0) <= step and 'event' not in rec:
-          kept.append(line)
-    event = {'event': 'grow', 'step': step, 'tokens': restored.meta['tokens'],
-             'flops': restored.meta['flops'], 'method': method,
-             'optimizer': cfg.growth.optimizer, 'from_run': str(src_dir),
-             'from': plan_lib.describe(src_cfg.model), 'to': plan_lib.describe(cfg.model)}
-    kept.append(json.dumps(event))
-    (out_dir / 'metrics.jsonl').write_text(''.join(k + '\n' for k in kept))
-  out_ckpt = Checkpointer(out_ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
-  out_ckpt.save(step, state, iterator, dict(restored.meta))
-  out_ckpt.wait()
-  out_ckpt.close()
+    # The source run's records up to the checkpoint, then the growth event.
+    out_run.write_config(cfg)
+    out_run.start_fresh()
+    for rec in src_run.read_lines():
+      if 'event' not in rec and rec.get('step', 0) <= step:
+        out_run.append(rec)
+    out_run.append(growth_event(
+        event='grow', step=step, tokens=restored.meta['tokens'], flops=restored.meta['flops'],
+        method=method, optimizer=cfg.growth.optimizer, src=plan_lib.describe(src_cfg.model),
+        dst=plan_lib.describe(cfg.model), from_run=str(src_dir)))
+    out_ckpt = Checkpointer(out_ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
+    out_ckpt.save(step, state, iterator, {'tokens': restored.meta['tokens'],
+                                          'flops': restored.meta['flops']})
+    out_ckpt.wait()
+    out_ckpt.close()
+  finally:
+    out_run.close()
   return cfg

@@ -58,9 +58,21 @@ def source_model(cfg: Config) -> ModelConfig:
   elif g.method == 'layers':
     n_layers = max(g.layers) + 1
   elif g.method in DEPTH_METHODS or vcycle:
+    if m.n_layers % f:
+      raise ConfigError(f'growth.factor={f} does not divide model.n_layers={m.n_layers}: the '
+                        'source model would not be 1/factor of the target; pick a factor that '
+                        'divides it or set growth.n_layers')
     n_layers = m.n_layers // f
   else:
     n_layers = m.n_layers
+  if g.layers and max(g.layers) >= n_layers:
+    raise ConfigError(f'growth.layers refers to source layer {max(g.layers)}, but the source '
+                      f'model has {n_layers} layers (growth.n_layers, else max index + 1 for '
+                      "method 'layers', else model.n_layers / growth.factor)")
+  if (g.method in DEPTH_METHODS or vcycle) and n_layers > m.n_layers:
+    raise ConfigError(f'the source model would have {n_layers} layers, more than the target '
+                      f'model.n_layers={m.n_layers}: growth only adds layers '
+                      '(growth.layers / growth.n_layers)')
 
   def width(explicit: int, target: int, name: str) -> int:
     if explicit:

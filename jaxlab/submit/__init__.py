@@ -76,6 +76,8 @@ def check_options(args) -> None:
       owner = 'tpu' if dest in _TPU_OPTIONS else 'slurm'
       raise ConfigError(f'--{dest.replace("_", "-")} applies to --target {owner}, '
                         f'not --target {args.target}')
+  if args.target == 'slurm':
+    slurm.check_time(args.time)
   if getattr(args, 'action', 'launch') != 'launch' and args.target != 'tpu':
     raise ConfigError(f'--action {args.action} applies to --target tpu')
   if getattr(args, 'worker', None) is not None and args.action != 'logs':

@@ -25,6 +25,19 @@ def _directive(option: str, value) -> str:
   return f'#SBATCH --{option}={text}'
 
 
+# sbatch --time formats (sbatch(1)): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; or unlimited.
+_TIME = re.compile(r'(\d+)(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite')
+
+
+def check_time(value: str | None) -> str | None:
+  """--time as sbatch accepts it, else ConfigError naming the formats."""
+  if value is not None and not _TIME.fullmatch(value):
+    raise ConfigError(f'--time {value!r} is not a SLURM time limit: use minutes (90), '
+                      'minutes:seconds, hours:minutes:seconds (24:00:00), days-hours (2-0), '
+                      'days-hours:minutes or days-hours:minutes:seconds')
+  return value
+
+
 def _positive(option: str, value, default: int) -> int:
   value = default if value is None else value
   if value < 1:
@@ -68,7 +81,8 @@ def submit(args, argv: list[str], *, job_dir: pathlib.Path, name: str,
   text = script(argv, name=name, log_dir=log_dir, python=args.python or default_python(),
                 nodes=_positive('nodes', args.nodes, 1),
                 gpus=_positive('gpus-per-node', args.gpus_per_node, 8),
-                partition=args.partition, time=args.time, account=args.account, array=array)
+                partition=args.partition, time=check_time(args.time), account=args.account,
+                array=array)
   sbatch = ['sbatch', '--parsable', str(path)]
   if args.dry_run:
     print(f'# {path}\n{text}{shlex.join(sbatch)}')

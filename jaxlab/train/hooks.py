@@ -1,0 +1,217 @@
+"""The Trainer's hooks: what happens at a step boundary besides the step itself.
+
+Each hook says when it is `due` (from the step and the trainer's flags: last, growing,
+stopping -- decided alike on every process, so collective work stays in step) and
+`run`s then, in the order the Trainer lists them:
+
+  EvalHook         val loss on the data layer's validation batches  -> the step's record
+  DiagnosticsHook  top singular value of every matrix (spectral)    -> the step's record
+  LogHook          the record: metrics.jsonl, TensorBoard, progress line
+  GrowthHook       the growth plan's transition, its event line, the val loss after it
+  CheckpointHook   a verified checkpoint (state, data position, counters, the record)
+  PreemptionHook   after an agreed stop's checkpoint: summary, then Preempted
+
+The NaN guard runs at every sync, before any hook: a non-finite loss or parameter norm
+in any step since the last sync stops the run (Diverged) before anything is logged or
+saved from it.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from jaxlab import metrics as metrics_lib
+from jaxlab.diagnostics.spectral import top_singular_values
+from jaxlab.growth import plan as plan_lib
+from jaxlab.run_dir import growth_event
+from jaxlab.train.stop import Preempted
+
+# Always in a record, in this order; every other scalar the train step returns follows
+# (weight diagnostics, proj_fired, ...), so a new metric needs no change here.
+BASE_METRICS = ('loss', 'lr', 'grad_norm', 'param_norm')
+
+
+class Diverged(RuntimeError):
+  """The loss became NaN or Inf."""
+
+
+class Hook:
+  pauses_clock = True   # its time is left out of tokens_per_sec
+
+  def due(self, t) -> bool:
+    return False
+
+  def run(self, t, record: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def nan_guard(t, fetched: list[tuple[int, dict]]):
+  """Stops the run at the first step whose loss or parameter norm is not finite."""
+  for step, m in fetched:
+    bad = [k for k in ('loss', 'param_norm') if not math.isfinite(float(m[k]))]
+    if bad:
+      good = t.ckpt.all_steps()
+      t.finish('diverged', diverged_at_step=step, last_good_checkpoint=good[-1] if good else None)
+      what = (f'loss became {float(m["loss"])}' if 'loss' in bad
+              else 'parameters became non-finite')
+      raise Diverged(
+          f'{what} at step {step}; the run is stopped. Last good checkpoint: '
+          f'{"step " + str(good[-1]) if good else "none"} (kept). Rerunning resumes '
+          'from it; lower optim.lr or raise optim.warmup_steps first')
+
+
+class EvalHook(Hook):
+  """Mean token loss over the validation batches the data layer gave (any number)."""
+
+  def __init__(self, batches: list, every: int):
+    self.batches, self.every = batches, every
+
+  def due(self, t) -> bool:
+    return t.last or t.growing or bool(self.every and t.step % self.every == 0)
+
+  def evaluate(self, t) -> float | None:
+    if not self.batches:
+      return None
+    total = count = 0.0
+    for batch in self.batches:
+      s, c = jax.device_get(t.program.eval_step(t.state.params, batch, t.state.step))
+      total, count = total + float(s), count + float(c)
+    t.val_tokens = int(count)
+    return total / max(count, 1.0)
+
+  def run(self, t, record):
+    if self.batches:
+      t.last_val = record['val_loss'] = self.evaluate(t)
+      record['val_tokens'] = t.val_tokens
+
+
+class DiagnosticsHook(Hook):
+  """Spectral norms every `every` steps and at the last (train.spectral_every)."""
+
+  def __init__(self, every: int):
+    self.every = every
+    self._fn = jax.jit(top_singular_values, static_argnums=1)   # retraces at growth
+
+  def due(self, t) -> bool:
+    return bool(self.every and (t.last or t.step % self.every == 0))
+
+  def run(self, t, record):
+    sigmas = self._fn(t.state.params, t.program.model.cfg)
+    record.update({k: float(v) for k, v in jax.device_get(sigmas).items()})
+
+
+class LogHook(Hook):
+  """Writes the step's record: metrics.jsonl (through the RunDir), TensorBoard, and the
+  progress line. A step that adds to the record (eval, diagnostics) is a log step."""
+  pauses_clock = False
+
+  def __init__(self, t, every: int, record_hooks: list[Hook], resume_step: int):
+    self.every, self.record_hooks = every, record_hooks
+    self.throughput = metrics_lib.Throughput()
+    self._start, self._step0 = time.perf_counter(), resume_step
+    self._tty = t.run_dir.writer and sys.stdout.isatty()
+    self._tb = None
+    if t.run_dir.writer:
+      from tensorboardX import SummaryWriter  # no TensorFlow needed
+      # purge_step: TensorBoard hides what an interrupted session logged past the
+      # checkpoint this one resumed from (as metrics.jsonl is cut back).
+      self._tb = SummaryWriter(str(pathlib.Path(t.run_dir.path) / 'tensorboard'),
+                               purge_step=resume_step + 1)
+
+  def due(self, t) -> bool:
+    return t.last or t.step % self.every == 0 or any(h.due(t) for h in self.record_hooks)
+
+  def run(self, t, record):
+    m = t.last_metrics
+    rate = self.throughput.update(t.tokens)
+    t.last_rate = rate if rate is not None else t.last_rate
+    scalars = {k: float(v) for k, v in m.items() if k not in BASE_METRICS and np.ndim(v) == 0}
+    full = {'step': t.step, 'tokens': t.tokens, 'flops': t.flops,
+            **{k: float(m[k]) for k in BASE_METRICS}, **scalars,
+            'tokens_per_sec': rate,
+            'mfu': None if rate is None else metrics_lib.mfu(
+                rate * t.fpt, t.device_kind, jax.device_count()),
+            'time': time.time() - t.t_start, **record}
+    t.run_dir.append(full)
+    t.logged = full
+    if self._tb is not None:
+      for key, value in full.items():
+        if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
+          self._tb.add_scalar(key, value, t.step)
+    if t.run_dir.writer:
+      done = t.step - self._step0
+      eta = (time.perf_counter() - self._start) / done * (t.total_steps - t.step)
+      line = metrics_lib.progress_line(full, t.total_steps, eta)
+      print(('\r' + line + '   ') if self._tty else line, end='' if self._tty else '\n',
+            flush=True)
+
+  def close(self):
+    if self._tty:
+      print()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class GrowthHook(Hook):
+  """The growth plan's next phase: transition the state, log the event line with the
+  val loss before (this step's eval) and after."""
+
+  def __init__(self, cfg, evaluator: EvalHook, log: LogHook):
+    self.cfg, self.evaluator, self.log = cfg, evaluator, log
+
+  def due(self, t) -> bool:
+    return t.growing
+
+  def run(self, t, record):
+    old = t.program
+    t.enter_phase(t.step)
+    new = t.program
+    val_before, val_after = t.last_val, self.evaluator.evaluate(t)
+    t.last_val = val_after
+    event = growth_event(
+        event=new.phases[new.phase].event, step=t.step, tokens=t.tokens, flops=t.flops,
+        method=self.cfg.growth.method, optimizer=self.cfg.growth.optimizer,
+        src=plan_lib.describe(old.model.cfg), dst=plan_lib.describe(new.model.cfg),
+        n_params=t.n_params, val_loss_before=val_before, val_loss_after=val_after)
+    t.run_dir.append(event)
+    if t.run_dir.writer:
+      print(f"growth at step {t.step}: {event['from']} -> {event['to']} ({event['event']}); "
+            f"val loss {val_before} -> {val_after}", flush=True)
+    self.log.throughput.restart()
+
+
+class CheckpointHook(Hook):
+  """Every `every` steps, at the last, at growth and at an agreed stop."""
+
+  def __init__(self, every: int):
+    self.every = every
+
+  def due(self, t) -> bool:
+    return (t.last or t.growing or t.stopping is not None
+            or bool(self.every and t.step % self.every == 0))
+
+  def run(self, t, record):
+    logged = t.logged if t.logged is not None and t.logged['step'] == t.step else None
+    t.ckpt.save(t.step, t.state, t.iterator, {'tokens': t.tokens, 'flops': t.flops},
+                record=logged)
+
+
+class PreemptionHook(Hook):
+  """After the stop step's checkpoint: wait for it, write the summary, raise Preempted."""
+
+  def due(self, t) -> bool:
+    return t.stopping is not None and not t.last
+
+  def run(self, t, record):
+    t.ckpt.wait()
+    t.finish('preempted', signal=signal.Signals(t.stopping).name)
+    raise Preempted(t.stopping, t.step)

@@ -1,0 +1,318 @@
+"""The Trainer: one run, or its continuation, as set-up + a short step loop + hooks.
+
+Set-up checks everything it can before the first compile (tokenizer, mesh, batch split,
+the run directory's lock and config guard, every phase's shapes and the train step's
+trace, the validation batches), so a bad input stops with one line and exit code 2.
+Then it restores the newest verified checkpoint (jaxlab.checkpoint) or starts afresh,
+and puts the run directory in the matching state (jaxlab.run_dir): metrics cut back
+to the step resumed from, or the earlier attempt's files kept as .bak-<time>.
+
+The loop dispatches a step, asks the stop agreement (jaxlab.train.stop) whether every
+host stops here, and when any hook is due syncs the metrics since the last sync
+(NaN guard) and runs the due hooks (jaxlab.train.hooks) in order.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab import data as data_lib
+from jaxlab import growth
+from jaxlab import metrics as metrics_lib
+from jaxlab.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.config_types import Config, ConfigError
+from jaxlab.parallel import batch_sharding, make_mesh
+from jaxlab.run_dir import RunDir
+from jaxlab.train import hooks as hooks_lib
+from jaxlab.train.program import Program, build_program
+from jaxlab.train.stop import Preempted, StopAgreement
+from jaxlab.train.storage import QuietStorageNoise, storage_error
+
+
+def run_dir_of(cfg: Config) -> pathlib.Path:
+  return pathlib.Path(cfg.train.workdir) / cfg.name
+
+
+def _to_global(batch: dict, sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _agree(ok: bool) -> bool:
+  """Process 0's answer, on every process (a decision only process 0 can take)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(jnp.asarray(ok, jnp.int32)))
+
+
+class Trainer:
+  """Use as `with Trainer(cfg, stop, quiet) as t: summary = t.run()`."""
+
+  def __init__(self, cfg: Config, stop: StopAgreement, quiet: QuietStorageNoise):
+    self.cfg, self.stop, self.quiet = cfg, stop, quiet
+    self.total_steps = cfg.train.steps
+    self.t_start = time.time()
+    self.run_dir: RunDir | None = None
+    self.ckpt: Checkpointer | None = None
+    self.hooks: list[hooks_lib.Hook] = []
+    self.programs: dict[int, Program] = {}
+    self.step = self.tokens = 0
+    self.flops = 0.0
+    self.last = self.growing = False
+    self.stopping = None              # the agreed stop's signal number
+    self.last_loss = self.last_val = self.last_rate = None
+    self.val_tokens = None             # target tokens per evaluation (the same at every one)
+    self.last_metrics: dict = {}
+    self.logged: dict | None = None    # the newest record written to metrics.jsonl
+    self.summary: dict = {}
+    self.changes = None                # config changes accepted on resume (RunDir)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    for closer in [h.close for h in self.hooks] + [
+        self.ckpt and self.ckpt.close, self.run_dir and self.run_dir.close]:
+      if closer:
+        try:
+          closer()
+        except Exception:   # a failed async save re-raises here; the first error is reported
+          if exc[0] is None:
+            raise
+
+  # ------------------------------------------------------------------------ set-up
+  def _preflight(self, tokenizer):
+    """Checks that need the environment (devices, tokenizer) but no compile."""
+    cfg = self.cfg
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+      raise ConfigError(f'model.vocab_size={cfg.model.vocab_size} is smaller than the '
+                        f'tokenizer\'s vocabulary ({tokenizer.vocab_size}, data.tokenizer='
+                        f'{cfg.data.tokenizer!r}); set model.vocab_size>={tokenizer.vocab_size}')
+    self.mesh = make_mesh(cfg.mesh)
+    shards = self.mesh.shape['data'] * self.mesh.shape['fsdp']
+    if cfg.train.batch_size % shards or cfg.train.batch_size % jax.process_count():
+      raise ConfigError(f'train.batch_size={cfg.train.batch_size} must be divisible by the '
+                        f'data-parallel size (data x fsdp axes of the mesh = {shards}) and by '
+                        f'the number of processes ({jax.process_count()})')
+    self.local_batch = cfg.train.batch_size // jax.process_count()
+
+  def _on_process_0(self, what: str, fn):
+    """fn() on process 0 only (it owns the run directory); a ConfigError it raises stops
+    every process, so none waits in a collective for one that has left."""
+    result, error = None, None
+    if self.run_dir.writer:
+      try:
+        result = fn()
+      except ConfigError as err:
+        error = err
+    if not _agree(error is None):
+      raise error or ConfigError(f'process 0 could not {what} (see its log)')
+    return result
+
+  def _open_run_dir(self):
+    """Creates and locks the run directory, then checks the config against the one in it."""
+    self.run_dir = RunDir(run_dir_of(self.cfg), writer=jax.process_index() == 0)
+
+    def open_and_lock():
+      self.run_dir.create()
+      self.run_dir.lock()
+    self._on_process_0(f'open the run directory {self.run_dir.path}', open_and_lock)
+    tc = self.cfg.train
+    self.ckpt = Checkpointer(checkpoint_dir(self.cfg, self.run_dir.path), tc.keep_checkpoints,
+                             tc.async_checkpoint)
+    has_checkpoints = bool(self.ckpt.all_steps())
+
+    def guard():
+      previous = self.run_dir.read_summary() or {}
+      return self.run_dir.check_config(self.cfg, has_checkpoints,
+                                       diverged=previous.get('status') == 'diverged')
+    self.changes = self._on_process_0('resume its run directory', guard)
+
+  def program_at(self, step: int) -> Program:
+    k = growth.phase_index(self.phases, step)
+    if k not in self.programs:
+      self.programs[k] = build_program(self.cfg, self.mesh, k, self.phases)
+    return self.programs[k]
+
+  def _check_shapes(self):
+    """Traces each phase's growth transition and train step on abstract values (no
+    compile; jit reuses these traces): a config the model or a growth operator cannot
+    take stops here with the reason."""
+    cfg = self.cfg
+    row = (self.cfg.train.batch_size, cfg.data.seq_len + 1)
+    for k, phase in enumerate(self.phases):
+      batch = jax.ShapeDtypeStruct(row, jnp.int32, sharding=batch_sharding(self.mesh))
+      try:
+        program = self.program_at(phase.start_step)
+        program.train_step.eval_shape(program.abstract_state,
+                                      {'tokens': batch, 'segment_ids': batch})
+      except ValueError as err:
+        reason = str(err).splitlines()[0]
+        key = (f'model.attention={cfg.model.attention!r}: '
+               if reason.startswith('attention implementation') else '')
+        raise ConfigError(f'{key}the train step cannot be built for '
+                          f'{growth.plan.describe(phase.model)}: {reason}') from None
+      if k:
+        prev = self.program_at(self.phases[k - 1].start_step)
+        try:
+          jax.eval_shape(program.enter, prev.abstract_state)
+        except ValueError as err:
+          raise ConfigError(f'growth.method={cfg.growth.method!r} cannot go from '
+                            f'{growth.plan.describe(self.phases[k - 1].model)} to '
+                            f'{growth.plan.describe(phase.model)}: {err}') from None
+
+  def _data(self, tokenizer):
+    cfg, tc = self.cfg, self.cfg.train
+    proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    spare = []
+
+    def make_iterator():
+      if spare:
+        return spare.pop()
+      return data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=self.local_batch,
+                                          **proc)
+    self.make_iterator = make_iterator
+    try:
+      spare.append(make_iterator())   # the data layer names the config key at fault
+      val_host = data_lib.eval_batches(cfg.data, tokenizer, batch_size=self.local_batch,
+                                       n_batches=tc.eval_batches, **proc) if tc.eval_batches else []
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+    note = data_lib.eval_cost_note(len(val_host), tc.eval_every, tc.steps)
+    if note and tc.eval_batches == 'all' and self.run_dir.writer:
+      print(note, flush=True)
+    sharding = self.program_at(0).batch_sharding
+    return [_to_global(b, sharding) for b in val_host]
+
+  def _setup(self):
+    cfg, tc = self.cfg, self.cfg.train
+    try:
+      tokenizer = data_lib.make_tokenizer(cfg.data)
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+    self._preflight(tokenizer)
+    self.phases = growth.phases(cfg)   # the growth plan's own checks (sizes, timing)
+    self._open_run_dir()
+    self._check_shapes()
+    val_batches = self._data(tokenizer)
+    self._stop_if_signalled()
+
+    restored, self.iterator = self.ckpt.restore_latest(
+        lambda s: self.program_at(s).abstract_state, self.make_iterator)
+    if restored is None:
+      self.program = self.program_at(0)
+      self.state = self.program.init_state()
+      self.run_dir.start_fresh()
+    else:
+      self.state, self.step = restored.state, restored.step
+      self.tokens, self.flops = int(restored.meta['tokens']), float(restored.meta['flops'])
+      self.program = self.program_at(self.step)
+      self.run_dir.resume_metrics(self.step, restored.record)
+      print(f'resuming {self.run_dir.path} from step {self.step}', flush=True)
+    self.run_dir.write_config(cfg, self.changes, fresh=restored is None, step=self.step)
+    self._stop_if_signalled()
+
+    self.device_kind = jax.devices()[0].device_kind
+    self._measure_model()
+    evaluator = hooks_lib.EvalHook(val_batches, tc.eval_every)
+    diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
+    log = hooks_lib.LogHook(self, tc.log_every, [evaluator, diagnostics], self.step)
+    self.hooks = [evaluator, diagnostics, log, hooks_lib.GrowthHook(cfg, evaluator, log),
+                  hooks_lib.CheckpointHook(tc.checkpoint_every), hooks_lib.PreemptionHook()]
+    self.throughput = log.throughput
+
+  def _stop_if_signalled(self):
+    """A signal during set-up (or the first compile) ends a one-process run before any
+    step; with several processes the first step boundary decides, alike for all."""
+    if jax.process_count() == 1 and self.stop.signum is not None:
+      raise Preempted(self.stop.signum, self.step, saved=False)
+
+  def _measure_model(self):
+    self.n_params = metrics_lib.count_params(self.state.params)
+    self.fpt = metrics_lib.flops_per_token(self.program.model.cfg, self.cfg.data.seq_len)
+    self.summary.update(name=self.cfg.name, n_params=self.n_params, flops_per_token=self.fpt,
+                        device_kind=self.device_kind, n_devices=jax.device_count())
+
+  def enter_phase(self, step: int):
+    """The growth plan's transition into the phase that holds `step` (GrowthHook)."""
+    self.program = self.program_at(step)
+    self.state = self.program.enter(self.state)
+    self._measure_model()
+
+  # -------------------------------------------------------------------------- loop
+  def run(self) -> dict:
+    """Runs (or resumes) the run; returns its summary. Raises Diverged or Preempted after
+    writing the summary, ConfigError for a bad input or a storage failure."""
+    try:
+      self._setup()
+      if self.step >= self.total_steps:
+        print(f'{self.run_dir.path} already finished at step {self.step}', flush=True)
+        return self.run_dir.read_summary() or self.summary
+      return self._loop()
+    except Exception as err:
+      why = None if isinstance(err, (ConfigError, hooks_lib.Diverged, Preempted)) \
+          else storage_error(err)
+      if why is None:
+        raise
+      self.quiet.reported()
+      raise self._storage_failure(why) from None
+
+  def _loop(self) -> dict:
+    tps = self.cfg.train.batch_size * self.cfg.data.seq_len
+    pending = []
+    while self.step < self.total_steps:
+      batch = _to_global(next(self.iterator), self.program.batch_sharding)
+      self.state, step_metrics = self.program.train_step(self.state, batch)
+      self.step += 1
+      self.tokens += tps
+      self.flops += tps * self.fpt
+      pending.append((self.step, step_metrics))
+      self.stopping = self.stop.at_step(self.step)
+      self.last = self.step == self.total_steps
+      self.growing = growth.phase_index(self.phases, self.step) != self.program.phase
+      due = [h for h in self.hooks if h.due(self)]
+      if not due:
+        continue
+      fetched, pending = jax.device_get(pending), []
+      hooks_lib.nan_guard(self, fetched)
+      self.last_metrics = fetched[-1][1]
+      self.last_loss = float(self.last_metrics['loss'])
+      record = {}
+      for hook in due:
+        t0 = time.perf_counter()
+        hook.run(self, record)
+        if hook.pauses_clock:
+          self.throughput.exclude(time.perf_counter() - t0)
+    self.ckpt.wait()
+    return self.finish('completed')
+
+  def finish(self, status: str, **extra) -> dict:
+    self.summary.update(status=status, step=self.step, tokens=self.tokens, flops=self.flops,
+                        final_loss=self.last_loss, final_val_loss=self.last_val,
+                        val_tokens=self.val_tokens, tokens_per_sec=self.last_rate,
+                        wall_time_sec=time.time() - self.t_start, **extra)
+    self.run_dir.write_summary(self.summary)
+    return self.summary
+
+  def _storage_failure(self, why: str) -> ConfigError:
+    """Disk full, quota, read-only: one line, and a summary if it can still be written
+    (after deleting what the failed save left, if that is what it takes)."""
+    where = self.run_dir.path if self.run_dir is not None else run_dir_of(self.cfg)
+    steps = self.ckpt.all_steps() if self.ckpt is not None else []
+    if self.run_dir is not None and self.summary:
+      for attempt in range(2):
+        try:
+          if attempt:
+            self.ckpt.remove_unfinished()
+          self.finish('failed', error=why)
+          break
+        except Exception:   # the disk that failed may fail again
+          pass
+    newest = f'the newest checkpoint is step {steps[-1]}' if steps else 'there is no checkpoint'
+    return ConfigError(f'cannot write the run {where} or its checkpoints: {why}. Stopped at '
+                       f'step {self.step}; {newest}. Free space (or fix the permissions) and '
+                       'rerun the same command to resume')
