@@ -16,6 +16,8 @@ import flax.linen as nn
 
 from jaxlab.config_types import ModelConfig
 from jaxlab.kernels import attention
+from jaxlab.kernels.ring_attention import context_size, ring_attention
+from jaxlab.kernels.ring_layout import from_layout, to_layout
 from jaxlab.models import param_spec as schema
 from jaxlab.models import parametrization as pz
 from jaxlab.models.param_spec import spec
@@ -178,7 +180,10 @@ class Attention(nn.Module):
                        segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
                        implementation=cfg.attention)
     args = (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)
-    if cfg.attention == 'xla':     # XLA partitions the einsums itself
+    if context_size() > 1:         # mesh.context > 1: the sequence is split, ring attention
+      out_BxTxHxK = ring_attention(*args[:3], causal=True, segment_ids=segment_ids_BxT,
+                                   sm_scale=pz.attention_scale(cfg))
+    elif cfg.attention == 'xla':   # XLA partitions the einsums itself
       out_BxTxHxK = attend(*args)
     else:                          # fused kernels run per shard: batch and heads split
       kv = ('batch', 'seq', 'kv_heads', 'kv')
@@ -280,6 +285,15 @@ class Transformer(nn.Module):
                          f'tokens_BxT {tokens_BxT.shape}')
       positions_BxT = positions_from_segments(segment_ids_BxT)
 
+    # mesh.context > 1: tokens go into ring attention's zigzag order (positions and segment
+    # ids computed above, in the natural order, travel with them); the residual stream
+    # comes back to the natural order before the readout, so callers see no difference.
+    n_context = context_size()
+    if n_context > 1:
+      tokens_BxT, positions_BxT = (to_layout(a, n_context) for a in (tokens_BxT, positions_BxT))
+      if segment_ids_BxT is not None:
+        segment_ids_BxT = to_layout(segment_ids_BxT, n_context)
+
     embed = Embed(cfg, name='embed')
     x_BxTxD = _constrain(embed(tokens_BxT), 'batch', 'seq', 'embed')
 
@@ -302,6 +316,9 @@ class Transformer(nn.Module):
                      metadata_params={nn.PARTITION_NAME: 'layers'})
     args = (positions_BxT, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
     x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, *args)
+
+    if n_context > 1:
+      x_BxTxD = _constrain(from_layout(x_BxTxD, n_context), 'batch', 'seq', 'embed')
 
     final_norm = FINAL_NORM_TIED if cfg.tie_embeddings else FINAL_NORM
     x_BxTxD = RMSNorm(cfg, final_norm, name='final_norm')(x_BxTxD)
