@@ -222,10 +222,11 @@ def test_params_state_and_activations_are_sharded_by_the_rules():
   assert tp['specs']["['layers']['attn']['wq']"] == [None, 'fsdp', 'tensor', None]
   assert tp['specs']["['layers']['mlp']['w_up']"] == [None, 'fsdp', 'tensor']
   # The model's activation constraints reach the compiled step: batch over data x fsdp,
-  # heads / mlp / vocab over tensor, the residual stream replicated over tensor.
-  assert set(tp['constraints']) == {'[{"data", "fsdp"}, {}, {"tensor"}, {}]',
-                                    '[{"data", "fsdp"}, {}, {"tensor"}]',
-                                    '[{"data", "fsdp"}, {}, {}]'}
+  # the sequence over context (size 1 here), heads / mlp / vocab over tensor, the residual
+  # stream replicated over tensor.
+  assert set(tp['constraints']) == {'[{"data", "fsdp"}, {"context"}, {"tensor"}, {}]',
+                                    '[{"data", "fsdp"}, {"context"}, {"tensor"}]',
+                                    '[{"data", "fsdp"}, {"context"}, {}]'}
 
 
 def copy_keeping(src_run, workdir, step):
