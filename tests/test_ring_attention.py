@@ -30,11 +30,17 @@ from jaxlab.parallel import mesh_shape
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL = 1e-5
+# XLA:CPU aborts a collective whose fake devices do not all arrive within 40 s. On this
+# shared 2-core machine (load ~19) one context-mesh run died that way once, with ring
+# ppermutes and a context all-gather in flight on different fake devices; the longer
+# limit tells a starved device from a hang (see the README's long-context section).
+FLAGS = ('--xla_force_host_platform_device_count=8',
+         '--xla_cpu_collective_call_terminate_timeout_seconds=300')
 
 
 @pytest.fixture(scope='module')
 def eight():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(os.environ, XLA_FLAGS=' '.join(FLAGS))
   proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'ring_worker.py')], cwd=ROOT,
                         capture_output=True, text=True, timeout=900, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
