@@ -277,9 +277,12 @@ class Transformer(nn.Module):
                layer_gate_L: jax.Array | None = None):
     cfg = self.cfg
     B, T = tokens_BxT.shape
+    n_context = context_size()    # > 1: the sequence is split over mesh.context devices
     if segment_ids_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
     else:
+      if n_context > 1:   # whole sequences: positions_from_segments scans along T
+        segment_ids_BxT = _constrain(segment_ids_BxT, 'batch', None)
       if segment_ids_BxT.shape != tokens_BxT.shape:
         raise ValueError(f'segment_ids_BxT has shape {segment_ids_BxT.shape}; it must match '
                          f'tokens_BxT {tokens_BxT.shape}')
@@ -288,11 +291,13 @@ class Transformer(nn.Module):
     # mesh.context > 1: tokens go into ring attention's zigzag order (positions and segment
     # ids computed above, in the natural order, travel with them); the residual stream
     # comes back to the natural order before the readout, so callers see no difference.
-    n_context = context_size()
+    # The int arrays stay whole along the sequence (as the host batch arrives) until they
+    # are permuted, so positions and the permutation need no communication.
     if n_context > 1:
-      tokens_BxT, positions_BxT = (to_layout(a, n_context) for a in (tokens_BxT, positions_BxT))
-      if segment_ids_BxT is not None:
-        segment_ids_BxT = to_layout(segment_ids_BxT, n_context)
+      whole = lambda a: None if a is None else to_layout(_constrain(a, 'batch', None),
+                                                         n_context)
+      tokens_BxT, positions_BxT, segment_ids_BxT = (
+          whole(a) for a in (tokens_BxT, positions_BxT, segment_ids_BxT))
 
     embed = Embed(cfg, name='embed')
     x_BxTxD = _constrain(embed(tokens_BxT), 'batch', 'seq', 'embed')
@@ -317,8 +322,9 @@ class Transformer(nn.Module):
     args = (positions_BxT, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
     x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, *args)
 
-    if n_context > 1:
-      x_BxTxD = _constrain(from_layout(x_BxTxD, n_context), 'batch', 'seq', 'embed')
+    if n_context > 1:   # gathered whole, permuted back locally, split again
+      x_BxTxD = from_layout(_constrain(x_BxTxD, 'batch', None, 'embed'), n_context)
+      x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
 
     final_norm = FINAL_NORM_TIED if cfg.tie_embeddings else FINAL_NORM
     x_BxTxD = RMSNorm(cfg, final_norm, name='final_norm')(x_BxTxD)
