@@ -83,6 +83,7 @@ def validate(cfg: Config) -> Config:
            "data.source='tfds' needs data.tfds_name (e.g. data.tfds_name=lm1b)")
   _require(d.source != 'files' or bool(d.files),
            "data.source='files' needs data.files=path1.txt,path2.txt")
+  _validate_context(cfg)
   for group in (('data', 'fsdp', 'tensor'), ('dcn_data', 'dcn_fsdp', 'dcn_tensor')):
     sizes = {f'mesh.{k}': getattr(me, k) for k in group}
     for key, value in sizes.items():
@@ -137,6 +138,25 @@ def _check_sizes(cfg: Config):
     heads = m.n_heads * m.dim_per_head
     _require(heads <= MAX_SIZE, f'model.n_heads x head dim = {heads} is too large: must be <= '
              f'{MAX_SIZE}')
+
+
+def _validate_context(cfg: Config):
+  """mesh.context x mesh.dcn_context devices split the sequence (ring attention, zigzag
+  layout: 2 chunks per device)."""
+  me = cfg.mesh
+  for key in ('context', 'dcn_context'):
+    _require(getattr(me, key) >= 1, f'mesh.{key}={getattr(me, key)} must be >= 1 (the '
+             'sequence is split over mesh.context x mesh.dcn_context devices; -1 is not allowed)')
+  n = me.context * me.dcn_context
+  if n == 1:
+    return
+  _require(cfg.data.seq_len % (2 * n) == 0,
+           f'data.seq_len={cfg.data.seq_len} must be a multiple of {2 * n} under mesh.context='
+           f'{me.context} x mesh.dcn_context={me.dcn_context}: ring attention gives each of '
+           f'the {n} devices two chunks of the sequence')
+  _require(cfg.model.attention in ('xla', 'auto'),
+           f'model.attention={cfg.model.attention!r} with mesh.context > 1: ring attention '
+           "runs its blocks with the XLA reference for now; use model.attention=xla (or auto)")
 
 
 def _validate_optimizer(o: OptimConfig):

@@ -114,13 +114,16 @@ class DataConfig:
 class MeshConfig:
   """Axis sizes within a slice / node (ICI), times dcn_* sizes across slices / nodes
   (DCN); one of data / fsdp / tensor (and one dcn_*) may be -1 = what the others leave.
+  context (x dcn_context) splits the sequence: ring attention, jaxlab/kernels/ring_attention.py.
   The rest says how processes find each other (jaxlab.parallel.mesh.initialize)."""
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  context: int = 1                 # sequence parallelism (ring attention); >= 1, never -1
   dcn_data: int = 1
   dcn_fsdp: int = 1
   dcn_tensor: int = 1
+  dcn_context: int = 1
   distributed: Literal['auto', 'on', 'off'] = 'auto'  # auto: when a cluster is detected
   coordinator_address: str = ''    # host:port of process 0; '' -> $JAX_COORDINATOR_ADDRESS / auto
   num_processes: int = 0           # 0 -> $JAX_NUM_PROCESSES / auto-detected

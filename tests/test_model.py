@@ -316,10 +316,11 @@ def test_unknown_parametrization_names_allowed():
 def test_fused_attention_runs_per_shard_under_a_mesh(implementation):
   """XLA cannot partition a Pallas call: on a multi-device mesh the model runs fused
   attention under shard_map (batch over data x fsdp, heads over tensor); the XLA
-  reference is left to the partitioner. Traced on an abstract 2x2x2 mesh (no devices)."""
+  reference is left to the partitioner. Traced on an abstract 2x2x1x2 mesh (no devices)."""
   from jaxlab.parallel import DEFAULT_RULES
+  from jaxlab.parallel.mesh import AXES
   cfg = dataclasses.replace(CFG, attention=implementation)
-  mesh = jax.sharding.AbstractMesh((2, 2, 2), ('data', 'fsdp', 'tensor'))
+  mesh = jax.sharding.AbstractMesh((2, 2, 1, 2), AXES)   # data, fsdp, context, tensor
 
   def forward(p, t):
     with jax.sharding.use_abstract_mesh(mesh), nn.logical_axis_rules(list(DEFAULT_RULES)):

@@ -106,13 +106,14 @@ def eight(tmp_path_factory):
 
 
 def test_mesh_sizes_resolve_and_bad_sizes_are_clear():
-  assert mesh_shape(MeshConfig(), 8) == (8, 1, 1)
-  assert mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 2)
+  assert mesh_shape(MeshConfig(), 8) == (8, 1, 1, 1)
+  assert mesh_shape(MeshConfig(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 1, 2)
   assert mesh_shapes(MeshConfig(data=1, fsdp=-1, dcn_data=2), 8, n_granules=2) == \
-      ((1, 4, 1), (2, 1, 1))
-  assert mesh_shape(MeshConfig(data=1, fsdp=-1, dcn_data=-1), 8, n_granules=4) == (4, 2, 1)
-  with pytest.raises(ConfigError, match=r'mesh.data=3 x mesh.fsdp=2 x mesh.tensor=1 does not '
-                     r'tile the 8 available device\(s\); the product must equal 8'):
+      ((1, 4, 1, 1), (2, 1, 1, 1))
+  assert mesh_shape(MeshConfig(data=1, fsdp=-1, dcn_data=-1), 8, n_granules=4) == (4, 2, 1, 1)
+  with pytest.raises(ConfigError, match=r'mesh.data=3 x mesh.fsdp=2 x mesh.context=1 x '
+                     r'mesh.tensor=1 does not tile the 8 available device\(s\); the product '
+                     r'must equal 8'):
     mesh_shape(MeshConfig(data=3, fsdp=2), 8)
   with pytest.raises(ConfigError, match=r'mesh.data=-1 x mesh.fsdp=3 .* tile the 8'):
     mesh_shape(MeshConfig(fsdp=3), 8)
@@ -221,10 +222,11 @@ def test_params_state_and_activations_are_sharded_by_the_rules():
   assert tp['specs']["['layers']['attn']['wq']"] == [None, 'fsdp', 'tensor', None]
   assert tp['specs']["['layers']['mlp']['w_up']"] == [None, 'fsdp', 'tensor']
   # The model's activation constraints reach the compiled step: batch over data x fsdp,
-  # heads / mlp / vocab over tensor, the residual stream replicated over tensor.
-  assert set(tp['constraints']) == {'[{"data", "fsdp"}, {}, {"tensor"}, {}]',
-                                    '[{"data", "fsdp"}, {}, {"tensor"}]',
-                                    '[{"data", "fsdp"}, {}, {}]'}
+  # the sequence over context (size 1 here), heads / mlp / vocab over tensor, the residual
+  # stream replicated over tensor.
+  assert set(tp['constraints']) == {'[{"data", "fsdp"}, {"context"}, {"tensor"}, {}]',
+                                    '[{"data", "fsdp"}, {"context"}, {"tensor"}]',
+                                    '[{"data", "fsdp"}, {"context"}, {}]'}
 
 
 def copy_keeping(src_run, workdir, step):

@@ -16,6 +16,8 @@ import flax.linen as nn
 
 from jaxlab.config_types import ModelConfig
 from jaxlab.kernels import attention
+from jaxlab.kernels.ring_attention import context_size, ring_attention
+from jaxlab.kernels.ring_layout import from_layout, to_layout
 from jaxlab.models import param_spec as schema
 from jaxlab.models import parametrization as pz
 from jaxlab.models.param_spec import spec
@@ -192,7 +194,10 @@ class Attention(nn.Module):
                        segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
                        implementation=impl)
     args = (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)
-    if impl == 'xla':              # XLA partitions the einsums itself
+    if context_size() > 1:         # mesh.context > 1: the sequence is split, ring attention
+      out_BxTxHxK = ring_attention(*args[:3], causal=True, segment_ids=segment_ids_BxT,
+                                   sm_scale=pz.attention_scale(cfg))
+    elif impl == 'xla':            # XLA partitions the einsums itself
       out_BxTxHxK = attend(*args)
     else:                          # fused kernels run per shard: batch and heads split
       kv = ('batch', 'seq', 'kv_heads', 'kv')
@@ -286,13 +291,27 @@ class Transformer(nn.Module):
                layer_gate_L: jax.Array | None = None):
     cfg = self.cfg
     B, T = tokens_BxT.shape
+    n_context = context_size()    # > 1: the sequence is split over mesh.context devices
     if segment_ids_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
     else:
+      if n_context > 1:   # whole sequences: positions_from_segments scans along T
+        segment_ids_BxT = _constrain(segment_ids_BxT, 'batch', None)
       if segment_ids_BxT.shape != tokens_BxT.shape:
         raise ValueError(f'segment_ids_BxT has shape {segment_ids_BxT.shape}; it must match '
                          f'tokens_BxT {tokens_BxT.shape}')
       positions_BxT = positions_from_segments(segment_ids_BxT)
+
+    # mesh.context > 1: tokens go into ring attention's zigzag order (positions and segment
+    # ids computed above, in the natural order, travel with them); the residual stream
+    # comes back to the natural order before the readout, so callers see no difference.
+    # The int arrays stay whole along the sequence (as the host batch arrives) until they
+    # are permuted, so positions and the permutation need no communication.
+    if n_context > 1:
+      whole = lambda a: None if a is None else to_layout(_constrain(a, 'batch', None),
+                                                         n_context)
+      tokens_BxT, positions_BxT, segment_ids_BxT = (
+          whole(a) for a in (tokens_BxT, positions_BxT, segment_ids_BxT))
 
     embed = Embed(cfg, name='embed')
     x_BxTxD = _constrain(embed(tokens_BxT), 'batch', 'seq', 'embed')
@@ -318,6 +337,10 @@ class Transformer(nn.Module):
     rope_BxTxKh = rope_tables(positions_BxT, rope_frequencies(cfg, cfg.dim_per_head))
     args = (rope_BxTxKh, segment_ids_BxT) + ((layer_gate_L,) if gated else ())
     x_BxTxD, _ = layers(cfg, name='layers')(x_BxTxD, *args)
+
+    if n_context > 1:   # gathered whole, permuted back locally, split again
+      x_BxTxD = from_layout(_constrain(x_BxTxD, 'batch', None, 'embed'), n_context)
+      x_BxTxD = _constrain(x_BxTxD, 'batch', 'seq', 'embed')
 
     final_norm = FINAL_NORM_TIED if cfg.tie_embeddings else FINAL_NORM
     x_BxTxD = RMSNorm(cfg, final_norm, name='final_norm')(x_BxTxD)

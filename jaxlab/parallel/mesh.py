@@ -1,5 +1,5 @@
-"""The device mesh: three named axes (data, fsdp, tensor) built from MeshConfig, and the
-multi-host start-up (jax.distributed) that must come before anything touches a device.
+"""The device mesh: four named axes (data, fsdp, context, tensor) built from MeshConfig,
+and the multi-host start-up (jax.distributed) that must come before anything touches a device.
 
 Each axis is `mesh.<axis>` devices within a slice (TPU ICI) or node (GPU NVLink) times
 `mesh.dcn_<axis>` slices / nodes (the data-center network). With every dcn_* at 1 the
@@ -23,7 +23,9 @@ from jax.sharding import AxisType, Mesh
 
 from jaxlab.config_types import ConfigError, MeshConfig
 
-AXES = ('data', 'fsdp', 'tensor')
+# Outermost to innermost: tensor (the most traffic) gets the nearest devices, context next
+# (its ring passes K/V between neighbours every step), then the data-parallel axes.
+AXES = ('data', 'fsdp', 'context', 'tensor')
 
 
 def _fill(sizes: dict[str, int], total: int, what: str) -> tuple[int, ...]:
@@ -52,8 +54,8 @@ def mesh_shapes(cfg: MeshConfig, n_devices: int, n_granules: int = 1):
   return ici_shape, dcn_shape
 
 
-def mesh_shape(cfg: MeshConfig, n_devices: int, n_granules: int = 1) -> tuple[int, int, int]:
-  """Total size of each axis (ici x dcn)."""
+def mesh_shape(cfg: MeshConfig, n_devices: int, n_granules: int = 1) -> tuple[int, ...]:
+  """Total size of each axis of AXES (ici x dcn)."""
   ici, dcn = mesh_shapes(cfg, n_devices, n_granules)
   return tuple(i * d for i, d in zip(ici, dcn))
 

@@ -23,7 +23,7 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ('mlp', 'tensor'),
     ('vocab', 'tensor'),
     ('kv', None),
-    ('seq', None),
+    ('seq', 'context'),     # ring attention (jaxlab/kernels/ring_attention.py)
     ('layers', None),
 )
 
