@@ -155,11 +155,11 @@ def test_frozen_params_keep_their_bits_and_get_no_optimizer_state():
   for a, b in zip(jax.tree.leaves(p['layers']), jax.tree.leaves(params0['layers'])):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[2], b[2])
     assert not np.array_equal(a[1], b[1])
-  # The two programs fuse differently: measured 1 float32 ulp (6e-8) apart after 10 steps;
-  # a wrong row, a moment of a frozen row or clipping over frozen gradients moves entries by
-  # ~lr = 1e-2.
+  # The two programs fuse differently: measured up to 1.1e-7 apart after 10 steps (Adam's
+  # normalised step amplifies the float32 rounding of small gradients); a wrong row, a
+  # moment of a frozen row or clipping over frozen gradients moves entries by ~lr = 1e-2.
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(rp)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------- end to end

@@ -128,7 +128,7 @@ def test_mesh_sizes_resolve_and_bad_sizes_are_clear():
 
 CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_JOB_ID',
                 'SLURM_PROCID', 'SLURM_NTASKS', 'OMPI_MCA_orte_hnp_uri', 'TPU_WORKER_HOSTNAMES',
-                'MEGASCALE_COORDINATOR_ADDRESS')
+                'MEGASCALE_COORDINATOR_ADDRESS', 'TPU_WORKER_ID', 'TPU_ACCELERATOR_TYPE')
 
 
 @pytest.mark.parametrize('env, expected', [
@@ -137,6 +137,9 @@ CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
     ({'SLURM_JOB_ID': '7', 'SLURM_PROCID': '0', 'SLURM_NTASKS': '1'}, None),  # one task
     ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, 'JAX_COORDINATOR_ADDRESS'),
     ({'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'}, 'Cloud TPU'),
+    ({'TPU_WORKER_ID': '3'}, 'Cloud TPU'),
+    # what JAX's TPU start-up leaves in a CPU host's environment after a compile for a TPU
+    ({'TPU_WORKER_ID': 'WARNING: could not determine TPU worker number'}, None),
 ])
 def test_cluster_detection_reads_only_the_environment(monkeypatch, env, expected):
   from jaxlab.parallel.mesh import detected_cluster

@@ -104,8 +104,11 @@ def detected_cluster() -> str | None:
     return 'Cloud TPU'
   # A Cloud TPU VM (single- or multi-host): its TPU device files, or the variables its
   # runtime sets; jax.distributed then asks the metadata server itself.
-  if env.get('TPU_ACCELERATOR_TYPE') or env.get('TPU_WORKER_ID') or os.path.exists('/dev/accel0') \
-      or glob.glob('/dev/vfio/[0-9]*'):
+  # A TPU_WORKER_ID that is not a number is not a TPU VM's: JAX's TPU start-up writes a
+  # warning into it when it cannot tell (e.g. after `launch.py compile` on a CPU host), and
+  # processes started afterwards inherit it.
+  if env.get('TPU_ACCELERATOR_TYPE') or env.get('TPU_WORKER_ID', '').isdigit() \
+      or os.path.exists('/dev/accel0') or glob.glob('/dev/vfio/[0-9]*'):
     return 'Cloud TPU'
   return None
 
