@@ -119,7 +119,8 @@ def test_growth_phases_compile_on_a_two_host_slice():
   assert target.hosts == 2
   rows = aot.check_run(cfg, target, log=lambda line: None, estimate=False)
   assert [r['model'] for r in rows] == ['d32 L1 H2/2 F64', 'd32 L2 H2/2 F64']
-  assert all(r['fits'] for r in rows) and rows[0]['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 2}
+  assert all(r['fits'] for r in rows) and rows[0]['mesh'] == {'data': 2, 'fsdp': 2, 'context': 1,
+                                                              'tensor': 2}
   assert 'enter' in rows[1]['memory'] and 'enter' not in rows[0]['memory']
 
 
