@@ -2,7 +2,7 @@
 that is best at the narrowest width stays best at every width under muP, and drifts
 under the standard parametrization.
 
-  python launch.py sweep mup_transfer --jobs 2      # 2 x 3 widths x 5 lrs x 3 seeds = 90 runs
+  python launch.py sweep mup_transfer --jobs 2      # 2 x 3 widths x 6 lrs x 3 seeds = 108 runs
   python launch.py report runs/mup_transfer         # val loss vs lr, one curve per width,
                                                     # one panel per parametrization; best lr
                                                     # and its shift over seeds
@@ -14,11 +14,12 @@ so the 32-wide models are the same under sp and mup. Adam (AdamW without weight 
 to keep the lr alone in question), 50 warmup steps then cosine to 10%, 500 steps of
 16 x 64 tokens (0.5M tokens) on the embedded offline corpus; final val loss over the
 whole validation split (one evaluation, about 7% of a run). The lrs are powers of 2
-from 2^-10 to 2^-6 (base lr: under muP the hidden matrices get lr / m). Three seeds
-(init and data order; seed k of every point shares its data order), so the report
-gives each width's optimum with a CI and says whether its shift is resolved. Width 256
-(the earlier 8x range) would cost more than the rest together; 4x in width with three
-seeds is what fits about an hour on two CPU cores.
+from 2^-9 to 2^-4 (base lr: under muP the hidden matrices get lr / m); the first grid
+(2^-10..2^-6) put muP's optimum and SP's at the narrowest width on its upper edge.
+Three seeds (init and data order; seed k of every point shares its data order), so the
+report gives each width's optimum with a CI and says whether its shift is resolved.
+Width 256 (the earlier 8x range) would cost more than the rest together; 4x in width
+with three seeds is what fits about 75 minutes on two CPU cores.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from jaxlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainCon
 
 SEEDS = 3
 WIDTHS = (32, 64, 128)
-LOG2_LRS = tuple(range(-10, -5))
+LOG2_LRS = tuple(range(-9, -3))
 PARAMETRIZATIONS = ('sp', 'mup')
 
 
