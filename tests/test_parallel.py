@@ -142,6 +142,8 @@ CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
     ({'TPU_WORKER_ID': '3'}, 'Cloud TPU'),
     # what JAX's TPU start-up leaves in a CPU host's environment after a compile for a TPU
     ({'TPU_WORKER_ID': 'WARNING: could not determine TPU worker number'}, None),
+    ({'TPU_WORKER_HOSTNAMES': 'WARNING: could not determine TPU worker hostnames or IP '
+                              'addresses, please set env var `TPU_WORKER_HOSTNAMES`'}, None),
 ])
 def test_cluster_detection_reads_only_the_environment(monkeypatch, env, expected):
   from jaxlab.parallel.mesh import detected_cluster

@@ -93,7 +93,9 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
 def detected_cluster() -> str | None:
   """The multi-process environment jax.distributed can configure itself from, if any.
   Looks only at the environment (no network, no device), so it is safe before init."""
-  env = os.environ
+  # JAX's TPU start-up writes 'WARNING: could not determine ...' into the TPU_* variables
+  # it cannot fill (a CPU host where libtpu is installed); such a value is no cluster's.
+  env = {k: v for k, v in os.environ.items() if not v.startswith('WARNING')}
   if env.get('JAX_COORDINATOR_ADDRESS'):
     return 'JAX_COORDINATOR_ADDRESS'
   if 'SLURM_JOB_ID' in env and 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', 1)) > 1:
@@ -104,9 +106,7 @@ def detected_cluster() -> str | None:
     return 'Cloud TPU'
   # A Cloud TPU VM (single- or multi-host): its TPU device files, or the variables its
   # runtime sets; jax.distributed then asks the metadata server itself.
-  # A TPU_WORKER_ID that is not a number is not a TPU VM's: JAX's TPU start-up writes a
-  # warning into it when it cannot tell (e.g. after `launch.py compile` on a CPU host), and
-  # processes started afterwards inherit it.
+  # (a TPU VM's TPU_WORKER_ID is a number)
   if env.get('TPU_ACCELERATOR_TYPE') or env.get('TPU_WORKER_ID', '').isdigit() \
       or os.path.exists('/dev/accel0') or glob.glob('/dev/vfio/[0-9]*'):
     return 'Cloud TPU'
