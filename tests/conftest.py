@@ -12,14 +12,19 @@ JAX_PLATFORMS=cpu: `make test` installs libtpu (the [tpu] extra) for the compile
 (tests/test_compile.py), which compile for TPU topologies without a TPU. Installed, libtpu
 would make every JAX process probe for a TPU at start-up; the tests run on the CPU, and
 the topologies need no TPU backend.
+
+XLA_FLAGS: tests/xla_env.py's fast-compile set (LLVM -O0), unless the caller set XLA_FLAGS.
 """
 from __future__ import annotations
 
 import os
 import pathlib
 
+import xla_env
+
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / '.pytest_cache' / 'jax-compilation-cache'
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('XLA_FLAGS', xla_env.flags())

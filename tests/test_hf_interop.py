@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip('transformers')
 
 import hf_models as H  # noqa: E402
+import xla_env  # noqa: E402
 from jaxlab.config import ConfigError, load  # noqa: E402
 from jaxlab.interop import hf, hf_config  # noqa: E402
 
@@ -177,8 +178,7 @@ def test_import_onto_an_8_device_mesh_equals_one_device(model_dir):
   """On 8 fake CPU devices (a fresh process, as tests/test_parallel.py does), each param
   is made shard by shard (data 2 x fsdp 2 x tensor 2) and equals the single-device import
   bit for bit."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+  env = xla_env.env(8, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
   proc = subprocess.run([sys.executable, '-c', _MESH_WORKER, str(model_dir('llama_gqa'))],
                         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]

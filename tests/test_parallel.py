@@ -7,7 +7,6 @@ param norms, final params); 1e-5 leaves room and still catches a wrong sharding,
 moves the loss in the first decimals.
 """
 import json
-import os
 import pathlib
 import shutil
 import socket
@@ -19,6 +18,8 @@ import pytest
 
 from jaxlab.config import ConfigError, MeshConfig, load
 from jaxlab.parallel import mesh_shape, mesh_shapes
+
+import xla_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / 'tests' / 'multidevice_worker.py'
@@ -40,11 +41,7 @@ def mesh_args(data, fsdp, tensor):
 
 
 def env_with(devices: int):
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  if devices > 1:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
+  return xla_env.env(devices if devices > 1 else None)
 
 
 def worker(*args, devices):

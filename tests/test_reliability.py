@@ -24,6 +24,8 @@ import pytest
 
 from jaxlab import cli
 
+import xla_env
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # 12 steps, a checkpoint every 4 (kept: 4, 8, 12), val loss at 6 and 12, every step logged.
 RUN = ['train.steps=12', 'train.checkpoint_every=4', 'train.eval_every=6', 'train.log_every=1',
@@ -293,7 +295,7 @@ def test_two_processes_stop_together_when_only_one_gets_sigterm(tmp_path):
   same step and exit 143 (before: process 0 went on into the next step's collectives
   while process 1 waited in the checkpoint's barrier)."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = xla_env.env(1)
   procs = [subprocess.Popen(
       [sys.executable, 'launch.py', 'run', 'tiny', 'train.steps=1000', 'train.log_every=1',
        'train.eval_batches=0', 'mesh.dcn_data=2', f'mesh.coordinator_address=127.0.0.1:{port}',

@@ -16,7 +16,6 @@ natural-order positions and mask (a broken permutation) move the tiny model's in
 on these batches from 6.061 to 6.105 (measured on one device).
 """
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -28,19 +27,20 @@ from jaxlab.config import ConfigError, MeshConfig, load
 from jaxlab.kernels.ring_layout import causal_block_counts, order
 from jaxlab.parallel import mesh_shape
 
+import xla_env
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL = 1e-5
 # XLA:CPU aborts a collective whose fake devices do not all arrive within 40 s. On this
 # shared 2-core machine (load ~19) one context-mesh run died that way once, with ring
 # ppermutes and a context all-gather in flight on different fake devices; the longer
 # limit tells a starved device from a hang (see the README's long-context section).
-FLAGS = ('--xla_force_host_platform_device_count=8',
-         '--xla_cpu_collective_call_terminate_timeout_seconds=300')
+TIMEOUT_FLAG = '--xla_cpu_collective_call_terminate_timeout_seconds=300'
 
 
 @pytest.fixture(scope='module')
 def eight():
-  env = dict(os.environ, XLA_FLAGS=' '.join(FLAGS))
+  env = xla_env.env(8, TIMEOUT_FLAG)
   proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'ring_worker.py')], cwd=ROOT,
                         capture_output=True, text=True, timeout=900, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]

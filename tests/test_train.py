@@ -3,7 +3,6 @@ SIGTERM, divergence, unreadable checkpoints, sweeps and the report. Runs that ne
 signal or device flags go through `jaxlab.cli.main` in this process (no interpreter
 start-up); tests/test_reliability.py has the failure cases of issue 14."""
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -12,6 +11,8 @@ import sys
 import time
 
 import pytest
+
+import xla_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A tiny run long enough to be interrupted on purpose: 60 steps, a checkpoint every 10.
@@ -198,7 +199,7 @@ def test_sharded_run_matches_single_device(tmp_path, capsys):
   args = ['run', 'tiny', 'train.steps=8', 'train.batch_size=8', 'model.vocab_size=258']
   single = inproc(capsys, *args, workdir=tmp_path / 'one')
   assert single.returncode == 0, single.stderr
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = xla_env.env(8)
   sharded = subprocess.run(
       [sys.executable, 'launch.py', *args, 'mesh.fsdp=2', 'mesh.tensor=2',
        f'train.workdir={tmp_path / "eight"}'],
@@ -213,7 +214,7 @@ def test_sharded_run_matches_single_device(tmp_path, capsys):
 
 
 def test_indivisible_sharded_dim_is_a_config_error(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = xla_env.env(2)
   proc = subprocess.run([sys.executable, 'launch.py', 'run', 'tiny', 'mesh.tensor=2',
                          f'train.workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
                         timeout=300, env=env)
