@@ -290,15 +290,22 @@ def _toy_run(tx, steps=300, seed=0):
 
 
 def test_scale_invariant_toy_adamw_grows_the_norm_adamp_does_not():
-  n0 = float(jnp.linalg.norm(jax.random.normal(jax.random.split(jax.random.key(0), 3)[0],
-                                               (16, 32)) / 4))
-  w_norm, w_eff, _ = _toy_run(optax.adamw(3e-2, weight_decay=0.0))
-  p_norm, p_eff, _ = _toy_run(adamp(3e-2, weight_decay=0.0))
   # AdamW: the update is almost orthogonal to the weight, so the norm grows (measured:
-  # 5.7 -> 11.7 in 300 steps) and the effective step falls with it. AdamP removes the
-  # radial part; only the second-order growth |dw|^2 is left (measured 5.7 -> 6.4), and
-  # its late effective step stays larger (measured 0.0099 vs 0.0074).
-  assert w_norm[-1] > 1.5 * n0
-  assert p_norm[-1] - n0 < 0.2 * (w_norm[-1] - n0)
-  assert w_eff[-50:].mean() < 0.7 * w_eff[:50].mean()
-  assert p_eff[-50:].mean() > 1.1 * w_eff[-50:].mean()
+  # 5.7 -> 11.4..12.8 in 300 steps) and the effective step falls with it. AdamP removes the
+  # radial part; only the second-order growth |dw|^2 is left (measured 5.7 -> 6.0..6.6),
+  # and its late effective step stays larger. That late step is a noisy, chaotic path (a
+  # rounding change moves one seed's last-50-step mean from 0.0068 to 0.0094), so it is
+  # compared averaged over three seeds and the last 150 steps: measured AdamP / AdamW
+  # 1.85 at XLA:CPU -O3, 1.74 at the tests' -O0; 1.3 is the bar.
+  late = {'adamw': [], 'adamp': []}
+  for seed in range(3):
+    n0 = float(jnp.linalg.norm(jax.random.normal(jax.random.split(jax.random.key(seed), 3)[0],
+                                                 (16, 32)) / 4))
+    w_norm, w_eff, _ = _toy_run(optax.adamw(3e-2, weight_decay=0.0), seed=seed)
+    p_norm, p_eff, _ = _toy_run(adamp(3e-2, weight_decay=0.0), seed=seed)
+    assert w_norm[-1] > 1.5 * n0
+    assert p_norm[-1] - n0 < 0.2 * (w_norm[-1] - n0)
+    assert w_eff[-50:].mean() < 0.7 * w_eff[:50].mean()
+    late['adamw'].append(w_eff[-150:].mean())
+    late['adamp'].append(p_eff[-150:].mean())
+  assert np.mean(late['adamp']) > 1.3 * np.mean(late['adamw'])

@@ -319,7 +319,11 @@ def test_width_decoalesce_preserves_logits_gqa_and_factor3(small, big):
   params = random_tree(small)
   tok = tokens(small)
   got = apply_fn(big)(ml.decoalesce(params, small, big, grouping='adjacent'), tok)
-  np.testing.assert_allclose(got, apply_fn(small)(params, tok), rtol=1e-5, atol=1e-5)
+  want = apply_fn(small)(params, tok)
+  # The wide model sums k-fold more (rescaled) terms: its rounding error scales with the
+  # logits, not with each element. Measured worst |got - want| / max|want|: 1.0e-6 at
+  # XLA:CPU's default -O3, 3.4e-6 at the tests' -O0 (tests/xla_env.py).
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
 # ------------------------------------------------------------------------------ errors
