@@ -15,8 +15,10 @@ only make nanodo faster: the comparison is against nanodo's leanest step.
 Shapes (the issue's): batch 8 x seq 256, d_model 256, 4 heads, 4 and 16 layers, float32,
 byte vocabulary (257), AdamW (lr 3e-3, b1 0.9, b2 0.95, wd 0.1, warmup 100, cosine) +
 clip 1.0 on both sides. nanodo: GELU MLP with F = 4 d, learned positions, LayerNorm, tied
-embedding readout. jaxlab: its default model (RMSNorm, RoPE, SwiGLU) with d_ff 704, so
-that the matmul params match nanodo's within about 2%.
+embedding readout, a Python loop over its blocks (unrolled in the compiled step). jaxlab:
+its default model (RMSNorm, RoPE, SwiGLU) with d_ff 704, so that the matmul params match
+nanodo's within about 2%, twice: with its default layer loop (nn.scan, one layer compiled)
+and unrolled (model.scan_unroll = layers, the loop nanodo compiles).
 
 FLOP/s is model FLOPs: (6 x matmul params + 6 x layers x seq x d_model for causal
 attention) per token, each model's own matmul params (jaxlab.metrics.matmul_params for
@@ -74,11 +76,12 @@ def _random_tokens(rows: int, cols: int):
   return jax.random.randint(jax.random.key(1), (rows, cols), 1, VOCAB, jnp.int32)
 
 
-def jaxlab_step(layers: int):
+def jaxlab_step(layers: int, scan_unroll: int = 1):
   """(step(state, batch) -> (state, metrics), state, batch, FLOPs per step)."""
   cfg = validate(Config(
       name='peer', model=ModelConfig(d_model=D_MODEL, n_layers=layers, n_heads=HEADS,
-                                     d_ff=JAXLAB_D_FF, vocab_size=VOCAB, dtype='float32'),
+                                     d_ff=JAXLAB_D_FF, vocab_size=VOCAB, dtype='float32',
+                                     scan_unroll=scan_unroll),
       optim=OptimConfig(lr=OPTIM['lr'], b1=OPTIM['b1'], b2=OPTIM['b2'], eps=OPTIM['eps'],
                         weight_decay=OPTIM['weight_decay'], warmup_steps=OPTIM['warmup'],
                         grad_clip=OPTIM['clip']),
@@ -141,29 +144,39 @@ def _timed(step, state, batch, steps: int):
   return state, time.perf_counter() - t0, time.process_time() - c0
 
 
+# jaxlab's two ways to compile the layer loop: the default nn.scan (one layer compiled) and
+# model.scan_unroll=n_layers (unrolled, as nanodo's Python loop over its blocks is).
+VARIANTS = {'scan': 1, 'unrolled': None}
+
+
 def compare(checkout: pathlib.Path, layers_list, reps: int = 5, steps: int = 20, log=print):
-  """[{layers, nanodo, jaxlab (GFLOP/s medians), ratios (per repeat)}, ...]."""
+  """[{layers, variant, nanodo, jaxlab (GFLOP/s medians), ratios, cpu_ratios (per
+  repeat)}, ...]: one row per layer count and jaxlab variant, all timed in one rotation."""
   rows = []
   for layers in layers_list:
-    sides = {'jaxlab': list(jaxlab_step(layers)), 'nanodo': list(nanodo_step(checkout, layers))}
+    sides = {f'jaxlab {v}': list(jaxlab_step(layers, unroll or layers))
+             for v, unroll in VARIANTS.items()}
+    sides['nanodo'] = list(nanodo_step(checkout, layers))
     for side in sides.values():   # compile + warm up
       side[1], _, _ = _timed(side[0], side[1], side[2], 2)
-    rates = {'jaxlab': [], 'nanodo': []}
-    cpu = {'jaxlab': [], 'nanodo': []}
+    rates = {name: [] for name in sides}
+    cpu = {name: [] for name in sides}
     for rep in range(reps):
-      order = ['jaxlab', 'nanodo'] if rep % 2 == 0 else ['nanodo', 'jaxlab']
+      order = list(sides) if rep % 2 == 0 else list(sides)[::-1]
       for name in order:
         step, state, batch, flops = sides[name]
         sides[name][1], wall, cpu_s = _timed(step, state, batch, steps)
         rates[name].append(flops * steps / wall / 1e9)
         cpu[name].append(flops * steps / cpu_s / 1e9)
-      log(f'[peer] L{layers} rep {rep}: jaxlab {rates["jaxlab"][-1]:.1f}, nanodo '
-          f'{rates["nanodo"][-1]:.1f} GFLOP/s (per CPU second: {cpu["jaxlab"][-1]:.1f}, '
-          f'{cpu["nanodo"][-1]:.1f})')
-    rows.append(dict(layers=layers, nanodo=statistics.median(rates['nanodo']),
-                     jaxlab=statistics.median(rates['jaxlab']),
-                     ratios=[j / n for j, n in zip(rates['jaxlab'], rates['nanodo'])],
-                     cpu_ratios=[j / n for j, n in zip(cpu['jaxlab'], cpu['nanodo'])]))
+      log(f'[peer] L{layers} rep {rep}: ' + ', '.join(
+          f'{name} {rates[name][-1]:.1f}' for name in sides) + ' GFLOP/s (per CPU second: ' +
+          ', '.join(f'{cpu[name][-1]:.1f}' for name in sides) + ')')
+    for v in VARIANTS:
+      mine = f'jaxlab {v}'
+      rows.append(dict(layers=layers, variant=v, nanodo=statistics.median(rates['nanodo']),
+                       jaxlab=statistics.median(rates[mine]),
+                       ratios=[j / n for j, n in zip(rates[mine], rates['nanodo'])],
+                       cpu_ratios=[j / n for j, n in zip(cpu[mine], cpu['nanodo'])]))
   return rows
 
 
@@ -171,13 +184,14 @@ def table(rows, reps: int, steps: int) -> list[str]:
   lines = [f'## jaxlab vs nanodo: train step, model FLOP/s (batch {BATCH} x seq {SEQ}, d_model '
            f'{D_MODEL}, {HEADS} heads, float32, AdamW + clip; median of {reps} interleaved '
            f'repeats of {steps} steps)', '',
-           '| layers | nanodo (GFLOP/s) | jaxlab (GFLOP/s) | jaxlab / nanodo: median (min..max) '
-           '| by CPU time: median (min..max) |', '|---|---|---|---|---|']
+           '| layers | jaxlab layer loop | nanodo (GFLOP/s) | jaxlab (GFLOP/s) | jaxlab / nanodo: '
+           'median (min..max) | by CPU time: median (min..max) |', '|---|---|---|---|---|---|']
 
   def spread(x):
     return f'{statistics.median(x):.2f} ({min(x):.2f}..{max(x):.2f})'
   for r in rows:
-    lines.append(f'| {r["layers"]} | {r["nanodo"]:.1f} | {r["jaxlab"]:.1f} | '
+    loop = 'nn.scan' if r['variant'] == 'scan' else f'unrolled (model.scan_unroll={r["layers"]})'
+    lines.append(f'| {r["layers"]} | {loop} | {r["nanodo"]:.1f} | {r["jaxlab"]:.1f} | '
                  f'{spread(r["ratios"])} | {spread(r["cpu_ratios"])} |')
   return lines
 

@@ -28,7 +28,8 @@ def validate(cfg: Config) -> Config:
                      ('model.n_layers', m.n_layers), ('model.n_heads', m.n_heads),
                      ('data.seq_len', d.seq_len), ('train.steps', t.steps),
                      ('train.batch_size', t.batch_size), ('train.log_every', t.log_every),
-                     ('train.keep_checkpoints', t.keep_checkpoints)]:
+                     ('train.keep_checkpoints', t.keep_checkpoints),
+                     ('model.scan_unroll', m.scan_unroll)]:
     _require(value >= 1, f'{key}={value} must be >= 1')
   for key, value in [('model.n_kv_heads', m.n_kv_heads), ('model.head_dim', m.head_dim),
                      ('model.d_ff', m.d_ff), ('optim.warmup_steps', o.warmup_steps),

@@ -37,6 +37,10 @@ class ModelConfig:
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   remat: Literal['none', 'full', 'save_dots'] = 'none'
+  scan_unroll: int = 1             # layers per iteration of the layer scan: 1 compiles one
+                                   #   layer (fast compile at any depth); >= n_layers unrolls
+                                   #   it, like a Python loop over layers (faster step, longer
+                                   #   compile; params keep the stacked layout either way)
   dtype: Literal['float32', 'bfloat16'] = 'float32'   # compute dtype; params are float32
   attention: Literal['xla', 'cudnn', 'pallas', 'splash', 'tokamax', 'auto'] = 'xla'
   qk_norm: bool = False            # RMSNorm (learned gain) on q and k per head, before RoPE

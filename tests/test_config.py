@@ -37,6 +37,7 @@ def test_override_parses_each_type():
     ('model.n_kv_heads=3', 'model.n_heads=2 must be a multiple of model.n_kv_heads=3'),
     ('model.d_model=33', 'model.d_model=33 is not divisible by model.n_heads=2'),
     ('train.batch_size=0', 'train.batch_size=0 must be >= 1'),
+    ('model.scan_unroll=0', 'model.scan_unroll=0 must be >= 1'),
     ('data.source=tfds', "data.source='tfds' needs data.tfds_name"),
     ('train.eval_batches=al', "train.eval_batches='al' is not valid: expected an integer or "
                               "one of 'all'"),

@@ -332,6 +332,7 @@ class Transformer(nn.Module):
     layers = nn.scan(block, variable_axes={'params': 0, 'intermediates': 0},
                      split_rngs={'params': True},
                      in_axes=in_axes, length=cfg.n_layers,
+                     unroll=min(cfg.scan_unroll, cfg.n_layers),
                      metadata_params={nn.PARTITION_NAME: 'layers'})
     # RoPE's sin / cos tables: computed here once, not in every layer.
     rope_BxTxKh = rope_tables(positions_BxT, rope_frequencies(cfg, cfg.dim_per_head))
