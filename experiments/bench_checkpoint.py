@@ -5,13 +5,17 @@ the restore themselves, on the demo model's full train state (params + AdamW mom
   python experiments/bench_checkpoint.py [--experiment demo] [--reps 5] [--dir /tmp/x]
 
 Rows, each the median of --reps timed repetitions after one untimed warm-up:
-  fingerprint       jitted fingerprint of the state and its transfer to the host
+  fingerprint       jitted fingerprint of the state and its transfer to the host: its
+                    whole cost, were a save to wait for it
+  fp on save path   what Checkpointer.save waits for: the fingerprint's dispatch (orbax
+                    fetches the result in its commit, beside the array writes)
   save              Checkpointer.save (which includes the fingerprint) + wait until the
-                    checkpoint is on disk
+                    checkpoint is on disk (timed alternately with the next row)
   save w/o fp       the same orbax save without the fingerprint (orbax's manager called
                     with the same items), the baseline the fingerprint adds to
   restore + verify  Checkpointer.restore (reads, then fingerprints and compares)
-The fingerprint's share is fingerprint / save w/o fp. One-off compile time of the
+The fingerprint's cost to a save is `fp on save path` / save w/o fp; `save` - `save w/o
+fp` is the same cost measured end to end (within the save's own run-to-run noise). One-off compile time of the
 fingerprint is printed apart (it is paid once per run and model shape).
 """
 from __future__ import annotations
@@ -47,6 +51,20 @@ def _median_time(fn, reps: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def _interleaved_medians(fns: dict, reps: int) -> dict:
+  """Median seconds of each fn, timed in alternating order in each repeat (drift in the
+  machine's speed reaches both sides alike), after one untimed warm-up of each."""
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for rep in range(reps):
+    for name in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+      t0 = time.perf_counter()
+      fns[name]()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main():
@@ -87,8 +105,8 @@ def main():
 
   rows = {
       'fingerprint': _median_time(lambda: jax.device_get(fp_lib.fingerprint(state)), args.reps),
-      'save': _median_time(save, args.reps),
-      'save w/o fp': _median_time(save_bare, args.reps),
+      'fp on save path': _median_time(lambda: fp_lib.fingerprint(state), args.reps),
+      **_interleaved_medians({'save': save, 'save w/o fp': save_bare}, args.reps),
       'restore + verify': _median_time(
           lambda: ckpt.restore(ckpt.all_steps()[-1], program.abstract_state, iterator),
           args.reps),

@@ -7,7 +7,9 @@
   meta   small JSON: cumulative tokens and FLOPs (counters survive growth events), the
          state's fingerprint (one uint32 per array, jaxlab.fingerprint, computed on device
          at save) and the metrics record logged at that step (put back if metrics.jsonl
-         lost it).
+         lost it). The fingerprint is dispatched when the save is requested and fetched
+         only when orbax writes the JSON (in its background commit, beside the array
+         writes), so the save never waits for it.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 kill mid-save never leaves a half-written step behind. A restore is verified: the
@@ -110,11 +112,37 @@ def _all_ok(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
+class _MetaHandler(ocp.JsonCheckpointHandler):
+  """orbax's JSON handler, for meta whose values may be device arrays (the state's
+  fingerprint): they are fetched in the write itself, which orbax runs in its commit
+  (the background thread of an async save; beside the array writes of a synchronous
+  one), not when the save is requested. The file is the same JSON (lists of ints).
+  Overrides JsonCheckpointHandler._save_fn (orbax 0.12): were orbax to stop calling it,
+  json.dumps would meet a jax.Array and every save would fail, loudly."""
+
+  async def _save_fn(self, x, directory):
+    x = {key: [int(v) for v in np.asarray(jax.device_get(value)).reshape(-1)]
+         if isinstance(value, jax.Array) else value for key, value in x.items()}
+    await super()._save_fn(x, directory)
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_save=True)
+@dataclasses.dataclass
+class _MetaSave(ocp.args.JsonSave):
+  """JsonSave for _MetaHandler."""
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_restore=True)
+@dataclasses.dataclass
+class _MetaRestore(ocp.args.JsonRestore):
+  """JsonRestore for _MetaHandler (reads what JsonSave writes, older checkpoints too)."""
+
+
 def save_items(state, data_iterator, meta: dict) -> dict:
   """A checkpoint's three items, as orbax's manager saves them."""
   return dict(state=ocp.args.StandardSave(state),
               data=grain.checkpoint.CheckpointSave(_IteratorState(data_iterator)),
-              meta=ocp.args.JsonSave(dict(meta, process_count=jax.process_count())))
+              meta=_MetaSave(dict(meta, process_count=jax.process_count())))
 
 
 class Checkpointer:
@@ -130,8 +158,9 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, meta: dict, record: dict | None = None):
     """Saves state, the iterator's position and meta, with the state's fingerprint and the
-    step's logged record in meta."""
-    meta = dict(meta, fingerprint=[int(v) for v in jax.device_get(fingerprint(state))])
+    step's logged record in meta. The fingerprint goes in as a device array, dispatched
+    here and fetched by orbax's write (_MetaHandler): the save does not wait for it."""
+    meta = dict(meta, fingerprint=fingerprint(state))
     if record is not None:
       meta['record'] = record
     self._manager.save(step, args=ocp.args.Composite(**save_items(state, data_iterator, meta)),
@@ -143,7 +172,7 @@ class Checkpointer:
     step cannot be read or its state does not match the saved fingerprint; the data
     iterator is set only when everything else succeeded."""
     meta = dict(self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta'])
+        meta=_MetaRestore()))['meta'])
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     saved_by = int(meta.get('process_count', jax.process_count()))
     data = _IteratorState()
