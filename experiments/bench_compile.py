@@ -2,6 +2,7 @@
 lightest remat policy whose step fits, its HBM per chip, and XLA's estimated MFU.
 
   python experiments/bench_compile.py [--cases 1b-v5p-8,7b-v5p-64,7b-v5e-256] [--out FILE]
+                                      [--remats none,save_dots,full]
 
 For each case, `launch.py compile` (jaxlab.aot, in this process) with the experiment's
 config and the case's overrides:
@@ -38,11 +39,11 @@ def _quiet(line: str) -> None:
   print(f'  {line}', file=sys.stderr, flush=True)
 
 
-def run_case(name: str) -> dict:
+def run_case(name: str, remats=REMATS) -> dict:
   experiment, target_text, overrides = CASES[name]
   target = parse_target(target_text)
   out = {'case': name, 'target': target_text}
-  for remat in REMATS:
+  for remat in remats:
     cfg = config_lib.load(experiment, overrides + ['model.attention=auto', f'model.remat={remat}'])
     t0 = time.perf_counter()
     rows = aot.check_run(cfg, target, log=_quiet, estimate=False)
@@ -90,11 +91,17 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cases', default=','.join(CASES))
   parser.add_argument('--out', default=None)
+  parser.add_argument('--remats', default=','.join(REMATS),
+                      help='the policies to try, in order (default: none,save_dots,full); '
+                           'start later to skip one already known not to fit')
   args = parser.parse_args()
+  remats = args.remats.split(',')
+  if not remats or any(r not in REMATS for r in remats):
+    parser.error(f'--remats {args.remats}: allowed are {", ".join(REMATS)}, comma-separated')
   aot.use_cpu_host()
   results = []
   for name in args.cases.split(','):
-    results.append(run_case(name))
+    results.append(run_case(name, remats))
     print(table(results), flush=True)
   if args.out:
     pathlib.Path(args.out).write_text(table(results))
