@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxlab.fingerprint import fingerprint, mismatches
+from jaxlab.fingerprint import fingerprint, leaf_paths, mismatches
 
 
 class _IteratorState:
@@ -165,6 +165,31 @@ class Checkpointer:
       meta['record'] = record
     self._manager.save(step, args=ocp.args.Composite(**save_items(state, data_iterator, meta)),
                        force=True)
+
+  def restore_params(self, step: int, abstract_state):
+    """Only the params of step's TrainState (orbax partial restore: the optimizer state is
+    not read), onto abstract_state.params' shardings, verified against the params' entries
+    of the saved fingerprint. Raises Unverified on a mismatch."""
+    meta = dict(self._manager.restore(step, args=ocp.args.Composite(
+        meta=_MetaRestore()))['meta'])
+    abstract = {'params': abstract_state.params}
+    with ocp.PyTreeCheckpointer() as reader:
+      params = reader.restore(self.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True))['params']
+    if 'fingerprint' not in meta:
+      print(f'warning: checkpoint step {step} has no fingerprint (written by an older jaxlab); '
+            'restored without verification', file=sys.stderr, flush=True)
+      return params
+    index = {path: i for i, path in enumerate(leaf_paths(abstract_state))}
+    saved = [meta['fingerprint'][index[path]] if len(meta['fingerprint']) == len(index) else -1
+             for path in leaf_paths({'params': params})]
+    bad = mismatches({'params': params}, saved, jax.device_get(fingerprint({'params': params})))
+    if bad:
+      raise Unverified(f'checkpoint step {step}: the restored params differ from the saved ones '
+                       f'in {len(bad)} array(s) ({", ".join(bad[:3])}'
+                       f'{", ..." if len(bad) > 3 else ""})')
+    return params
 
   def restore(self, step: int, abstract_state, data_iterator) -> Restored:
     """abstract_state's shardings decide where every array lands: a checkpoint written on

@@ -174,7 +174,7 @@ def pretrained(tmp_path_factory):
   return d
 
 
-def test_readme_flow_end_to_end(pretrained, tmp_path):
+def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
   """The README walk-through on a tiny model, in-process through the CLI: continued
   pretraining on jsonl (model.init=hf:DIR), LLaMA-Pro growth with train.trainable=new,
   training the grown run, export, and transformers loading the export to the same logits;
@@ -212,15 +212,29 @@ def test_readme_flow_end_to_end(pretrained, tmp_path):
     assert np.array_equal(before[k], after[k])
   assert _layer_tensors(after, 1)['self_attn.o_proj.weight'].any()   # the new blocks trained
   # transformers computes what jaxlab does with the trained params.
-  from jaxlab.interop.export import restore_params
+  from jaxlab.checkpoint import Checkpointer
   from jaxlab.config import load_run_dir
   from jaxlab.train.program import build_program
   from jaxlab.parallel import make_mesh
   cfg = load_run_dir(work / 'pro')
   program = build_program(cfg, make_mesh(cfg.mesh))
-  params = restore_params(work / 'pro' / 'checkpoints', 3, program.abstract_state.params)
+  params = Checkpointer(work / 'pro' / 'checkpoints', keep=cfg.train.keep_checkpoints
+                        ).restore_params(3, program.abstract_state)
   t = np.random.RandomState(1).randint(0, 288, (2, 16))
   assert H.rel_err(H.hf_logits(out, t), H.jax_logits(cfg.model, params, t)) <= 1e-5
+  # Export verifies the params it restores: one saved fingerprint entry off by one, and
+  # the step is refused in one line (exit 2) naming the array.
+  from jaxlab.fingerprint import leaf_paths
+  meta_file = work / 'pro' / 'checkpoints' / '3' / 'meta' / 'metadata'
+  meta = json.loads(meta_file.read_text())
+  i = leaf_paths(program.abstract_state).index('params/embed/embedding')
+  meta['fingerprint'][i] = (meta['fingerprint'][i] + 1) % 2**32
+  meta_file.write_text(json.dumps(meta))
+  capsys.readouterr()
+  assert main(['export', str(work / 'pro'), '--format', 'hf', '--out', str(tmp_path / 'e2')]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'checkpoint step 3: the restored params differ from the saved ' \
+      'ones in 1 array(s) (params/embed/embedding): the checkpoint is corrupt' in err[0], err
   # A tokenizer larger than the model's vocabulary is refused before anything compiles.
   assert main(['run', 'tiny', f'data.tokenizer={pretrained}', 'model.vocab_size=100',
                f'train.workdir={work}', 'name=bad']) == 2

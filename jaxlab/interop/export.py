@@ -5,7 +5,9 @@ so lm-eval-harness, `lm_eval --model hf --model_args pretrained=DIR`) loads.
 Writes config.json, generation_config.json, the weights (jaxlab.interop.hf.save: muP
 folded in, sharded above --max-shard-size) and, when the run's tokenizer is a Hugging Face
 one, its files (tokenizer.json, tokenizer_config.json, special_tokens_map.json). Only the
-params are restored from the checkpoint (orbax partial restore), onto the run's mesh.
+params are restored from the checkpoint (orbax partial restore), onto the run's mesh, and
+verified against the checkpoint's fingerprint (a corrupt step is refused, naming the
+others).
 The model is the one the run holds at that step (a growth run's small model before its
 growth step). Refused, with the reason: a step inside a 'random' growth ramp (a block
 blended with the identity by a gate < 1 is not a Llama block).
@@ -15,11 +17,9 @@ from __future__ import annotations
 import pathlib
 import shutil
 
-import orbax.checkpoint as ocp
-
 from jaxlab import data as data_lib
 from jaxlab import growth
-from jaxlab.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.checkpoint import Checkpointer, Unverified, checkpoint_dir
 from jaxlab.config import load_run_dir, validate
 from jaxlab.config_types import ConfigError
 from jaxlab.interop import hf
@@ -41,15 +41,6 @@ def parse_size(text: str, option: str = '--max-shard-size') -> int:
   if value < 1:
     raise ConfigError(f'{option} {text!r} is not a size: expected e.g. 5GB, 500MB, 2GiB or bytes')
   return int(value)
-
-
-def restore_params(ckpt_dir, step: int, abstract_params):
-  """Only the params of a checkpointed TrainState, onto abstract_params' shardings."""
-  restore_args = ocp.checkpoint_utils.construct_restore_args({'params': abstract_params})
-  with ocp.PyTreeCheckpointer() as ckptr:
-    out = ckptr.restore(ckpt_dir / str(step) / 'state', args=ocp.args.PyTreeRestore(
-        item={'params': abstract_params}, restore_args=restore_args, partial_restore=True))
-  return out['params']
 
 
 def _check_foldable(cfg, phases, k: int, step: int):
@@ -93,7 +84,14 @@ def export_run(run_dir: str | pathlib.Path, out: str | pathlib.Path, *, step: in
   except ValueError as err:
     raise ConfigError(str(err)) from None
   program = build_program(cfg, make_mesh(cfg.mesh), k, phases)
-  params = restore_params(ckpt_dir, step, program.abstract_state.params)
+  manager = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
+  try:
+    params = manager.restore_params(step, program.abstract_state)
+  except Unverified as err:
+    raise ConfigError(f'{err}: the checkpoint is corrupt; export another step with --step '
+                      f'(steps: {steps})') from None
+  finally:
+    manager.close()
   files = hf.save(params, program.model.cfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes,
                   max_positions=max_positions or cfg.data.seq_len, bos_id=tokenizer.bos_id,
                   eos_id=getattr(tokenizer, 'eos_id', None))
