@@ -22,7 +22,6 @@ growth.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -35,6 +34,7 @@ from jaxlab.config_types import Config, ConfigError
 from jaxlab.growth import depth, plan
 from jaxlab.interop import hf, hf_config
 from jaxlab.optim import trainable as trainable_lib
+from jaxlab.run_dir import RunDir, growth_event
 
 METHODS = ('layers', 'zero', 'stack', 'interleave', 'random')
 
@@ -127,17 +127,23 @@ def grow_from_hf(source: str, out_dir: str | pathlib.Path, *, method: str,
   except ValueError as err:
     raise ConfigError(str(err)) from None
 
-  out_dir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (out_dir / 'config.json').write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
-    event = {'event': 'grow', 'step': 0, 'tokens': 0, 'flops': 0.0, 'method': method,
-             'from_hf': str(hf_dir), 'from': plan.describe(src), 'to': plan.describe(cfg.model),
-             'layers': depth.layer_map(plan.depth_method_for(method), src.n_layers,
-                                       cfg.model.n_layers, layers),
-             'new_layers': [i for i, flag in enumerate(new) if flag]}
-    (out_dir / 'metrics.jsonl').write_text(json.dumps(event) + '\n')
-  ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
-  ckpt.save(0, state, iterator, {'tokens': 0, 'flops': 0.0})
-  ckpt.wait()
-  ckpt.close()
+  out_run = RunDir(out_dir, writer=jax.process_index() == 0)
+  out_run.create()
+  out_run.lock()
+  try:
+    out_run.write_config(cfg)
+    out_run.start_fresh()
+    out_run.append(growth_event(
+        event='grow', step=0, tokens=0, flops=0.0, method=method,
+        optimizer='reset', src=plan.describe(src), dst=plan.describe(cfg.model),
+        from_hf=str(hf_dir),
+        layers=depth.layer_map(plan.depth_method_for(method), src.n_layers, cfg.model.n_layers,
+                               layers),
+        new_layers=[i for i, flag in enumerate(new) if flag]))
+    ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
+    ckpt.save(0, state, iterator, {'tokens': 0, 'flops': 0.0})
+    ckpt.wait()
+    ckpt.close()
+  finally:
+    out_run.close()
   return cfg
