@@ -82,7 +82,9 @@ def _impls(causal: bool, mha: bool):
   return out
 
 
-def _time_ms(fn, args, warmup: int, reps: int) -> float:
+def time_ms(fn, args, warmup: int, reps: int) -> float:
+  """Median wall milliseconds of fn(*args) over reps calls, after warmup untimed ones (the
+  first compiles). Shared with device_attention.py."""
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
   times = []
@@ -117,9 +119,9 @@ def gpu_rows(quick: bool, warmup: int, reps: int):
             fwd = jax.jit(f)
             fb = jax.jit(lambda q, k, v, do, f=f: jax.vjp(f, q, k, v)[1](do))
             try:
-              row['fwd_ms'] = _time_ms(fwd, (q, k, v), warmup, reps)
+              row['fwd_ms'] = time_ms(fwd, (q, k, v), warmup, reps)
               row['fwd_tflops'] = fwd_flops / row['fwd_ms'] / 1e9
-              row['fb_ms'] = _time_ms(fb, (q, k, v, do), warmup, reps)
+              row['fb_ms'] = time_ms(fb, (q, k, v, do), warmup, reps)
               row['fb_tflops'] = 3.5 * fwd_flops / row['fb_ms'] / 1e9
             except Exception as err:  # noqa: BLE001 -- report and go on to the next one
               row['note'] = _short(err)

@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +33,8 @@ import numpy as np
 from jaxlab.kernels import attention, reference_attention
 from jaxlab.kernels import tokamax_attention as tk
 from jaxlab.kernels.target import target_device
+
+from bench_attention import time_ms   # experiments/, beside this file
 
 dispatch = importlib.import_module('jaxlab.kernels.attention')   # the module, not the function
 BACKENDS = ('pallas', 'cudnn', 'tokamax', 'xla')
@@ -138,17 +138,6 @@ def short(err: Exception) -> str:
   return f'{type(err).__name__}: {" ".join(str(err).split())[:150]}'
 
 
-def _time_ms(fn, args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))     # compile
-  jax.block_until_ready(fn(*args))     # warm up
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - t0) * 1e3)
-  return statistics.median(times)
-
-
 def bench(grid: dict, box, log, reps: int = 5) -> list[list]:
   """Section 2: rows [T, B, heads, backend, fwd ms, fwd TFLOP/s, f+b ms, f+b TFLOP/s, note]."""
   rows = []
@@ -170,11 +159,11 @@ def bench(grid: dict, box, log, reps: int = 5) -> list[list]:
         row[3] = label(name, q, k, True, None)
         try:
           fwd = jax.jit(functools.partial(attention, causal=True, implementation=name))
-          ms = _time_ms(fwd, (q, k, v), reps)
+          ms = time_ms(fwd, (q, k, v), 2, reps)
           row[4:6] = [f'{ms:.3g}', f'{fwd_flops / ms / 1e9:.3g}']
           if box.open():
             fb = _fwd_bwd(name, True)
-            ms = _time_ms(fb, (q, k, v, do, None), reps)
+            ms = time_ms(fb, (q, k, v, do, None), 2, reps)
             row[6:8] = [f'{ms:.3g}', f'{3.5 * fwd_flops / ms / 1e9:.3g}']
           rows.append(row + [''])
         except Exception as err:  # noqa: BLE001 -- e.g. out of memory: report, go on
