@@ -84,7 +84,9 @@ def table(results: list[dict]) -> str:
         f"{r['remat']} ({tried}) | {_gib(fit['hbm_bytes_per_chip'])} | "
         f"{_gib(fit['hbm_capacity_bytes'])} | {'-' if step is None else f'{step:.3f}'} | "
         f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} |")
-  return '\n'.join(lines) + '\n'
+  notes = [f"- {r['case']}: {r['estimate']['estimate_note']}" for r in results
+           if r.get('estimate', {}).get('estimate_note')]
+  return '\n'.join(lines + ([''] + notes if notes else [])) + '\n'
 
 
 def main() -> None:

@@ -202,3 +202,23 @@ def test_tiny_compiles_for_eight_h100s_without_a_gpu():
   assert row['hbm_capacity_bytes'] == int(84942979072 * 0.75)   # JAX's default preallocation
   assert '__gpu$xla.gpu.triton' in _custom_calls(row['compiled']['train'])
   assert row['estimated_step_seconds'] is None and 'no cost analysis' in row['estimate_note']
+
+
+def test_estimate_is_withheld_when_xla_adds_loops(monkeypatch):
+  """XLA's cost analysis counts a while loop's body once: the 0/1-layer extrapolation holds
+  only when neither program has one (the 1-layer Llama-2-7B step on v5p-64 has 22, and the
+  extrapolation read 176% MFU). Costs stubbed: (flops, seconds, splash, while loops)."""
+  from jaxlab.parallel import make_mesh
+  cfg = config_lib.load('tiny', [])
+  mesh = make_mesh(cfg.mesh)
+  monkeypatch.setattr(check, 'compile_for', lambda fn, args, mesh: (None, 0.5))
+  costs = iter([(1e9, 0.01, False, 0), (3e9, 0.03, False, 0),
+                (1e9, 0.01, False, 0), (3e9, 0.03, False, 22)])
+  monkeypatch.setattr(check, '_cost', lambda compiled: next(costs))
+  est = check.estimate_step(cfg, mesh, cfg.model, {})      # no loops: cost(0) + L x delta
+  L = cfg.model.n_layers
+  assert est['xla_flops_per_device'] == pytest.approx(1e9 + L * 2e9)
+  assert est['seconds'] == pytest.approx(0.01 + L * 0.02) and est['note'] is None
+  est = check.estimate_step(cfg, mesh, cfg.model, {})
+  assert est['seconds'] is None and est['xla_flops_per_device'] is None
+  assert 'while loops into the 0- and 1-layer steps (0 and 22' in est['note']
