@@ -20,7 +20,10 @@ left): cost(L) = cost(0) + L (cost(1) - cost(0)), for FLOPs and for XLA's estima
 while loop at all: at 7B scale XLA adds its own (22 in the 1-layer Llama-2-7B step on
 v5p-64, e.g. for collective matmuls), each costed once whatever its trip count, and the
 extrapolation read 176% MFU. So an estimate is withheld, with that reason, when either
-program has a loop, or when it implies more than 100% MFU. XLA prices each of its own ConcatBitcast custom
+program has a loop, or when it implies more than 100% MFU. Started with LOOP_FREE_LIBTPU_ARGS
+in LIBTPU_INIT_ARGS, libtpu builds none of those loops (the 7B steps have 0) and the
+estimate is made; experiments/bench_compile.py does that in a separate process, so that
+the fit check still compiles the program a run would. XLA prices each of its own ConcatBitcast custom
 calls at -1 s in that estimate (seen with libtpu 0.0.42: one such call, one second less);
 they are counted and added back. Pallas kernels are costed by their CostEstimate; splash's
 kernels carry none, so with splash the estimate leaves attention out (said in the note).
@@ -43,6 +46,10 @@ from jaxlab.growth.plan import Phase
 from jaxlab.parallel import make_mesh
 from jaxlab.train.program import Program, build_program
 
+# libtpu options under which XLA builds no collective-matmul (windowed einsum) loops: set in
+# LIBTPU_INIT_ARGS before JAX starts, the 0/1-layer steps are loop-free and estimable.
+LOOP_FREE_LIBTPU_ARGS = ('--xla_tpu_enable_windowed_einsum_for_all_gather=false '
+                         '--xla_tpu_enable_windowed_einsum_for_reduce_scatter=false')
 _UNCOSTED = 'custom_call_target="ConcatBitcast"'   # XLA-internal; -1 s each in optimal_seconds
 _SIZE = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
 
@@ -167,8 +174,9 @@ def estimate_step(cfg: Config, mesh, model, cache: dict) -> dict:
   if loops0 or loops1:
     return {'xla_flops_per_device': None, 'seconds': None, 'compile_seconds': seconds,
             'note': f'not estimated: XLA put while loops into the 0- and 1-layer steps '
-                    f'({loops0} and {loops1}; e.g. collective matmuls at this scale), whose '
-                    'bodies its cost analysis counts once whatever their trip count'}
+                    f'({loops0} and {loops1}; collective matmuls at this scale), whose bodies '
+                    'its cost analysis counts once whatever their trip count; for an estimate '
+                    f'run with LIBTPU_INIT_ARGS="{LOOP_FREE_LIBTPU_ARGS}"'}
   L = model.n_layers
   out = {'xla_flops_per_device': f0 + L * (f1 - f0), 'seconds': s0 + L * (s1 - s0),
          'compile_seconds': seconds, 'note': None}
