@@ -15,8 +15,8 @@ Rows, each the median of --reps timed repetitions after one untimed warm-up:
                     with the same items), the baseline the fingerprint adds to
   restore + verify  Checkpointer.restore (reads, then fingerprints and compares)
 The fingerprint's cost to a save is `fp on save path` / save w/o fp; `save` - `save w/o
-fp` is the same cost measured end to end (within the save's own run-to-run noise). One-off compile time of the
-fingerprint is printed apart (it is paid once per run and model shape).
+fp` is the same cost measured end to end (within the save's own run-to-run noise).
+One-off compile time of the fingerprint is printed apart (once per run and model shape).
 """
 from __future__ import annotations
 
@@ -43,16 +43,6 @@ from jaxlab.parallel import make_mesh  # noqa: E402
 from jaxlab.train.program import build_program  # noqa: E402
 
 
-def _median_time(fn, reps: int) -> float:
-  fn()   # warm-up
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def _interleaved_medians(fns: dict, reps: int) -> dict:
   """Median seconds of each fn, timed in alternating order in each repeat (drift in the
   machine's speed reaches both sides alike), after one untimed warm-up of each."""
@@ -65,6 +55,10 @@ def _interleaved_medians(fns: dict, reps: int) -> dict:
       fns[name]()
       times[name].append(time.perf_counter() - t0)
   return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _median_time(fn, reps: int) -> float:
+  return _interleaved_medians({'': fn}, reps)['']
 
 
 def main():

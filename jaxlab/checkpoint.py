@@ -166,29 +166,40 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(**save_items(state, data_iterator, meta)),
                        force=True)
 
+  def _meta(self, step: int) -> dict:
+    return dict(self._manager.restore(step, args=ocp.args.Composite(meta=_MetaRestore()))['meta'])
+
+  @staticmethod
+  def _verify(step: int, tree, saved: list[int] | None, what: str):
+    """Raises Unverified when tree's fingerprint differs from the saved one; warns when
+    the checkpoint has none (saved is None)."""
+    if saved is None:
+      print(f'warning: checkpoint step {step} has no fingerprint (written by an older jaxlab); '
+            'restored without verification', file=sys.stderr, flush=True)
+      return
+    bad = mismatches(tree, saved, jax.device_get(fingerprint(tree)))
+    if bad:
+      raise Unverified(f'{what} in {len(bad)} array(s) '
+                       f'({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})')
+
   def restore_params(self, step: int, abstract_state):
     """Only the params of step's TrainState (orbax partial restore: the optimizer state is
     not read), onto abstract_state.params' shardings, verified against the params' entries
     of the saved fingerprint. Raises Unverified on a mismatch."""
-    meta = dict(self._manager.restore(step, args=ocp.args.Composite(
-        meta=_MetaRestore()))['meta'])
+    meta = self._meta(step)
     abstract = {'params': abstract_state.params}
     with ocp.PyTreeCheckpointer() as reader:
       params = reader.restore(self.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
           item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
           partial_restore=True))['params']
-    if 'fingerprint' not in meta:
-      print(f'warning: checkpoint step {step} has no fingerprint (written by an older jaxlab); '
-            'restored without verification', file=sys.stderr, flush=True)
-      return params
-    index = {path: i for i, path in enumerate(leaf_paths(abstract_state))}
-    saved = [meta['fingerprint'][index[path]] if len(meta['fingerprint']) == len(index) else -1
-             for path in leaf_paths({'params': params})]
-    bad = mismatches({'params': params}, saved, jax.device_get(fingerprint({'params': params})))
-    if bad:
-      raise Unverified(f'checkpoint step {step}: the restored params differ from the saved ones '
-                       f'in {len(bad)} array(s) ({", ".join(bad[:3])}'
-                       f'{", ..." if len(bad) > 3 else ""})')
+    saved = meta.get('fingerprint')
+    if saved is not None:   # the params' entries of the whole state's fingerprint
+      paths = leaf_paths(abstract_state)
+      index = {path: i for i, path in enumerate(paths)}
+      saved = [saved[index[path]] for path in leaf_paths(abstract)] \
+          if len(saved) == len(paths) else []
+    self._verify(step, {'params': params}, saved,
+                 f'checkpoint step {step}: the restored params differ from the saved ones')
     return params
 
   def restore(self, step: int, abstract_state, data_iterator) -> Restored:
@@ -196,8 +207,7 @@ class Checkpointer:
     one mesh (or number of devices / hosts) restores onto any other. Raises when the
     step cannot be read or its state does not match the saved fingerprint; the data
     iterator is set only when everything else succeeded."""
-    meta = dict(self._manager.restore(step, args=ocp.args.Composite(
-        meta=_MetaRestore()))['meta'])
+    meta = self._meta(step)
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     saved_by = int(meta.get('process_count', jax.process_count()))
     data = _IteratorState()
@@ -206,14 +216,8 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointRestore(data)
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
     state = out['state']
-    if 'fingerprint' in meta:
-      bad = mismatches(state, meta['fingerprint'], jax.device_get(fingerprint(state)))
-      if bad:
-        raise Unverified(f'the restored state differs from the saved one in {len(bad)} '
-                         f'array(s) ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})')
-    else:
-      print(f'warning: checkpoint step {step} has no fingerprint (written by an older jaxlab); '
-            'restored without verification', file=sys.stderr, flush=True)
+    self._verify(step, state, meta.get('fingerprint'),
+                 'the restored state differs from the saved one')
     if same_split:
       data_iterator.set_state(json.loads(data.bytes))
     else:   # each process read its own share of the documents; that split no longer exists
