@@ -92,6 +92,7 @@ def validate(cfg: Config) -> Config:
     _require(list(sizes.values()).count(-1) <= 1,
              f'only one of {", ".join(sizes)} may be -1 (the rest); got {sizes}')
   _validate_growth(cfg)
+  _validate_context_growth(cfg)
   _require(bool(cfg.name) and '/' not in cfg.name and '\0' not in cfg.name
            and cfg.name not in ('.', '..'),
            f'name={cfg.name!r} must be a non-empty directory name without "/"')
@@ -225,3 +226,49 @@ def _validate_growth(cfg: Config):
     _require(0 <= g.alpha <= 1, f'growth.alpha={g.alpha} must be in [0, 1]')
   else:
     _require(g.small_tokens == 0, 'growth.small_tokens applies to method vcycle only')
+
+
+def _validate_context_growth(cfg: Config):
+  """growth.seq_lens / seq_at_tokens / rope_theta: a context-length schedule (plan.py)."""
+  g, d, t = cfg.growth, cfg.data, cfg.train
+  if not g.seq_lens:
+    _require(not g.seq_at_tokens and not g.rope_theta,
+             'growth.seq_at_tokens and growth.rope_theta need growth.seq_lens (the sequence '
+             'length of each phase, the last = data.seq_len)')
+    return
+  lens = g.seq_lens
+  _require(len(lens) >= 2, f'growth.seq_lens={",".join(map(str, lens))} needs at least two '
+           'lengths (the first phase\'s ... the last = data.seq_len)')
+  _require(lens[-1] == d.seq_len, f'growth.seq_lens ends with {lens[-1]}; the last length is '
+           f'the run\'s data.seq_len={d.seq_len}')
+  _require(all(a < b for a, b in zip(lens, lens[1:])),
+           f'growth.seq_lens={",".join(map(str, lens))} must increase strictly')
+  _require(all(d.seq_len % n == 0 and n >= 1 for n in lens),
+           f'growth.seq_lens={",".join(map(str, lens))}: every length must divide data.seq_len='
+           f'{d.seq_len} (a phase at length L trains train.batch_size x data.seq_len / L rows, '
+           'so tokens per step stay constant)')
+  n_ctx = cfg.mesh.context * cfg.mesh.dcn_context
+  _require(n_ctx == 1 or all(n % (2 * n_ctx) == 0 for n in lens),
+           f'growth.seq_lens={",".join(map(str, lens))}: every length must be a multiple of '
+           f'{2 * n_ctx} under mesh.context x mesh.dcn_context={n_ctx} (ring attention)')
+  at = g.seq_at_tokens
+  total = t.steps * t.batch_size * d.seq_len
+  _require(len(at) == len(lens) - 1,
+           f'growth.seq_at_tokens has {len(at)} entries; it needs one per length after the '
+           f'first ({len(lens) - 1}): the training tokens at which each starts')
+  _require(all(0 < a < total for a in at) and all(a < b for a, b in zip(at, at[1:])),
+           f'growth.seq_at_tokens={",".join(map(str, at))} must increase strictly within '
+           f'(0, {total}) = (0, train.steps x train.batch_size x data.seq_len)')
+  _require(not g.rope_theta or len(g.rope_theta) == len(lens),
+           f'growth.rope_theta has {len(g.rope_theta)} entries; it needs one per length in '
+           f'growth.seq_lens ({len(lens)}), or none to keep model.rope_theta')
+  _require(all(x > 0 for x in g.rope_theta),
+           f'growth.rope_theta={",".join(map(str, g.rope_theta))} must be > 0')
+  _require(not g.rope_theta or g.rope_theta[-1] == cfg.model.rope_theta,
+           f'growth.rope_theta ends with {g.rope_theta[-1]:g}, but the final model\'s '
+           f'model.rope_theta={cfg.model.rope_theta:g}: set model.rope_theta='
+           f'{g.rope_theta[-1]:g} (model is the final model)' if g.rope_theta else '')
+  _require(g.method == 'none',
+           f'growth.seq_lens with growth.method={g.method!r}: context growth and model growth '
+           'in one run are not supported; grow the model first (or from a checkpoint with '
+           'launch.py grow) and the context in a run of its own')

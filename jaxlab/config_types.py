@@ -155,6 +155,9 @@ class TrainConfig:
   spectral_every: int = 0          # log each matrix's top singular value every K steps and
                                    #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
   weight_stats: bool = False       # weight norm and effective step of the norm-fed matrices
+  eval_positions: bool = False     # the last eval also logs val_loss_pos/<lo>-<hi>: the loss
+                                   #   by the context a target had in its document piece
+                                   #   (train/step.py POSITION_EDGES)
                                    #   in every step (jaxlab/diagnostics/weights.py)
   trainable: str = ''              # '' = every param trains; else what trains, the rest frozen
                                    #   (no update, no optimizer state): globs over param paths,
@@ -188,6 +191,14 @@ class GrowthConfig:
   levels: int = 1                  # 'vcycle': coarse levels below the model (recursive V-cycle)
   alpha: float = 0.25              # 'vcycle': interpolation weight of the de-coalesced model
   grouping: Literal['stride', 'adjacent'] = 'stride'   # 'vcycle': which units merge
+  # Context-length growth (jaxlab.growth.plan, jaxlab.data.lanes): the sequence length of
+  # each phase, the last = data.seq_len; phase k > 0 starts once seq_at_tokens[k - 1]
+  # training tokens have been seen. Tokens per step stay constant: a phase at length L
+  # trains train.batch_size x data.seq_len / L rows. rope_theta: RoPE's base per phase
+  # (the last = model.rope_theta); () keeps model.rope_theta throughout.
+  seq_lens: tuple[int, ...] = ()
+  seq_at_tokens: tuple[int, ...] = ()
+  rope_theta: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,11 @@ def per_chip_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def abstract_batch(cfg: Config, program: Program) -> dict:
-  """A global batch as the loop feeds it: seq_len + 1 tokens per row, and segment ids."""
-  shape = (cfg.train.batch_size, cfg.data.seq_len + 1)
+def abstract_batch(cfg: Config, program: Program, evaluation: bool = False) -> dict:
+  """A global batch as the loop feeds it: seq_len + 1 tokens per row, and segment ids (the
+  phase's rows and length; evaluation batches are always train.batch_size x data.seq_len)."""
+  shape = ((cfg.train.batch_size, cfg.data.seq_len + 1) if evaluation
+           else (program.rows, program.seq_len + 1))
   return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=program.batch_sharding)
           for k in ('tokens', 'segment_ids')}
 
@@ -153,13 +155,14 @@ def _cost(compiled) -> tuple[float, float, bool, int]:
           text.count(_UNCOSTED), 'splash_' in text, text.count(' while('))
 
 
-def estimate_step(cfg: Config, mesh, model, cache: dict) -> dict:
-  """Loop-corrected XLA FLOPs and time of one train step of `model` (see the docstring)."""
-  key = dataclasses.replace(model, n_layers=0)
+def estimate_step(cfg: Config, mesh, model, cache: dict, seq_len: int = 0) -> dict:
+  """Loop-corrected XLA FLOPs and time of one train step of `model` (see the docstring),
+  at `seq_len` (0: data.seq_len; a context-growth phase's length otherwise)."""
+  key = (dataclasses.replace(model, n_layers=0), seq_len)
   if key not in cache:
     costs, seconds = [], 0.0
     for n in (0, 1):
-      variant = [Phase(0, dataclasses.replace(model, n_layers=n), None)]
+      variant = [Phase(0, dataclasses.replace(model, n_layers=n), None, seq_len=seq_len)]
       program = build_program(cfg, mesh, 0, variant)
       compiled, dt = compile_for(program.train_step,
                                  (program.abstract_state, abstract_batch(cfg, program)), mesh)
@@ -231,12 +234,13 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
          'model': growth.plan.describe(model), 'target': target.name, 'chips': target.chips,
          'hosts': target.hosts, 'mesh': dict(mesh.shape), 'attention': model.attention,
          'remat': model.remat, 'hbm_capacity_bytes': target.hbm_bytes,
-         'flops_per_step': metrics.flops_per_token(model, cfg.data.seq_len) *
+         'flops_per_step': metrics.flops_per_token(model, program.seq_len) *
          cfg.train.batch_size * cfg.data.seq_len}
   programs_run = {'train': (program.train_step, (state, batch), 0)}
   if cfg.train.eval_batches:
     resident = per_chip_bytes(state) - per_chip_bytes(state.params)
-    programs_run['eval'] = (program.eval_step, (state.params, batch, state.step), resident)
+    programs_run['eval'] = (program.eval_step, (state.params, abstract_batch(cfg, program, True),
+                                                state.step), resident)
   if k:
     programs_run['enter'] = (program.enter, (programs[k - 1].abstract_state,), 0)
   compiled, mem, seconds = {}, {}, 0.0
@@ -268,7 +272,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
   if _cost(compiled['train']) is None:
     row['estimate_note'] = 'the compiler gives no cost analysis for this target'
     return row
-  est = estimate_step(cfg, mesh, model, cache)
+  est = estimate_step(cfg, mesh, model, cache, program.seq_len)
   peak_flops = metrics.peak_flops_per_device(target_device_kind(mesh))
   flops = est['xla_flops_per_device']
   row.update(xla_flops_per_step=None if flops is None else flops * mesh.size,

@@ -1,10 +1,11 @@
 """Data: the embedded offline corpus (TFDS), tokenizers, and the grain pipeline."""
 from jaxlab.data.corpus import JaxlabCorpus
+from jaxlab.data.lanes import LaneIterator, make_lane_iterator
 from jaxlab.data.pipeline import (DataIterator, eval_batches, eval_cost_note,
                                   make_train_iterator)
 from jaxlab.data.tokenizers import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer,
                                     make_tokenizer, train_sentencepiece)
 
 __all__ = ['ByteTokenizer', 'DataIterator', 'HFTokenizer', 'JaxlabCorpus',
-           'SentencePieceTokenizer', 'eval_batches', 'eval_cost_note', 'make_tokenizer',
-           'make_train_iterator', 'train_sentencepiece']
+           'LaneIterator', 'SentencePieceTokenizer', 'eval_batches', 'eval_cost_note',
+           'make_lane_iterator', 'make_tokenizer', 'make_train_iterator', 'train_sentencepiece']

@@ -111,7 +111,8 @@ def _shard(docs: grain.MapDataset, process_index: int, process_count: int,
 
 # ----------------------------------------------------------------------------- packing
 
-def _encoder(tokenizer):
+def encoder(tokenizer):
+  """text (or token ids) -> {'tokens': [BOS] + ids} as int32."""
   bos = np.array([tokenizer.bos_id], dtype=np.int32)
 
   def encode(text) -> dict[str, np.ndarray]:
@@ -125,7 +126,7 @@ def _encoder(tokenizer):
 
 def _rows(docs: grain.MapDataset, tokenizer, seq_len: int) -> grain.IterDataset:
   """Documents -> rows {'tokens', 'segment_ids'} of seq_len + 1 tokens."""
-  encoded = docs.filter(lambda text: len(text) > 0).map(_encoder(tokenizer))
+  encoded = docs.filter(lambda text: len(text) > 0).map(encoder(tokenizer))
   packed = grain.experimental.ConcatThenSplitIterDataset(
       encoded.to_iter_dataset(_READ_OPTIONS), length_struct={'tokens': seq_len + 1})
   return packed.map(lambda row: {'tokens': row['tokens'], 'segment_ids': row['tokens_segment_ids']})
@@ -183,7 +184,7 @@ class DataIterator:
     self._iterator.set_state(_from_json(state['grain']))
 
 
-def _describe(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
+def describe(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
               process_count: int) -> dict[str, Any]:
   # What the saved position means; paths are left out so a run can resume elsewhere.
   return {'source': cfg.source, 'tfds_name': cfg.tfds_name, 'n_files': len(cfg.files),
@@ -191,6 +192,14 @@ def _describe(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
           'seq_len': cfg.seq_len, 'seed': cfg.seed, 'shuffle_rows': cfg.shuffle_rows,
           'batch_size': batch_size,
           'process_index': process_index, 'process_count': process_count}
+
+
+def train_documents(cfg: DataConfig, tokenizer, process_index: int = 0,
+                    process_count: int = 1):
+  """This process's training documents in data.seed's order, reshuffled every epoch and
+  repeated forever (a grain MapDataset: random access by position in the stream)."""
+  docs = _shard(_documents(cfg, 'train', tokenizer), process_index, process_count, 'train')
+  return docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()
 
 
 def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_index: int = 0,
@@ -202,14 +211,13 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   """
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1 (train.batch_size)')
-  docs = _shard(_documents(cfg, 'train', tokenizer), process_index, process_count, 'train')
-  docs = docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()   # reshuffled per epoch
+  docs = train_documents(cfg, tokenizer, process_index, process_count)
   rows = _rows(docs, tokenizer, cfg.seq_len)
   if cfg.shuffle_rows > 1:
     rows = grain.experimental.WindowShuffleIterDataset(
         rows, window_size=cfg.shuffle_rows, seed=_stable_seed(cfg.seed, 'rows'))
   batches = rows.batch(batch_size, drop_remainder=True)
-  return DataIterator(batches, _describe(cfg, tokenizer, batch_size, process_index, process_count))
+  return DataIterator(batches, describe(cfg, tokenizer, batch_size, process_index, process_count))
 
 
 def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | str,

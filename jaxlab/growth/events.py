@@ -8,6 +8,8 @@ The optimizer state follows growth.optimizer:
          'zero' / 'random'; de-coalesce for the way back up a V-cycle), and the step
          counts and the lr schedule carry on as if nothing happened.
 The step counter never changes: tokens, FLOPs and the data order continue across it.
+A 'context' event (growth.seq_lens) changes only the sequence length and RoPE's base:
+the state passes through unchanged and the lr schedule carries on.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ def transition(cfg: Config, phases: list, k: int, state, tx, rng):
   """State at the end of phase k-1 -> state at the start of phase k (jittable)."""
   from jaxlab.growth import grow, grower, multilevel
   event, src, dst, g = phases[k].event, phases[k - 1].model, phases[k].model, cfg.growth
+  if event == 'context':   # a new sequence length (and RoPE base): params, moments, lr go on
+    return state
   stash = dict(state.stash)
   if event == 'grow':
     params = grow(state.params, src, dst, g.method, layers=g.layers or None,

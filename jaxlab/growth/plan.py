@@ -29,8 +29,18 @@ _WIDTH_FOR = {'zero': 'zero', 'random': 'random'}   # any other method widens by
 class Phase:
   start_step: int
   model: ModelConfig
-  event: str | None      # None (first phase), 'grow', 'coalesce' or 'interpolate'
+  event: str | None      # None (first phase), 'grow', 'coalesce', 'interpolate' or 'context'
   level: int = 0         # V-cycle level (0: the model); levels above it are stashed
+  seq_len: int = 0       # 0: data.seq_len; else this phase's length (context growth)
+
+  def length(self, cfg: Config) -> int:
+    """The sequence length this phase trains at."""
+    return self.seq_len or cfg.data.seq_len
+
+  def rows(self, cfg: Config) -> int:
+    """Rows per global batch: train.batch_size x data.seq_len / length (tokens per step
+    stay constant under context growth)."""
+    return cfg.train.batch_size * cfg.data.seq_len // self.length(cfg)
 
 
 def width_method_for(method: str) -> str:
@@ -146,6 +156,8 @@ def n_params(model: ModelConfig) -> int:
 def phases(cfg: Config) -> list[Phase]:
   """The run's phases in order."""
   g = cfg.growth
+  if g.seq_lens:
+    return _context_phases(cfg)
   if g.method == 'none':
     return [Phase(0, cfg.model, None)]
   small = source_model(cfg)
@@ -157,6 +169,21 @@ def phases(cfg: Config) -> list[Phase]:
                         '(set growth.factor, growth.n_layers or growth.d_model ...)')
     return [Phase(0, small, None), Phase(at, cfg.model, 'grow')]
   return _vcycle_phases(cfg, small, at)
+
+
+def _context_phases(cfg: Config) -> list[Phase]:
+  """Context-length growth: phase k trains growth.seq_lens[k] with RoPE base
+  growth.rope_theta[k]; the params and optimizer carry over unchanged ('context' events)."""
+  g = cfg.growth
+  thetas = g.rope_theta or (cfg.model.rope_theta,) * len(g.seq_lens)
+  starts = [0] + [_step_at(t, cfg, f'growth.seq_at_tokens={t}') for t in g.seq_at_tokens]
+  if any(a >= b for a, b in zip(starts, starts[1:])):
+    raise ConfigError(f'growth.seq_at_tokens={",".join(map(str, g.seq_at_tokens))} puts two '
+                      f'length changes at the same step (steps {starts[1:]}); space them '
+                      f'at least one step of {tokens_per_step(cfg)} tokens apart')
+  return [Phase(s, dataclasses.replace(cfg.model, rope_theta=float(th)),
+                None if k == 0 else 'context', seq_len=n)
+          for k, (s, n, th) in enumerate(zip(starts, g.seq_lens, thetas))]
 
 
 def _vcycle_phases(cfg: Config, small: ModelConfig, at: int) -> list[Phase]:

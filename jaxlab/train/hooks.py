@@ -72,8 +72,9 @@ def nan_guard(t, fetched: list[tuple[int, dict]]):
 class EvalHook(Hook):
   """Mean token loss over the validation batches the data layer gave (any number)."""
 
-  def __init__(self, batches: list, every: int):
+  def __init__(self, batches: list, every: int, positions: tuple[int, ...] = ()):
     self.batches, self.every = batches, every
+    self.positions = positions     # bucket edges of train.eval_positions (last eval), or ()
 
   def due(self, t) -> bool:
     return t.last or t.growing or bool(self.every and t.step % self.every == 0)
@@ -88,10 +89,23 @@ class EvalHook(Hook):
     t.val_tokens = int(count)
     return total / max(count, 1.0)
 
+  def by_position(self, t) -> dict[str, float]:
+    """{'val_loss_pos/<lo>-<hi>': mean loss of the targets whose input sits at positions
+    lo..hi of its document piece} over the same validation batches."""
+    sums = counts = 0.0
+    for batch in self.batches:
+      s, c = jax.device_get(t.program.position_eval_step(t.state.params, batch, t.state.step))
+      sums, counts = sums + s, counts + c
+    edges = self.positions
+    return {f'val_loss_pos/{lo}-{hi - 1}': float(s / c) if c else None
+            for lo, hi, s, c in zip(edges, edges[1:], sums, counts)}
+
   def run(self, t, record):
     if self.batches:
       t.last_val = record['val_loss'] = self.evaluate(t)
       record['val_tokens'] = t.val_tokens
+      if self.positions and t.last:
+        record.update(self.by_position(t))
 
 
 class DiagnosticsHook(Hook):
@@ -177,15 +191,24 @@ class GrowthHook(Hook):
     new = t.program
     val_before, val_after = t.last_val, self.evaluator.evaluate(t)
     t.last_val = val_after
+    kind = new.phases[new.phase].event
+    context = {}
+    if kind == 'context':   # growth.seq_lens: the length and RoPE base change, not the model
+      context = dict(seq_len_before=old.seq_len, seq_len_after=new.seq_len,
+                     rope_theta_before=old.model.cfg.rope_theta,
+                     rope_theta_after=new.model.cfg.rope_theta)
     event = growth_event(
-        event=new.phases[new.phase].event, step=t.step, tokens=t.tokens, flops=t.flops,
+        event=kind, step=t.step, tokens=t.tokens, flops=t.flops,
         method=self.cfg.growth.method, optimizer=self.cfg.growth.optimizer,
         src=plan_lib.describe(old.model.cfg), dst=plan_lib.describe(new.model.cfg),
-        n_params=t.n_params, val_loss_before=val_before, val_loss_after=val_after)
+        n_params=t.n_params, val_loss_before=val_before, val_loss_after=val_after, **context)
     t.run_dir.append(event)
     if t.run_dir.writer:
-      print(f"growth at step {t.step}: {event['from']} -> {event['to']} ({event['event']}); "
-            f"val loss {val_before} -> {val_after}", flush=True)
+      what = (f"seq_len {old.seq_len} -> {new.seq_len}, rope_theta "
+              f"{old.model.cfg.rope_theta:g} -> {new.model.cfg.rope_theta:g}"
+              if context else f"{event['from']} -> {event['to']}")
+      print(f"growth at step {t.step}: {what} ({kind}); val loss {val_before} -> "
+            f"{val_after}", flush=True)
     self.log.throughput.restart()
 
 

@@ -25,7 +25,8 @@ from jaxlab.models import Transformer, schema
 from jaxlab.optim import make_optimizer, make_schedule, trainable
 from jaxlab.parallel import batch_sharding
 from jaxlab.train.state import init_state, init_state_from, state_shardings
-from jaxlab.train.step import make_eval_step, make_train_step
+from jaxlab.train.step import (make_eval_step, make_position_eval_step, make_train_step,
+                               position_edges)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +43,22 @@ class Program:
   batch_sharding: Any
   train_step: Callable       # (state, batch) -> (state, metrics); donates state
   eval_step: Callable        # (params, batch, step) -> (sum of token losses, token count)
+  position_eval_step: Callable   # the same by position bucket (train.eval_positions)
   enter: Callable | None     # state of the previous phase -> state of this one (jitted)
 
   @property
   def start_step(self) -> int:
     return self.phases[self.phase].start_step
+
+  @property
+  def seq_len(self) -> int:
+    """The sequence length this phase trains at (growth.seq_lens, else data.seq_len)."""
+    return self.phases[self.phase].length(self.cfg)
+
+  @property
+  def rows(self) -> int:
+    """Rows per global batch in this phase (tokens per step stay constant)."""
+    return self.phases[self.phase].rows(self.cfg)
 
   def init_state(self):
     if self.phase:
@@ -63,7 +75,7 @@ class Program:
 def _schedules(cfg: Config, phases: list, k: int):
   """(optimizer schedule, global-step lr schedule) for phase k."""
   steps = cfg.train.steps
-  if k == 0 or cfg.growth.optimizer == 'grow':
+  if k == 0 or cfg.growth.optimizer == 'grow' or phases[k].event == 'context':
     base = make_schedule(cfg.optim, steps)
     return base, base
   start = phases[k].start_step
@@ -98,10 +110,11 @@ def trainable_rows(cfg: Config, phases: list, k: int) -> dict | None:
   if phases[k].event == 'grow':
     g = cfg.growth
     new = growth.new_layers(phases[k - 1].model, phases[k].model, g.method, g.layers or None)
-  elif phases[k].event is not None:
+  elif phases[k].event not in (None, 'context'):
     raise ConfigError(f"train.trainable={text!r} with growth.method={cfg.growth.method!r}: a "
                       'V-cycle has no frozen part')
-  elif len(phases) > 1 and any(i.new for i in trainable.parse(text)):
+  elif (any(p.event not in (None, 'context') for p in phases)
+        and any(i.new for i in trainable.parse(text))):
     return None
   model_cfg = phases[k].model
   return trainable.resolve(text, model_cfg, new, schema.specs(model_cfg))
@@ -133,4 +146,6 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
       train_step=make_train_step(model, tx, lr_schedule, shardings, in_sharding, gate_fn,
                                  weight_stats=cfg.train.weight_stats),
       eval_step=make_eval_step(model, shardings.params, in_sharding, gate_fn),
+      position_eval_step=make_position_eval_step(model, shardings.params, in_sharding,
+                                                 position_edges(cfg.data.seq_len), gate_fn),
       enter=enter)

@@ -16,15 +16,38 @@ from jaxlab.parallel import activation_rules
 from jaxlab.train.state import TrainState
 
 
-def loss_terms(model, params, batch, layer_gate_L=None):
-  """(sum of token losses, number of target tokens) for one batch."""
+def _token_losses(model, params, batch, layer_gate_L=None):
+  """(loss of every target BxT, mask of the targets that count BxT, input segment ids)."""
   tokens, segment_ids = batch['tokens'], batch['segment_ids']
   inputs_BxT, targets_BxT = tokens[:, :-1], tokens[:, 1:]
   seg_in_BxT, seg_out_BxT = segment_ids[:, :-1], segment_ids[:, 1:]
   logits_BxTxV = model.apply({'params': params}, inputs_BxT, seg_in_BxT, layer_gate_L)
   mask_BxT = (seg_in_BxT == seg_out_BxT) & (seg_in_BxT != 0)
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return losses_BxT, mask_BxT, seg_in_BxT
+
+
+def loss_terms(model, params, batch, layer_gate_L=None):
+  """(sum of token losses, number of target tokens) for one batch."""
+  losses_BxT, mask_BxT, _ = _token_losses(model, params, batch, layer_gate_L)
   return jnp.sum(losses_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+def position_edges(seq_len: int) -> tuple[int, ...]:
+  """Bucket edges of train.eval_positions: 0, T/16, T/8, T/4, T/2, T (the context a target
+  had, in tokens of its document piece before it; duplicates dropped for short T)."""
+  return tuple(sorted({0, *(seq_len // d for d in (16, 8, 4, 2)), seq_len}))
+
+
+def position_terms(model, params, batch, edges, layer_gate_L=None):
+  """(sums K, counts K) of the token losses by bucket of the target's input position in its
+  document piece (positions_from_segments: where RoPE puts it), edges from position_edges."""
+  from jaxlab.models.transformer import positions_from_segments
+  losses_BxT, mask_BxT, seg_in_BxT = _token_losses(model, params, batch, layer_gate_L)
+  bucket_BxT = jnp.searchsorted(jnp.asarray(edges[1:-1]), positions_from_segments(seg_in_BxT),
+                                side='right')
+  onehot_BxTxK = jax.nn.one_hot(bucket_BxT, len(edges) - 1) * mask_BxT[..., None]
+  return (jnp.einsum('bt,btk->k', losses_BxT, onehot_BxTxK), jnp.sum(onehot_BxTxK, axis=(0, 1)))
 
 
 def _no_gate(step):
@@ -65,6 +88,16 @@ def make_eval_step(model, param_shardings, batch_sharding, gate_fn=_no_gate):
   def eval_step(params, batch, step):
     with activation_rules(batch_sharding.mesh):
       return loss_terms(model, params, batch, gate_fn(step))
+
+  batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings, None))
+
+
+def make_position_eval_step(model, param_shardings, batch_sharding, edges, gate_fn=_no_gate):
+  """(params, batch, step) -> (loss sums, token counts) by position bucket (edges)."""
+  def eval_step(params, batch, step):
+    with activation_rules(batch_sharding.mesh):
+      return position_terms(model, params, batch, edges, gate_fn(step))
 
   batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
   return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings, None))

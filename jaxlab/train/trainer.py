@@ -29,6 +29,7 @@ from jaxlab.parallel import batch_sharding, make_mesh
 from jaxlab.run_dir import RunDir
 from jaxlab.train import hooks as hooks_lib
 from jaxlab.train.program import Program, build_program
+from jaxlab.train.step import position_edges
 from jaxlab.train.stop import Preempted, StopAgreement
 from jaxlab.train.storage import QuietStorageNoise, storage_error
 
@@ -143,8 +144,8 @@ class Trainer:
     compile; jit reuses these traces): a config the model or a growth operator cannot
     take stops here with the reason."""
     cfg = self.cfg
-    row = (self.cfg.train.batch_size, cfg.data.seq_len + 1)
     for k, phase in enumerate(self.phases):
+      row = (phase.rows(cfg), phase.length(cfg) + 1)
       batch = jax.ShapeDtypeStruct(row, jnp.int32, sharding=batch_sharding(self.mesh))
       try:
         program = self.program_at(phase.start_step)
@@ -173,6 +174,9 @@ class Trainer:
     def make_iterator():
       if spare:
         return spare.pop()
+      if cfg.growth.seq_lens:   # context growth: lanes re-pack at each phase's length
+        return data_lib.make_lane_iterator(cfg.data, tokenizer, lanes=self.local_batch,
+                                           seq_len=self.phases[0].length(cfg), **proc)
       return data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=self.local_batch,
                                           **proc)
     self.make_iterator = make_iterator
@@ -211,6 +215,7 @@ class Trainer:
       self.state, self.step = restored.state, restored.step
       self.tokens, self.flops = int(restored.meta['tokens']), float(restored.meta['flops'])
       self.program = self.program_at(self.step)
+      self._fit_iterator()
       self.run_dir.resume_metrics(self.step, restored.record)
       print(f'resuming {self.run_dir.path} from step {self.step}', flush=True)
     self.run_dir.write_config(cfg, self.changes, fresh=restored is None, step=self.step)
@@ -218,7 +223,8 @@ class Trainer:
 
     self.device_kind = jax.devices()[0].device_kind
     self._measure_model()
-    evaluator = hooks_lib.EvalHook(val_batches, tc.eval_every)
+    edges = position_edges(cfg.data.seq_len) if tc.eval_positions else ()
+    evaluator = hooks_lib.EvalHook(val_batches, tc.eval_every, edges)
     diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
     log = hooks_lib.LogHook(self, tc.log_every, [evaluator, diagnostics], self.step)
     self.hooks = [evaluator, diagnostics, log, hooks_lib.GrowthHook(cfg, evaluator, log),
@@ -233,7 +239,7 @@ class Trainer:
 
   def _measure_model(self):
     self.n_params = metrics_lib.count_params(self.state.params)
-    self.fpt = metrics_lib.flops_per_token(self.program.model.cfg, self.cfg.data.seq_len)
+    self.fpt = metrics_lib.flops_per_token(self.program.model.cfg, self.program.seq_len)
     self.summary.update(name=self.cfg.name, n_params=self.n_params, flops_per_token=self.fpt,
                         device_kind=self.device_kind, n_devices=jax.device_count())
 
@@ -241,7 +247,14 @@ class Trainer:
     """The growth plan's transition into the phase that holds `step` (GrowthHook)."""
     self.program = self.program_at(step)
     self.state = self.program.enter(self.state)
+    self._fit_iterator()
     self._measure_model()
+
+  def _fit_iterator(self):
+    """Context growth: the lanes re-pack at the current phase's length from where they
+    stand (jaxlab.data.lanes)."""
+    if self.cfg.growth.seq_lens:
+      self.iterator.set_seq_len(self.program.seq_len)
 
   # -------------------------------------------------------------------------- loop
   def run(self) -> dict:
