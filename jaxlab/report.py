@@ -287,7 +287,8 @@ def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathli
                                                     bbox_inches='tight')
     text += '\n' + savings.render_savings(saved, baseline, target) + \
         '\n![val loss vs FLOPs](val_loss_vs_flops.png)\n'
-  text += write_report_sections(runs, root)   # weight_stats.png, spectral.png: if logged
+  # weight_stats.png, spectral.png, the val loss by position: if logged
+  text += write_report_sections(runs, root, baseline if pairing is None else None)
   out = root / 'report.md'
   out.write_text(text)
   return out
