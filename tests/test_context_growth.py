@@ -172,7 +172,7 @@ def test_position_buckets_split_the_val_loss_exactly():
   import jax
   import jax.numpy as jnp
   from jaxlab.models import Transformer
-  from jaxlab.train.step import _token_losses, loss_terms, position_edges, position_terms
+  from jaxlab.train.step import loss_terms, position_edges, position_terms, token_losses
   cfg = load('tiny', [])
   model = Transformer(cfg.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))['params']
@@ -186,7 +186,7 @@ def test_position_buckets_split_the_val_loss_exactly():
   sums, counts = jax.device_get(position_terms(model, params, batch, edges))
   total, count = jax.device_get(loss_terms(model, params, batch))
   assert counts.sum() == count and sums.sum() == pytest.approx(float(total), rel=1e-6)
-  losses, mask, _ = jax.device_get(_token_losses(model, params, batch))
+  losses, mask, _ = jax.device_get(token_losses(model, params, batch))
   want_s, want_c = np.zeros(5), np.zeros(5)
   for b in range(3):
     pos = 0

@@ -16,7 +16,7 @@ from jaxlab.parallel import activation_rules
 from jaxlab.train.state import TrainState
 
 
-def _token_losses(model, params, batch, layer_gate_L=None):
+def token_losses(model, params, batch, layer_gate_L=None):
   """(loss of every target BxT, mask of the targets that count BxT, input segment ids)."""
   tokens, segment_ids = batch['tokens'], batch['segment_ids']
   inputs_BxT, targets_BxT = tokens[:, :-1], tokens[:, 1:]
@@ -29,7 +29,7 @@ def _token_losses(model, params, batch, layer_gate_L=None):
 
 def loss_terms(model, params, batch, layer_gate_L=None):
   """(sum of token losses, number of target tokens) for one batch."""
-  losses_BxT, mask_BxT, _ = _token_losses(model, params, batch, layer_gate_L)
+  losses_BxT, mask_BxT, _ = token_losses(model, params, batch, layer_gate_L)
   return jnp.sum(losses_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
@@ -43,7 +43,7 @@ def position_terms(model, params, batch, edges, layer_gate_L=None):
   """(sums K, counts K) of the token losses by bucket of the target's input position in its
   document piece (positions_from_segments: where RoPE puts it), edges from position_edges."""
   from jaxlab.models.transformer import positions_from_segments
-  losses_BxT, mask_BxT, seg_in_BxT = _token_losses(model, params, batch, layer_gate_L)
+  losses_BxT, mask_BxT, seg_in_BxT = token_losses(model, params, batch, layer_gate_L)
   bucket_BxT = jnp.searchsorted(jnp.asarray(edges[1:-1]), positions_from_segments(seg_in_BxT),
                                 side='right')
   onehot_BxTxK = jax.nn.one_hot(bucket_BxT, len(edges) - 1) * mask_BxT[..., None]
