@@ -156,9 +156,13 @@ def _validate_context(cfg: Config):
            f'data.seq_len={cfg.data.seq_len} must be a multiple of {2 * n} under mesh.context='
            f'{me.context} x mesh.dcn_context={me.dcn_context}: ring attention gives each of '
            f'the {n} devices two chunks of the sequence')
-  _require(cfg.model.attention in ('xla', 'auto'),
-           f'model.attention={cfg.model.attention!r} with mesh.context > 1: ring attention '
-           "runs its blocks with the XLA reference for now; use model.attention=xla (or auto)")
+  if cfg.model.attention in ('xla', 'auto'):
+    return
+  from jaxlab.kernels import ring_blocks   # only here: it imports jax
+  why = ring_blocks.NO_BLOCK.get(cfg.model.attention)
+  _require(why is None, f'model.attention={cfg.model.attention!r} with mesh.context > 1: ring '
+           f'attention has no {cfg.model.attention} block ({why}); use model.attention=pallas, '
+           'splash (TPU), xla or auto')
 
 
 def _validate_optimizer(o: OptimConfig):

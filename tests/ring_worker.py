@@ -2,8 +2,8 @@
 XLA_FLAGS=--xla_force_host_platform_device_count=8):
 
   python tests/ring_worker.py   -> one JSON object on stdout's last line:
-    cases   per mesh / mask case: max |ring - reference| / max |reference| of the output and
-            of dq, dk, dv (a random cotangent), plus what the case covers
+    cases   per mesh / mask / block case: max |ring - reference| / max |reference| of the
+            output and of dq, dk, dv (a random cotangent), plus what the case covers
     blocks  per layout: how many blocks each device ran (counted as they run, by a block
             function that reports to the host) next to ring_layout.causal_block_counts
     train   per mesh: the tiny model's losses over 20 train steps
@@ -21,17 +21,26 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from jaxlab.kernels.attention import reference_attention
 from jaxlab.kernels.ring_attention import XLA_BLOCKS, BlockAttention, ring_attention
+from jaxlab.kernels.ring_blocks import PALLAS_BLOCKS
 from jaxlab.kernels.ring_layout import causal_block_counts, from_layout, to_layout
 from jaxlab.parallel.mesh import AXES
 from jaxlab.parallel.rules import activation_rules
 
-# (name, (data, fsdp, context, tensor), T, H, G, causal, segments, ragged)
+# (name, (data, fsdp, context, tensor), T, H, G, causal, segments, ragged, block)
 CASES = [
-    ('ctx2_data4_gqa_seg_ragged', (4, 1, 2, 1), 32, 4, 2, True, True, True),
-    ('ctx8_gqa_seg_ragged', (1, 1, 8, 1), 64, 4, 2, True, True, True),
-    ('ctx4_tensor2_gqa_seg_ragged', (1, 1, 4, 2), 32, 4, 2, True, True, True),
-    ('ctx2_data2_tensor2_noncausal_ragged', (2, 1, 2, 2), 16, 4, 4, False, True, True),
+    ('ctx2_data4_gqa_seg_ragged', (4, 1, 2, 1), 32, 4, 2, True, True, True, 'xla'),
+    ('ctx8_gqa_seg_ragged', (1, 1, 8, 1), 64, 4, 2, True, True, True, 'xla'),
+    ('ctx4_tensor2_gqa_seg_ragged', (1, 1, 4, 2), 32, 4, 2, True, True, True, 'xla'),
+    ('ctx2_data2_tensor2_noncausal_ragged', (2, 1, 2, 2), 16, 4, 4, False, True, True, 'xla'),
+    # The flash kernel's block (jaxlab.kernels.ring_blocks), interpreted: ~10 s of CPU per
+    # case, nearly all compiling its 48 kernel instances (4 blocks x 2 kinds x fwd / dq /
+    # dkdv, loop body and last step). Splash's block is checked per block and compiled for
+    # a TPU in test_ring_attention.py; in a ring (chunks of 256 tokens) it matched too
+    # (errors <= 4.1e-7), at the same cost.
+    ('pallas_ctx2_data4_gqa_seg_ragged', (4, 1, 2, 1), 32, 4, 2, True, True, True, 'pallas'),
+    ('pallas_ctx4_tensor2_gqa_seg', (1, 1, 4, 2), 32, 4, 2, True, True, False, 'pallas'),
 ]
+BLOCKS = {'xla': XLA_BLOCKS, 'pallas': PALLAS_BLOCKS}
 B, K = 4, 8   # B: a multiple of data x fsdp in every case
 
 
@@ -58,7 +67,7 @@ def segment_ids(T: int, n: int, ragged: bool, rng, B: int = B) -> np.ndarray:
   return ids
 
 
-def run_case(name, shape, T, H, G, causal, segments, ragged, rng):
+def run_case(name, shape, T, H, G, causal, segments, ragged, block, rng):
   n = shape[2]
   mesh = make_mesh(shape)
   rep = NamedSharding(mesh, PartitionSpec())
@@ -73,7 +82,8 @@ def run_case(name, shape, T, H, G, causal, segments, ragged, rng):
   def ring(q, k, v):
     with activation_rules(mesh):
       out = ring_attention(*(to_layout(x, n) for x in (q, k, v)), causal=causal,
-                           segment_ids=None if ids is None else to_layout(ids, n))
+                           segment_ids=None if ids is None else to_layout(ids, n),
+                           block=BLOCKS[block])
     return from_layout(out, n)
 
   def value_and_grads(f, q, k, v, ct):
@@ -85,7 +95,7 @@ def run_case(name, shape, T, H, G, causal, segments, ragged, rng):
   errs = {key: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
           for key, a, b in zip(('out', 'dq', 'dk', 'dv'), want, got)}
   return {'name': name, 'context': n, 'mesh': shape, 'causal': causal, 'gqa': H != G,
-          'segments': segments, 'ragged': ragged, 'errors': errs}
+          'segments': segments, 'ragged': ragged, 'block': block, 'errors': errs}
 
 
 def counted_blocks(layout: str, n: int = 4, T: int = 16):

@@ -23,10 +23,8 @@ hop from home; one more ppermute brings them back.
 
 Per-block attention is a parameter, a `BlockAttention` (forward giving (out, lse), and a
 backward taking the final lse and delta). XLA_BLOCKS is the einsum reference (GQA by
-grouping the query heads, never repeating K/V). A fused backend plugs in with the same two
-functions: jaxlab.kernels.flash_attention's forward kernel already returns (o, lse) and its
-dq / dkdv kernels take (lse, delta), so wrapping them (padding and layout as
-flash_attention._prepare does) is all it takes; splash / tokamax likewise expose lse.
+grouping the query heads, never repeating K/V); the fused blocks (the Pallas flash kernel,
+splash) and the choice of one for model.attention are in jaxlab.kernels.ring_blocks.
 """
 from __future__ import annotations
 

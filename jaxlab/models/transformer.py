@@ -17,6 +17,7 @@ import flax.linen as nn
 from jaxlab.config_types import ModelConfig
 from jaxlab.kernels import attention
 from jaxlab.kernels.ring_attention import context_size, ring_attention
+from jaxlab.kernels.ring_blocks import ring_block
 from jaxlab.kernels.ring_layout import from_layout, to_layout
 from jaxlab.models import param_spec as schema
 from jaxlab.models import parametrization as pz
@@ -195,8 +196,10 @@ class Attention(nn.Module):
                        implementation=impl)
     args = (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)
     if context_size() > 1:         # mesh.context > 1: the sequence is split, ring attention
+      block = ring_block(impl, q_BxTxHxK, k_BxTxGxK, n=context_size(),
+                         segment_ids=segment_ids_BxT)   # model.attention's per-block kernel
       out_BxTxHxK = ring_attention(*args[:3], causal=True, segment_ids=segment_ids_BxT,
-                                   sm_scale=pz.attention_scale(cfg))
+                                   sm_scale=pz.attention_scale(cfg), block=block)
     elif impl == 'xla':            # XLA partitions the einsums itself
       out_BxTxHxK = attend(*args)
     else:                          # fused kernels run per shard: batch and heads split
