@@ -7,7 +7,11 @@ from scratch at the same FLOPs, on the embedded offline corpus, over 3 paired se
 
 Runs (each `<label>/seed<k>`, k = 0, 1, 2; seed k of every label shares its init and
 data order, so differences are paired):
-  scratch                T = 1024 (RoPE base 10k) for train.steps steps.
+  scratch                T = 1024 (RoPE base 10k) for train.steps steps, its batches
+                         packed in lanes as the grown runs' are (data.packing=lanes), so
+                         seed k of every label reads the same document streams.
+  scratch_rows           the same with the default grain pipeline (shuffled packed rows):
+                         a control for the packing, which the grown runs cannot use.
   ctx128_<p>pct          T = 128 for p% of scratch's tokens, then 1024, RoPE base 10k
                          throughout; trains until it has spent scratch's FLOPs.
   ctx128_<p>pct_theta    the same with the RoPE base raised with the context, as LWM does
@@ -27,7 +31,7 @@ many earlier tokens of its document a target could see (train.eval_positions: bu
 
 Sizes: d 64, 4 layers, 4 query heads / 2 KV heads (GQA), 300 steps of 4 x 1024 tokens
 (1.2M tokens, ~6 per parameter): one scratch run is about 8 minutes with two runs at a
-time on the 2-core CPU, so the nine runs fit about 45 minutes.
+time on the 2-core CPU, so the twelve runs fit about an hour.
 """
 from __future__ import annotations
 
@@ -72,7 +76,8 @@ def matched(cfg: Config, fraction: float, theta_short: float | None = None) -> l
 
 def runs(cfg: Config) -> dict[str, list[str]]:
   p = f'{round(100 * FRACTION)}pct'
-  return {'scratch': [],
+  return {'scratch': ['data.packing=lanes'],
+          'scratch_rows': [],
           f'ctx{SHORT}_{p}': matched(cfg, FRACTION),
           f'ctx{SHORT}_{p}_theta': matched(cfg, FRACTION, THETA_SHORT)}
 

@@ -111,6 +111,9 @@ class DataConfig:
   seq_len: int = 256
   seed: int = 0
   shuffle_rows: int = 1024         # packed rows shuffled within windows of this size (0: off)
+  packing: Literal['rows', 'lanes'] = 'rows'   # rows: the grain pipeline (packed rows,
+                                   #   shuffled); lanes: batch_size contiguous document streams
+                                   #   (jaxlab.data.lanes), what growth.seq_lens always uses
   data_dir: str = ''               # '' -> $JAXLAB_DATA_DIR or ~/.cache/jaxlab/tensorflow_datasets
 
 

@@ -239,3 +239,28 @@ def test_position_table_statistics_match_hand_computed_intervals():
   assert far.estimate == pytest.approx(0.3, abs=1e-12) and far.resolved
   text = positions.render(positions.summary_rows(runs, 'scratch'), 'scratch')
   assert '| − scratch | -0.1333 ± 0.1434 (not resolved) | +0.3000 ± 0.2484 |' in text
+
+
+# ----------------------------------------------------------------------------- lanes at one length
+
+def test_lane_packing_at_one_length_runs_and_resumes(tmp_path):
+  # data.packing=lanes: a run at one length fed as a context-growth run is (its baseline in
+  # experiments/context_growth.py), so seed k of both reads the same lane streams.
+  from jaxlab.data import uses_lanes
+  assert uses_lanes(load('tiny', ['data.packing=lanes'])) and not uses_lanes(load('tiny'))
+  assert uses_lanes(load('tiny', CONTEXT))
+  with pytest.raises(ConfigError, match='data.packing'):
+    load('tiny', ['data.packing=stream'])
+  lanes, rows = tmp_path / 'lanes', tmp_path / 'rows'
+  for workdir, extra in ((lanes, ['data.packing=lanes']), (rows, [])):
+    proc = launch('run', 'tiny', 'train.steps=10', 'train.log_every=1', *extra, workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+  first = trajectory(lanes / 'tiny')
+  assert first[0]['loss'] != trajectory(rows / 'tiny')[0]['loss']   # other batches
+  again = tmp_path / 'again'
+  copy_keeping(lanes / 'tiny', again / 'tiny', 5)
+  proc = launch('run', 'tiny', 'train.steps=10', 'train.log_every=1', 'data.packing=lanes',
+                workdir=again)
+  assert proc.returncode == 0, proc.stderr
+  assert 'from step 5' in proc.stdout
+  assert trajectory(again / 'tiny') == first

@@ -1,6 +1,6 @@
 """Data: the embedded offline corpus (TFDS), tokenizers, and the grain pipeline."""
 from jaxlab.data.corpus import JaxlabCorpus
-from jaxlab.data.lanes import LaneIterator, make_lane_iterator
+from jaxlab.data.lanes import LaneIterator, make_lane_iterator, uses_lanes
 from jaxlab.data.pipeline import (DataIterator, eval_batches, eval_cost_note,
                                   make_train_iterator)
 from jaxlab.data.tokenizers import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer,
@@ -8,4 +8,5 @@ from jaxlab.data.tokenizers import (ByteTokenizer, HFTokenizer, SentencePieceTok
 
 __all__ = ['ByteTokenizer', 'DataIterator', 'HFTokenizer', 'JaxlabCorpus',
            'LaneIterator', 'SentencePieceTokenizer', 'eval_batches', 'eval_cost_note',
-           'make_lane_iterator', 'make_tokenizer', 'make_train_iterator', 'train_sentencepiece']
+           'make_lane_iterator', 'make_tokenizer', 'make_train_iterator', 'train_sentencepiece',
+           'uses_lanes']

@@ -15,10 +15,11 @@ The iterator's state is where each lane stands, (k, offset): document b + k lane
 `offset` tokens into it. It does not depend on L, so `set_seq_len` re-packs from exactly
 there, and a checkpoint's state resumes at either length.
 
-This replaces the grain pipeline only for runs with growth.seq_lens: its row-window
-shuffle (data.shuffle_rows) holds rows packed at the old length, which could not be
-re-packed without skipping or repeating them. Lanes mix documents within a batch
-instead (each lane reads a different part of the stream).
+This replaces the grain pipeline for runs with growth.seq_lens (its row-window shuffle,
+data.shuffle_rows, holds rows packed at the old length, which could not be re-packed
+without skipping or repeating them) and for data.packing=lanes (a run at one length fed
+as a context-growth run is, e.g. its from-scratch baseline). Lanes mix documents within
+a batch instead (each lane reads a different part of the stream).
 """
 from __future__ import annotations
 
@@ -98,6 +99,11 @@ class LaneIterator:
                        f'{state["pipeline"]}, this one is {self._description}')
     self._cursor = [[int(k), int(o)] for k, o in state['lanes']]
     self._cache.clear()
+
+
+def uses_lanes(cfg) -> bool:
+  """Whether a run (a Config) reads its training batches from lanes."""
+  return bool(cfg.growth.seq_lens) or cfg.data.packing == 'lanes'
 
 
 def make_lane_iterator(cfg: DataConfig, tokenizer, lanes: int, seq_len: int,

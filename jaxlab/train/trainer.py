@@ -174,7 +174,7 @@ class Trainer:
     def make_iterator():
       if spare:
         return spare.pop()
-      if cfg.growth.seq_lens:   # context growth: lanes re-pack at each phase's length
+      if data_lib.uses_lanes(cfg):   # context growth: lanes re-pack at each phase's length
         return data_lib.make_lane_iterator(cfg.data, tokenizer, lanes=self.local_batch,
                                            seq_len=self.phases[0].length(cfg), **proc)
       return data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=self.local_batch,
