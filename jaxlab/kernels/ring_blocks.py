@@ -223,8 +223,9 @@ NO_BLOCK = {
              "and its backward cannot take the whole row's",
     'tokamax': "tokamax's public function returns no log-sum-exp; its internal ops could give "
                "one and take the whole row's output in their backward, but each implementation "
-               "keeps its own softmax statistics (the Triton kernel's in base 2), and its fused "
-               "kernels run only on a GPU, where this block is not yet written or tested",
+               "keeps its own softmax statistics (the Triton kernel's may omit the max or be in "
+               "base 2, by its config), and its fused kernels run only on a GPU, where this "
+               "block is not yet written or tested",
 }
 # auto under mesh.context > 1: the first block of the target platform's list that can run
 # the chunks; XLA when none can (the dispatcher's AUTO, less the backends without a block).
