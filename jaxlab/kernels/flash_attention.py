@@ -154,12 +154,19 @@ def _forward_on(row: str, spec: _Spec, q, k, v, q_ids, kv_ids):
 
 
 def _backward_on(row: str, spec: _Spec, q, k, v, q_ids, kv_ids, o, lse, do):
+  delta_BxHxT = jnp.einsum('bthk,bthk->bht', do.astype(jnp.float32), o.astype(jnp.float32))
+  return backward_from_rows_on(row, spec, q, k, v, q_ids, kv_ids, do, lse, delta_BxHxT)
+
+
+def backward_from_rows_on(row: str, spec: _Spec, q, k, v, q_ids, kv_ids, do, lse_BxHxT,
+                          delta_BxHxT):
+  """dq, dk, dv from the rows' lse and delta = rowsum(dO * O), whichever rows they are of
+  (this call's own, or a whole ring row's: jaxlab.kernels.ring_blocks)."""
   cfg, qp, kp, vp, (qi, ki), Kp = _setup(row, spec, q, k, v, q_ids, kv_ids)
   T, S, K = q.shape[1], k.shape[1], q.shape[3]
   Tp = round_up(T, cfg.block_q)
   dop = _to_layout(do, Tp, Kp, cfg)
-  delta_BxHxT = jnp.einsum('bthk,bthk->bht', do.astype(jnp.float32), o.astype(jnp.float32))
-  args = (qp, kp, vp, dop, _rows(lse, Tp), _rows(delta_BxHxT, Tp), qi, ki, cfg)
+  args = (qp, kp, vp, dop, _rows(lse_BxHxT, Tp), _rows(delta_BxHxT, Tp), qi, ki, cfg)
   if LOWERINGS[row].form == 'grid':
     dq, (dk, dv) = flash_grid.dq(*args)[0], flash_grid.dkdv(*args)
   else:

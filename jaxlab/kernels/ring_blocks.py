@@ -38,9 +38,8 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sak
 
-from jaxlab.kernels import flash_grid, flash_loop, splash
+from jaxlab.kernels import splash
 from jaxlab.kernels.attention import BACKENDS, CHOICES, AttentionUnsupported, Call
-from jaxlab.kernels.flash_kernels import round_up
 from jaxlab.kernels.masks import attention_mask
 from jaxlab.kernels.ring_attention import XLA_BLOCKS, BlockAttention
 from jaxlab.kernels.target import target_device
@@ -89,24 +88,12 @@ def _pallas_forward(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, q_ids, kv_ids, causal, sm_s
   return _blank_empty_rows(o, lse_BxHxT, seen)
 
 
-def _pallas_backward_on(row: str, spec, q, k, v, q_ids, kv_ids, do, lse_BxHxT, delta_BxHxT):
-  """flash_attention._backward_on with the row statistics given (not this block's)."""
-  cfg, qp, kp, vp, (qi, ki), Kp = fa._setup(row, spec, q, k, v, q_ids, kv_ids)
-  T, S, K = q.shape[1], k.shape[1], q.shape[3]
-  Tp = round_up(T, cfg.block_q)
-  args = (qp, kp, vp, fa._to_layout(do, Tp, Kp, cfg), fa._rows(lse_BxHxT, Tp),
-          fa._rows(delta_BxHxT, Tp), qi, ki, cfg)
-  if fa.LOWERINGS[row].form == 'grid':
-    dq, (dk, dv) = flash_grid.dq(*args)[0], flash_grid.dkdv(*args)
-  else:
-    dq, (dk, dv) = flash_loop.dq(*args, platform=row)[0], flash_loop.dkdv(*args, platform=row)
-  return tuple(fa._from_layout(x, n, K, cfg).astype(F32) for x, n in ((dq, T), (dk, S), (dv, S)))
-
-
 def _pallas_backward(q, k, v, q_ids, kv_ids, do_BxTxHxK, lse_BxHxT, delta_BxHxT, causal,
                      sm_scale):
-  return fa._per_platform(_pallas_backward_on, _pallas_spec(causal, sm_scale), q, k, v, q_ids,
-                          kv_ids, do_BxTxHxK, _kernel_lse(lse_BxHxT), delta_BxHxT.astype(F32))
+  grads = fa._per_platform(fa.backward_from_rows_on, _pallas_spec(causal, sm_scale), q, k, v,
+                           q_ids, kv_ids, do_BxTxHxK, _kernel_lse(lse_BxHxT),
+                           delta_BxHxT.astype(F32))
+  return tuple(g.astype(F32) for g in grads)
 
 
 PALLAS_BLOCKS = BlockAttention('pallas', _pallas_forward, _pallas_backward)
@@ -120,12 +107,8 @@ def _heads_first(x_BxTxHxK):
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernels(T: int, H: int, causal: bool, block: int, interpret: bool):
-  """splash.py's kernel object, and the same with its lse saved. Built eagerly even when
-  first asked for while tracing: its mask infos are arrays, and made under a trace they
-  would be that trace's values, leaked into the next trace by the cache. (splash._kernel's
-  own cache has that problem, hence its uncached function here.)"""
-  with jax.ensure_compile_time_eval():
-    kernel = splash._kernel.__wrapped__(T, H, causal, block, interpret)
+  """splash.py's kernel object, and the same with its lse saved."""
+  kernel = splash._kernel(T, H, causal, block, interpret)
   with_lse = sak.SplashAttentionKernel(kernel.fwd_mask_info, kernel.dq_mask_info,
                                        kernel.dkv_mask_info,
                                        **dict(kernel.kwargs, save_residuals=True))

@@ -64,13 +64,16 @@ def block_for(T: int, device_kind: str) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _kernel(T: int, H: int, causal: bool, block: int, interpret: bool):
-  """Splash's kernel object (its mask is preprocessed in numpy: cached per shape)."""
+  """Splash's kernel object (its mask is preprocessed in numpy: cached per shape). Built
+  eagerly even when first asked for under a trace: its mask infos are arrays, and made
+  under a trace they would be that trace's values, leaked by the cache into the next."""
   head = sa.CausalMask((T, T)) if causal else sa.FullMask((T, T))
   sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
-  return sa.make_splash_mha_single_device(mask=sa.MultiHeadMask([head] * H), block_sizes=sizes,
-                                          interpret=interpret)
+  with jax.ensure_compile_time_eval():
+    return sa.make_splash_mha_single_device(mask=sa.MultiHeadMask([head] * H),
+                                            block_sizes=sizes, interpret=interpret)
 
 
 def _run(interpret: bool, causal: bool, block: int, q_BxHxTxK, k_BxGxTxK, v_BxGxTxK, ids_BxT):
