@@ -12,6 +12,7 @@ the lock holder, the two-process stop, SIGINT and the full disk need other proce
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -103,7 +104,11 @@ def no_compile():
 
 def test_corrupt_checkpoint_and_damaged_metrics_resume_bit_exactly(reference, tmp_path, capsys):
   """Issue cases 1 (flipped bytes restore silently) and 7 (a line `42`), and a record cut
-  mid-line at the checkpoint step it resumes from: all reported, nothing lost."""
+  mid-line at the checkpoint step it resumes from: all reported, nothing lost. The data
+  files are zstd-compressed, so where 64 flipped bytes land decides whether orbax fails
+  to decode the step ("cannot be read") or decodes wrong values that the fingerprint
+  catches ("is corrupt"); either way the step is set aside. The fingerprint's own path is
+  pinned down deterministically by the next test."""
   run_dir = copy_run(reference, tmp_path / 'tiny', keep_steps=[4, 8, 12])
   data = run_dir / 'checkpoints' / '12' / 'state' / 'ocdbt.process_0' / 'd'
   largest = max(data.iterdir(), key=lambda f: f.stat().st_size)
@@ -118,7 +123,7 @@ def test_corrupt_checkpoint_and_damaged_metrics_resume_bit_exactly(reference, tm
 
   rc, out, err = run(capsys, tmp_path)
   assert rc == 0, err
-  assert 'checkpoint step 12' in err and 'is corrupt' in err
+  assert re.search(r'checkpoint step 12 in \S+ (is corrupt|cannot be read) \(', err), err
   assert (tmp_path / 'tiny' / 'checkpoints_unreadable' / '12').is_dir()
   assert f'resuming {run_dir} from step 8' in out
   assert 'line 4 is not a JSON object' in err and 'line 9 is cut short' in err
@@ -126,6 +131,27 @@ def test_corrupt_checkpoint_and_damaged_metrics_resume_bit_exactly(reference, tm
   assert 'Traceback' not in err
   assert trajectory(run_dir) == trajectory(reference)
   assert json.loads((run_dir / 'summary.json').read_text())['status'] == 'completed'
+
+
+def test_checkpoint_whose_values_changed_is_refused_by_its_fingerprint(reference, tmp_path,
+                                                                       capsys):
+  """A step whose files decode but whose values are not the saved ones (here one entry of
+  the saved fingerprint off by one, which to the verifier is the same thing) is named
+  as corrupt with the array it found, set aside, and the run resumes from the step
+  before, bit for bit."""
+  run_dir = copy_run(reference, tmp_path / 'tiny', keep_steps=[4, 8, 12])
+  meta_file = run_dir / 'checkpoints' / '12' / 'meta' / 'metadata'
+  meta = json.loads(meta_file.read_text())
+  meta['fingerprint'][-1] = (meta['fingerprint'][-1] + 1) % 2**32
+  meta_file.write_text(json.dumps(meta))
+  rc, out, err = run(capsys, tmp_path)
+  assert rc == 0, err
+  assert re.search(r'checkpoint step 12 in \S+ is corrupt \(Unverified: the restored state '
+                   r'differs from the saved one in 1 array\(s\) \(\S+\)\)', err), err
+  assert (tmp_path / 'tiny' / 'checkpoints_unreadable' / '12').is_dir()
+  assert f'resuming {run_dir} from step 8' in out
+  assert 'Traceback' not in err
+  assert trajectory(run_dir) == trajectory(reference)
 
 
 def test_all_checkpoints_unreadable_start_fresh_and_keep_the_old_metrics(reference, tmp_path,
