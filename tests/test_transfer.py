@@ -62,6 +62,8 @@ def test_optimum_over_seeds_by_hand():
   assert rows['mup', 128]['best'] == 2.0 ** -7 and rows['sp', 128]['best'] == 2.0 ** -8
   text = transfer.render(runs)
   assert '-0.13 ± 0.14 (not resolved)' in text and '-1.03 ± 0.14 |' in text
+  # The narrowest width is the reference, not a zero shift with a zero-width CI.
+  assert rows['mup', 32]['shift'] is None and text.count('| 0 (reference) |') == 2
 
 
 def sweep_and_report(name, tmp_path):

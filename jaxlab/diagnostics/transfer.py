@@ -103,7 +103,7 @@ def best_rows(runs, key: str) -> list[dict]:
   """One row per (panel, width): the best grid value of the seed-mean loss, that loss,
   its log2 distance from the narrowest width's best (0 = transferred exactly); and over
   seeds the refined optimum (log2, an Interval) and its shift from the narrowest
-  width's, paired by seed (an Interval)."""
+  width's, paired by seed (an Interval; None at the narrowest width itself)."""
   rows = []
   for panel, by_width in sorted(_points(runs, key).items(), key=lambda kv: str(kv[0])):
     base = base_opt = None
@@ -117,13 +117,15 @@ def best_rows(runs, key: str) -> list[dict]:
       base = x if base is None else base
       opts = {k: seed_optimum(c) for k, c in seeds.items()}
       opt = {k: o for k, (o, _) in opts.items()}
-      base_opt = opt if base_opt is None else base_opt
+      is_base = base_opt is None
+      base_opt = opt if is_base else base_opt
       rows.append({'panel': panel, 'width': width, 'best': x, 'val_loss': mean[x],
                    'shift_log2': math.log2(x / base), 'runs': len(pts),
                    'finished': sum(p[2] is not None for p in pts), 'seeds': len(seeds),
                    'optimum_log2': stats.t_interval(opt.values()),
                    'edge': any(e for _, e in opts.values()),
-                   'shift': stats.t_interval(stats.paired_differences(opt, base_opt))})
+                   'shift': None if is_base else
+                   stats.t_interval(stats.paired_differences(opt, base_opt))})
   return rows
 
 
@@ -168,7 +170,9 @@ def _final_sigmas(run) -> dict[str, float]:
   return out
 
 
-def _shift_cell(iv: stats.Interval) -> str:
+def _shift_cell(iv: stats.Interval | None) -> str:
+  if iv is None:   # the narrowest width: the reference the others' shifts are taken from
+    return '0 (reference)'
   text = iv.format('+.2f')
   return text + (' (not resolved)' if iv.n >= 2 and not iv.resolved else '')
 
