@@ -9,8 +9,8 @@ offline corpus, each pair over the same small lr x weight-decay grid, over 3 pai
 
 Sizes: three seeds of the 18 grid points at 16 x 128 tokens per step would be about 11x
 the demo's FLOPs; at 8 x 128 tokens for 400 steps, with one evaluation of the whole
-validation split (194k tokens) at the end, they are about 5x (about an hour on two CPU
-cores).
+validation split (194k tokens) at the end, they are about 5x (72 min measured with
+--jobs 2 on two CPU cores; its results are in the README's optimizer section).
 
 Every run logs, for the norm-preceded matrices (wq, wk, wv, w_gate, w_up, head; each
 layer on its own), the mean weight norm and the effective step |dw| / |w|, and under
