@@ -204,7 +204,7 @@ def summarize(run: Run) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- seeds
 
-# `launch.py sweep --seeds N` writes <sweep>/<label>/seed<k>/ (jaxlab.cli.sweep_configs).
+# `launch.py sweep --seeds N` writes <sweep>/<label>/seed<k>/ (jaxlab.sweep_points.sweep_configs).
 _SEED_DIR = re.compile(r'^(?P<method>.+)/seed(?P<seed>[0-9]+)$')
 
 

@@ -141,7 +141,7 @@ def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
 def test_study_runs_spend_the_baseline_flops(experiment):
   """Every run of a growth study is given the baseline's FLOPs budget, to within one step
   of the big model (steps are whole)."""
-  from jaxlab.cli import sweep_configs
+  from jaxlab.sweep_points import sweep_configs
   from jaxlab.metrics import flops_per_token
   _, runs = sweep_configs(experiment, [], [])
   budgets = {}

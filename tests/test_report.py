@@ -225,19 +225,19 @@ def test_stale_summary_of_a_resumed_run_is_ignored(tmp_path):
 def test_sweep_configs_pair_seeds_across_methods():
   # demo: 2 methods x SEEDS = 3; seed k of both has train.seed = data.seed = k and lives
   # in <sweep>/<method>/seed<k>; points go seed by seed.
-  from jaxlab import cli
-  sweep_dir, points = cli.sweep_configs('demo', [], [])
+  from jaxlab import sweep_points
+  sweep_dir, points = sweep_points.sweep_configs('demo', [], [])
   assert [label for label, _ in points] == [
       f'{m}/seed{k}' for k in range(3) for m in ('scratch', 'stack_20pct')]
   for label, cfg in points:
     k = int(label[-1])
     assert (cfg.train.seed, cfg.data.seed, cfg.name) == (k, k, f'seed{k}')
     assert cfg.train.workdir == str(sweep_dir / label.split('/')[0])
-  _, points = cli.sweep_configs('tiny', ['optim.lr=1e-2'], ['train.seed=5'], seeds=2,
-                                vary='init')
+  _, points = sweep_points.sweep_configs('tiny', ['optim.lr=1e-2'], ['train.seed=5'], seeds=2,
+                                         vary='init')
   assert [(c.train.seed, c.data.seed) for _, c in points] == [(5, 0), (6, 0)]
   with pytest.raises(ConfigError, match='seeds=0 must be an integer >= 1'):
-    cli.sweep_configs('tiny', ['optim.lr=1e-2'], [], seeds=0)
+    sweep_points.sweep_configs('tiny', ['optim.lr=1e-2'], [], seeds=0)
 
 
 def test_sweep_with_seeds_in_parallel_processes_then_report(tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 
 from jaxlab import cli
 from jaxlab import config as config_lib
+from jaxlab import sweep_points
 from jaxlab.config import Config, ConfigError, ModelConfig, OptimConfig, TrainConfig
 from jaxlab.optim import non_embedding_params, steplaw
 from jaxlab.optim.steplaw import batch_sequences, resolve
@@ -182,7 +183,7 @@ def test_rules_follow_changes():
   more = config_lib.apply_overrides(base, ['train.tokens=8e6'])
   assert more.train.batch_size == round(steplaw(1, 8e6)[1] / 32)
   assert more.train.steps == math.ceil(8e6 / (more.train.batch_size * 32))
-  sweep_dir, runs = cli.sweep_configs('tiny', ['train.tokens=1e6,4e6'],
+  sweep_dir, runs = sweep_points.sweep_configs('tiny', ['train.tokens=1e6,4e6'],
                                       ['optim.lr=steplaw', 'train.batch=steplaw',
                                        'train.tokens=2e6'])
   assert [c.train.batch_size for _, c in runs] == [
