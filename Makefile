@@ -3,20 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-TEST_STAMP := $(VENV)/.installed-tpu
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,test]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-# The tests also compile for TPU topologies (no TPU needed), which takes libtpu (~700 MB);
-# the demo does not.
+# The tests also need what the demo does not: pytest, the Hugging Face references
+# (torch's CPU wheel, transformers), tokamax, and libtpu (~700 MB) to compile for TPU
+# topologies without a TPU.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,tpu]'
+	$(PY) -m pip install --quiet -e '.[dev,test,tpu]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
@@ -35,7 +36,7 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
-	$(PY) experiments/bench_step.py
+	$(PY) bench/bench_step.py
 
 clean:
 	rm -rf runs .pytest_cache

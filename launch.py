@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""jaxlab launcher: python launch.py {run,sweep,grow,submit,report} ... (see jaxlab/cli.py)."""
+"""jaxlab launcher: python launch.py {run,sweep,grow,export,submit,compile,report,coordcheck,
+steplaw} ... (`python launch.py --help`; the commands are jaxlab/launch/)."""
 import sys
 
-from jaxlab.cli import main
+from jaxlab.launch.cli import main
 
 if __name__ == '__main__':
   sys.exit(main())

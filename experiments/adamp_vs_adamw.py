@@ -1,4 +1,4 @@
-"""AdamW vs AdamP and SGD vs SGDP (Heo et al., ICLR 2021; notes §6) on the embedded
+"""AdamW vs AdamP and SGD vs SGDP (Heo et al., ICLR 2021; docs/optimizers.md) on the embedded
 offline corpus, each pair over the same small lr x weight-decay grid, over 3 paired seeds.
 
   python launch.py sweep adamp_vs_adamw --jobs 2
@@ -72,10 +72,10 @@ def which_fire(run_dir: str, n_batches: int = 4) -> list[tuple[str, float]]:
   import jax.numpy as jnp
 
   from jaxlab import data as data_lib
-  from jaxlab.checkpoint import Checkpointer, checkpoint_dir
+  from jaxlab.runs.checkpoint import Checkpointer, checkpoint_dir
   from jaxlab.config import load_run_dir
   from jaxlab.optim import adamp_layout
-  from jaxlab.optim.adamp import project
+  from jaxlab.optim.adamp_sgdp import project
   from jaxlab.parallel import make_mesh
   from jaxlab.train.program import build_program
   from jaxlab.train.step import loss_terms

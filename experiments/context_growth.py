@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from jaxlab.metrics import flops_per_token
+from jaxlab.models.flops import flops_per_token
 
 SEEDS = 3
 SHORT = 128

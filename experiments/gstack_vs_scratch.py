@@ -1,5 +1,5 @@
-"""G_stack vs training from scratch at the same FLOPs budget (Du et al. 2024, §1 of
-RESEARCH_NOTES.md), on the embedded offline corpus, over 3 paired seeds.
+"""G_stack vs training from scratch at the same FLOPs budget (Du et al. 2024,
+docs/growth.md), on the embedded offline corpus, over 3 paired seeds.
 
   python launch.py sweep gstack_vs_scratch --jobs 2             # the full study
   python launch.py report runs/gstack_vs_scratch --baseline scratch
@@ -36,7 +36,7 @@ import dataclasses
 from jaxlab.config import (Config, DataConfig, GrowthConfig, ModelConfig, OptimConfig,
                            TrainConfig)
 from jaxlab.growth import plan
-from jaxlab.metrics import flops_per_token
+from jaxlab.models.flops import flops_per_token
 
 SEEDS = 3
 FRACTIONS = (0.07, 0.2)            # tokens before growth, as a fraction of scratch's tokens

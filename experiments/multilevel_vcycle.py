@@ -1,5 +1,5 @@
 """One multi-level V-cycle vs the plain baseline at the same FLOPs (Zou et al., ICLR 2024;
-RESEARCH_NOTES.md §2), on the embedded offline corpus, over 3 paired seeds.
+docs/growth.md), on the embedded offline corpus, over 3 paired seeds.
 
   python launch.py sweep multilevel_vcycle --jobs 2
   python launch.py report runs/multilevel_vcycle --baseline baseline
@@ -32,7 +32,7 @@ import dataclasses
 from jaxlab.config import (Config, DataConfig, GrowthConfig, ModelConfig, OptimConfig,
                            TrainConfig)
 from jaxlab.growth import plan
-from jaxlab.metrics import flops_per_token
+from jaxlab.models.flops import flops_per_token
 
 SEEDS = 3
 BIG_FRACTION = 0.05      # tokens on the big model before coalescing / baseline tokens

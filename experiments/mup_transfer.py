@@ -1,4 +1,4 @@
-"""muP hyperparameter transfer (Tensor Programs V; notes section 3): the learning rate
+"""muP hyperparameter transfer (Tensor Programs V; docs/scaling_rules.md): the learning rate
 that is best at the narrowest width stays best at every width under muP, and drifts
 under the standard parametrization.
 

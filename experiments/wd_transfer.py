@@ -1,4 +1,4 @@
-"""The weight-decay width rule (Fan et al. 2025, arXiv 2510.15262; notes section 4) under
+"""The weight-decay width rule (Fan et al. 2025, arXiv 2510.15262; docs/scaling_rules.md) under
 muP: with lr-coupled AdamW the hidden matrices' decay is optim.weight_decay x m^e, and
 the study asks which exponent e lets the best weight decay and the matrices' top
 singular values transfer from the base width to a 4x wider model.

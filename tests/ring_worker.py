@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from jaxlab.kernels.attention import reference_attention
+from jaxlab.kernels.reference import reference_attention
 from jaxlab.kernels.ring_attention import XLA_BLOCKS, BlockAttention, ring_attention
 from jaxlab.kernels.ring_blocks import PALLAS_BLOCKS
 from jaxlab.kernels.ring_layout import causal_block_counts, from_layout, to_layout

@@ -1,5 +1,5 @@
 """AdamP / SGDP against a plain-NumPy implementation of the reference algorithm, written
-from the notes (§6) in the reference's layout: weights (out, in), channel = dim 0.
+from docs/optimizers.md in the reference's layout: weights (out, in), channel = dim 0.
 jaxlab's weights are Flax kernels (in, out) (channel = last axis), so every weight goes
 in transposed; a scanned (L, in, out) weight is L reference weights.
 
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlab.optim.adamp import Layout, adamp, fired_fraction, project, sgdp
+from jaxlab.optim.adamp_sgdp import Layout, adamp, fired_fraction, project, sgdp
 
 EPS = 1e-8
 STEPS = 20

@@ -13,10 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlab import aot, cli, metrics
+from jaxlab import aot
+from jaxlab.launch import cli
+from jaxlab.launch import compile as compile_lib
+from jaxlab.models import flops as metrics
 from jaxlab import config as config_lib
 from jaxlab.aot import check, gpu, targets
-from jaxlab.config_types import ConfigError
+from jaxlab.config.types import ConfigError
 from jaxlab.kernels import flash_attention
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
@@ -62,7 +65,7 @@ def test_tiny_compiles_for_v5e_and_reports_memory_analysis(tmp_path, capsys):
   # What `launch.py compile tiny --target tpu:v5e:2x2` runs: the table, compile.json, exit
   # 0; xla attention, data-parallel mesh, train and eval steps, the XLA estimate.
   cfg = config_lib.load('tiny', [f'train.workdir={tmp_path}', *WIDER])
-  [live], code = aot.compile_and_report(cfg, 'tpu:v5e:2x2')
+  [live], code = compile_lib.compile_and_report(cfg, 'tpu:v5e:2x2')
   out = capsys.readouterr().out
   assert code == 0, out
   assert '| 0 | d128 L2 H2/2 F512 | 4/1/1 | xla |' in out and 'compile-time estimates' in out
@@ -183,7 +186,7 @@ def _kernel_grad(fn, mesh, T, H=8, G=2, K=128):
 @needs_libtpu
 def test_flash_kernel_compiles_forward_and_backward_at_32k():
   # It used to run out of scoped VMEM here (whole-sequence K/V per head); splash at 32k and
-  # both at 128k are in experiments/compile_kernels.py (tens of seconds each).
+  # both at 128k are in bench/compile_kernels.py (tens of seconds each).
   devices = targets.devices(targets.parse_target('tpu:v5e:1x1'))
   mesh = jax.sharding.Mesh(np.array(devices), ('x',))
   compiled = _kernel_grad(flash_attention, mesh, 32 * 1024)

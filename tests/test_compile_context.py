@@ -1,6 +1,6 @@
 """`launch.py compile` with the sequence split over mesh.context: ring attention compiled
 for a TPU topology from this CPU host (libtpu, no TPU), and what it saves per chip. The
-full-size table is experiments/bench_context.py (README, "TPU memory by context")."""
+full-size table is bench/bench_context.py (README, "TPU memory by context")."""
 from __future__ import annotations
 
 import importlib.util

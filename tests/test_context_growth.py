@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlab.config import ConfigError, load
-from jaxlab.config_types import DataConfig
+from jaxlab.config.types import DataConfig
 from jaxlab.data import make_lane_iterator, make_tokenizer
 from jaxlab.data.pipeline import encoder, train_documents
 from test_growth_run import copy_keeping, events_of, launch, steps_of, trajectory
@@ -140,7 +140,7 @@ def grown(tmp_path_factory):
 
 def test_context_growth_counts_tokens_and_flops_at_each_length(grown):
   import dataclasses
-  from jaxlab.metrics import flops_per_token
+  from jaxlab.models.flops import flops_per_token
   from jaxlab.optim import make_schedule
   cfg = load('tiny', CONTEXT)
   short = flops_per_token(dataclasses.replace(cfg.model, rope_theta=1000.0), 8)
@@ -215,8 +215,8 @@ def test_resume_on_either_side_of_the_change_reproduces_the_run(grown, tmp_path,
 
 def test_position_table_statistics_match_hand_computed_intervals():
   import pathlib
-  from jaxlab.diagnostics import positions
-  from jaxlab.run_data import Run
+  from jaxlab.report import positions
+  from jaxlab.runs.read import Run
   values = {'scratch': [(2.0, 3.0), (2.2, 3.1), (2.1, 3.2)],
             'ctx': [(1.9, 3.3), (2.0, 3.5), (2.0, 3.4)]}
   runs = [Run(label=f'{m}/seed{k}', dir=pathlib.Path('.'), config={}, summary=None,

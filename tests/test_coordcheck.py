@@ -1,13 +1,13 @@
-"""The coordinate check (notes section 3) on tiny widths: SP's hidden outputs and logits
+"""The coordinate check (docs/scaling_rules.md) on tiny widths: SP's hidden outputs and logits
 grow with width after a few Adam steps, muP's stay flat; the CLI writes the plot, the
 table and the raw numbers; bad --widths fail before anything is compiled."""
 import json
 
 import pytest
 
-from jaxlab import cli
+from jaxlab.launch import cli
 from jaxlab.config import load
-from jaxlab.diagnostics import coordcheck
+from jaxlab.launch import coordcheck
 
 # tiny: 2 layers, 2 heads, seq 32, batch 4. Compiling each width's train step dominates
 # the time (the widths cost about the same on CPU), so SP uses the two extreme widths and

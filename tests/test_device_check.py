@@ -1,4 +1,4 @@
-"""experiments/device_check.py end to end in its CPU mode (what a GPU lease runs, on tiny
+"""bench/device_check.py end to end in its CPU mode (what a GPU lease runs, on tiny
 shapes), and its time boxes."""
 import pathlib
 import sys
@@ -7,7 +7,7 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / 'experiments'))
+sys.path.insert(0, str(ROOT / 'bench'))
 import device_attention  # noqa: E402
 import device_check  # noqa: E402
 

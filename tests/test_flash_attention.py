@@ -15,8 +15,8 @@ from jaxlab import config as config_lib
 from jaxlab.kernels import attention, flash_attention, reference_attention
 
 # The package exports functions named like their modules; fetch the modules themselves.
-attention_mod = importlib.import_module('jaxlab.kernels.attention')
-fa_mod = importlib.import_module('jaxlab.kernels.flash_attention')
+attention_mod = importlib.import_module('jaxlab.kernels.dispatch')
+fa_mod = importlib.import_module('jaxlab.kernels.flash')
 from jaxlab.kernels import flash_grid, flash_loop  # noqa: E402
 from jaxlab.kernels.flash_kernels import KernelCfg  # noqa: E402
 
@@ -222,7 +222,7 @@ def test_backend_checks_and_auto_on_each_platform():
   call = lambda platform, **kw: attention_mod.Call(**{  # noqa: E731
       'q': q, 'k': k, 'causal': True, 'segment_ids': seg, 'platform': platform,
       'device_kind': '', **kw})
-  choose = attention_mod.choose_implementation
+  choose = attention_mod.choose
   assert choose(call('tpu'))[0] == 'splash'
   assert choose(call('cpu'))[0] == 'xla'
   name, reason = choose(call('gpu'))        # packed documents: cuDNN cannot, Pallas can

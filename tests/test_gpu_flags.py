@@ -1,9 +1,9 @@
-"""jaxlab.gpu_flags: which runs get MaxText's GPU flags, and that `launch.py run` applies
+"""jaxlab.launch.gpu_flags: which runs get MaxText's GPU flags, and that `launch.py run` applies
 them before anything starts JAX. (That every flag parses in this jaxlib is checked by
 tests/test_submit.py::test_slurm_xla_flags_are_known_to_this_jaxlib.)"""
 import pytest
 
-from jaxlab import cli, gpu_flags
+from jaxlab.launch import cli, gpu_flags
 
 
 def test_set_on_a_gpu_unless_the_user_set_xla_flags():

@@ -106,7 +106,7 @@ def test_grow_composes_width_and_depth_and_keeps_the_function_with_zero():
 
 def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
   from jaxlab.report import Run
-  from jaxlab.savings import flops_to_reach, savings_rows, smoothed
+  from jaxlab.report.savings import flops_to_reach, savings_rows, smoothed
 
   def run(label, points, events=()):
     return Run(label=label, dir=tmp_path, config={}, summary=None, events=list(events),
@@ -141,8 +141,8 @@ def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
 def test_study_runs_spend_the_baseline_flops(experiment):
   """Every run of a growth study is given the baseline's FLOPs budget, to within one step
   of the big model (steps are whole)."""
-  from jaxlab.sweep_points import sweep_configs
-  from jaxlab.metrics import flops_per_token
+  from jaxlab.launch.sweep_points import sweep_configs
+  from jaxlab.models.flops import flops_per_token
   _, runs = sweep_configs(experiment, [], [])
   budgets = {}
   for label, cfg in runs:

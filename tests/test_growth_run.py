@@ -68,7 +68,7 @@ def grown(tmp_path_factory):
 
 def test_growth_inside_a_run_keeps_counters_and_saves_the_big_model(grown):
   from jaxlab.config import ModelConfig
-  from jaxlab.metrics import flops_per_token
+  from jaxlab.models.flops import flops_per_token
   recs = steps_of(grown)
   assert [r['step'] for r in recs] == list(range(1, 21))
   small = flops_per_token(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64), 32)

@@ -179,7 +179,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
   pretraining on jsonl (model.init=hf:DIR), LLaMA-Pro growth with train.trainable=new,
   training the grown run, export, and transformers loading the export to the same logits;
   the old blocks (frozen) come out bit for bit as they went in."""
-  from jaxlab.cli import main
+  from jaxlab.launch.cli import main
   corpus = tmp_path / 'corpus.jsonl'
   rng = np.random.RandomState(0)
   words = H.TEXT.split()
@@ -212,7 +212,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
     assert np.array_equal(before[k], after[k])
   assert _layer_tensors(after, 1)['self_attn.o_proj.weight'].any()   # the new blocks trained
   # transformers computes what jaxlab does with the trained params.
-  from jaxlab.checkpoint import Checkpointer
+  from jaxlab.runs.checkpoint import Checkpointer
   from jaxlab.config import load_run_dir
   from jaxlab.train.program import build_program
   from jaxlab.parallel import make_mesh
@@ -224,7 +224,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
   assert H.rel_err(H.hf_logits(out, t), H.jax_logits(cfg.model, params, t)) <= 1e-5
   # Export verifies the params it restores: one saved fingerprint entry off by one, and
   # the step is refused in one line (exit 2) naming the array.
-  from jaxlab.fingerprint import leaf_paths
+  from jaxlab.runs.fingerprint import leaf_paths
   meta_file = work / 'pro' / 'checkpoints' / '3' / 'meta' / 'metadata'
   meta = json.loads(meta_file.read_text())
   i = leaf_paths(program.abstract_state).index('params/embed/embedding')
@@ -242,7 +242,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
 
 def test_cli_refuses_bad_growth_and_export_options(pretrained, tmp_path, capsys):
   """Exit 2 and one line naming the option, before anything compiles."""
-  from jaxlab.cli import main
+  from jaxlab.launch.cli import main
   src = f'hf:{pretrained}'
   cases = [
       (['grow', '--from', src, '--method', 'layers', '--out', str(tmp_path / 'a')],

@@ -23,7 +23,8 @@ pytest.importorskip('transformers')
 import hf_models as H  # noqa: E402
 import xla_env  # noqa: E402
 from jaxlab.config import ConfigError, load  # noqa: E402
-from jaxlab.interop import hf, hf_config  # noqa: E402
+from jaxlab.config import hf as hf_config  # noqa: E402
+from jaxlab.interop import hf  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RTOL = 1e-5

@@ -1,11 +1,10 @@
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlab import metrics
+from jaxlab.models import flops as metrics
 from jaxlab.config import ModelConfig
 from jaxlab.models import Transformer
 
@@ -59,17 +58,3 @@ def test_mfu_table():
   assert metrics.peak_flops_per_device('cpu') is None
   assert metrics.mfu(989e12 * 4, 'NVIDIA H100 80GB HBM3', 8) == pytest.approx(0.5)
   assert metrics.mfu(1e9, 'cpu', 1) is None
-
-
-def test_writer_drops_records_after_the_resume_step(tmp_path):
-  w = metrics.MetricsWriter(tmp_path, total_steps=10, tensorboard=False)
-  for s in range(1, 8):
-    w.write({'step': s, 'loss': float(s)})
-  w.close()
-  with open(tmp_path / 'metrics.jsonl', 'a') as f:
-    f.write('{"step": 8, "lo')  # a line cut short by kill -9
-  w = metrics.MetricsWriter(tmp_path, total_steps=10, resume_step=5, tensorboard=False)
-  w.write({'step': 6, 'loss': 60.0})
-  w.close()
-  steps = [json.loads(l)['step'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert steps == [1, 2, 3, 4, 5, 6]

@@ -284,7 +284,7 @@ def test_two_processes_train_together_and_agree(tmp_path):
   steps = [r['step'] for r in records(run_dir)]
   assert steps == [1, 2, 3, 4, 5, 6]   # one writer: no line twice
   final = records(run_dir)[-1]
-  assert f"final loss {final['loss']}" in done[0]
+  assert f"final loss {final['loss']:.4f}" in done[0]
   ckpt = run_dir / 'checkpoints' / '6'
   assert {p.name for p in (ckpt / 'state').glob('ocdbt.process_*')} == \
       {'ocdbt.process_0', 'ocdbt.process_1'}

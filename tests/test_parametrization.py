@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlab.config_types import ConfigError, ModelConfig, OptimConfig
+from jaxlab.config.types import ConfigError, ModelConfig, OptimConfig
 from jaxlab.models import Transformer, schema
 from jaxlab.models import parametrization as pz
 from jaxlab.optim import make_optimizer
@@ -68,7 +68,7 @@ MUP_NUMBERS = {
 @pytest.mark.parametrize('name', list(PARITY))
 def test_every_tensor_matches_microsoft_mup(name):
   """MUP_NUMBERS are microsoft/mup 1.0.0's, derived from its formulas and printed by
-  experiments/mup_reference.py (torch 2.13.0 + mup 1.0.0: a torch LLaMA of the same shapes,
+  bench/mup_reference.py (torch 2.13.0 + mup 1.0.0: a torch LLaMA of the same shapes,
   base d 64, `set_base_shapes(model, base)`, MuReadout head, MuAdam / MuSGD / MuAdamW at
   lr = wd = 1). For a tensor viewed as torch's (fan-out, fan-in) matrix, a dim is
   "infinite" when its size differs from the base model's; mup's width_mult is the last

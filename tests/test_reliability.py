@@ -5,7 +5,7 @@ processes, SIGINT during the first compile, and bad inputs. Each case checks the
 code, the one-line message, and that nothing was lost: the losses after a resume equal
 an uninterrupted run's bit for bit and no metrics record is missing.
 
-Most runs are in-process through `jaxlab.cli.main` (no interpreter start-up, compiled
+Most runs are in-process through `jaxlab.launch.cli.main` (no interpreter start-up, compiled
 programs cached); a finished reference run is copied instead of training again. Only
 the lock holder, the two-process stop, SIGINT and the full disk need other processes.
 """
@@ -23,7 +23,7 @@ import time
 import jax
 import pytest
 
-from jaxlab import cli
+from jaxlab.launch import cli
 
 import xla_env
 
@@ -239,7 +239,7 @@ def test_a_live_run_locks_its_dir_and_a_killed_one_does_not(reference, tmp_path,
   host, touching nothing; once the holder is killed (-9), the same command resumes."""
   run_dir = copy_run(reference, tmp_path / 'tiny', keep_steps=[4, 8])
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from jaxlab.run_dir import RunDir; '
+      [sys.executable, '-c', 'import sys, time; from jaxlab.runs.run_dir import RunDir; '
        'd = RunDir(sys.argv[1]); d.lock(); print("locked", flush=True); time.sleep(600)', str(run_dir)],
       cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:

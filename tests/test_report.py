@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from jaxlab import report
-from jaxlab.config_types import ConfigError
+from jaxlab.report import write
+from jaxlab.runs import UNKNOWN_STATUS
+from jaxlab.config.types import ConfigError
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -83,7 +85,7 @@ def test_runs_csv_parses_back_exactly(tmp_path):
   [row] = read_csv(run / 'runs.csv')
   assert list(row) == list(report.COLUMNS)
   assert row['run'] == 'csv-run'
-  assert row['status'] == report.UNKNOWN_STATUS
+  assert row['status'] == UNKNOWN_STATUS
   assert int(row['steps']) == 30
   assert float(row['final_train_loss']) == 3.141592653589793   # full precision, not 3.1416
   assert float(row['final_val_loss']) == 3.3
@@ -99,8 +101,8 @@ def test_missing_summary_takes_last_logged_values(tmp_path):
   lines = steps([5.0, 4.5, 4.25, 4.0], tps=[None, 10.0, 30.0, 20.0], val={1: 4.75})
   run = write_run(tmp_path / 'live', 'live', lines)
   rows = table_rows(report.write_report(run).read_text())
-  assert rows == [['live', report.UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '4,096', '40,000',
-                   '1.00e14', '20', report._MISSING]]
+  assert rows == [['live', UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '4,096', '40,000',
+                   '1.00e14', '20', write._MISSING]]
 
 
 def test_plots_are_valid_pngs(tmp_path):
@@ -142,8 +144,8 @@ def test_diverged_empty_and_unfinished_runs(tmp_path):
   report.write_report(sweep)
   rows = {r[0]: r for r in table_rows((sweep / 'report.md').read_text())}
   assert rows['diverged'][1:4] == ['diverged', '50', 'nan']
-  assert rows['empty'][1:] == [report.UNKNOWN_STATUS] + [report._MISSING] * 8
-  assert rows['running'][1:4] == [report.UNKNOWN_STATUS, '30', '**3.0000**']
+  assert rows['empty'][1:] == [UNKNOWN_STATUS] + [write._MISSING] * 8
+  assert rows['running'][1:4] == [UNKNOWN_STATUS, '30', '**3.0000**']
   assert (sweep / 'loss_vs_step.png').read_bytes()[:8] == PNG_MAGIC
   runs = {r.label: r for r in report.load_runs(sweep)}
   assert runs['running'].events == [{'event': 'growth', 'step': 20, 'from': 'a', 'to': 'b'}]
@@ -217,7 +219,7 @@ def test_stale_summary_of_a_resumed_run_is_ignored(tmp_path):
   run = write_run(tmp_path / 'r', 'r', steps([5.0, 4.0, 3.5]),
                   summary={'status': 'preempted', 'step': 20, 'final_loss': 4.0})
   [row] = table_rows(report.write_report(run).read_text())
-  assert row[1:4] == [report.UNKNOWN_STATUS, '30', '**3.5000**']
+  assert row[1:4] == [UNKNOWN_STATUS, '30', '**3.5000**']
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -225,7 +227,7 @@ def test_stale_summary_of_a_resumed_run_is_ignored(tmp_path):
 def test_sweep_configs_pair_seeds_across_methods():
   # demo: 2 methods x SEEDS = 3; seed k of both has train.seed = data.seed = k and lives
   # in <sweep>/<method>/seed<k>; points go seed by seed.
-  from jaxlab import sweep_points
+  from jaxlab.launch import sweep_points
   sweep_dir, points = sweep_points.sweep_configs('demo', [], [])
   assert [label for label, _ in points] == [
       f'{m}/seed{k}' for k in range(3) for m in ('scratch', 'stack_20pct')]
@@ -243,7 +245,7 @@ def test_sweep_configs_pair_seeds_across_methods():
 def test_sweep_with_seeds_in_parallel_processes_then_report(tmp_path, capsys):
   # Two seeds of one point, as two `sweep --point i` processes at once; then the report
   # groups them into one method with its mean ± CI.
-  from jaxlab import cli
+  from jaxlab.launch import cli
   args = ['sweep', 'tiny', '--grid', 'optim.lr=0.01', '--seeds', '2', '--jobs', '2',
           'train.steps=4', 'train.log_every=2', 'train.eval_every=0', 'train.checkpoint_every=0',
           f'train.workdir={tmp_path}']
@@ -270,3 +272,42 @@ def test_sweep_with_seeds_in_parallel_processes_then_report(tmp_path, capsys):
   assert capsys.readouterr().out.count('finished earlier, skipped') == 2
   md = report.write_report(tmp_path / 'tiny').read_text()
   assert '## Over seeds' in md and '| optim.lr=0.01 | 2 | 2 |' in md
+
+
+def test_report_command_loads_no_jax(tmp_path):
+  """`launch.py report DIR --baseline B` on a sweep with seeds, a growth event, spectra,
+  weight statistics and the val loss by position, run in a fresh process by the command
+  line's own code: it writes every section and jax, flax, optax, orbax, the model and the
+  kernels stay unimported (sys.modules afterwards)."""
+  import subprocess
+  import sys
+  from jaxlab.runs.records import position_key, sigma_key
+  sweep = tmp_path / 'study'
+  for method, drop in (('scratch', 0.0), ('grown', 0.1)):
+    for k in range(3):
+      lines = steps([3.0 - drop - 0.1 * i - 0.01 * k for i in range(6)],
+                    val={i: 3.1 - drop - 0.1 * i - 0.01 * k for i in range(6)})
+      for rec in lines:
+        rec.update({sigma_key('attn.wq', 0): 1.0 + rec['step'] / 100, sigma_key('head.kernel'): 2.0,
+                    'prenorm_w_norm': 1.0, 'prenorm_eff_step': 1e-3})
+      lines[-1].update({position_key(0, 15): 2.5, position_key(16, 31): 2.2})
+      if method == 'grown':
+        lines.insert(2, {'event': 'grow', 'step': 20, 'tokens': 20000, 'flops': 5e13,
+                         'method': 'stack', 'optimizer': 'reset', 'from': 'd64 L2',
+                         'to': 'd64 L8'})
+      write_run(sweep / method / f'seed{k}', f'seed{k}', lines,
+                summary={'status': 'completed', 'step': 60})
+  code = ('import sys\n'
+          'from jaxlab.launch.cli import main\n'
+          f'rc = main(["report", {str(sweep)!r}, "--baseline", "scratch"])\n'
+          'heavy = ("jax", "jaxlib", "flax", "optax", "orbax", "jaxlab.models", "jaxlab.kernels",\n'
+          '         "jaxlab.train", "jaxlab.runs.checkpoint")\n'
+          'print(rc, sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip().splitlines()[-1] == '0 []'
+  md = (sweep / 'report.md').read_text()
+  for section in ('## Over seeds', 'Headline: grown', '## Spectral norms',
+                  '## Weight norms and effective steps', '## Val loss by position'):
+    assert section in md, section

@@ -125,11 +125,13 @@ def test_context_axis_in_the_mesh_and_its_checks():
     load('tiny', ['mesh.context=8', 'mesh.dcn_context=4'])
   with pytest.raises(ConfigError, match=r'mesh.context=-1 must be >= 1'):
     load('tiny', ['mesh.context=-1'])
+  from jaxlab.train.runnable import resolve   # the rule needs the kernels' table
   with pytest.raises(ConfigError, match=r"model.attention='cudnn' with mesh.context > 1: ring "
                      r'attention has no cudnn block \(cuDNN.s fused attention'):
-    load('tiny', ['mesh.context=2', 'model.attention=cudnn'])
+    resolve(load('tiny', ['mesh.context=2', 'model.attention=cudnn']))
   for fused in ('pallas', 'splash'):
-    assert load('tiny', ['mesh.context=2', f'model.attention={fused}']).model.attention == fused
+    cfg = resolve(load('tiny', ['mesh.context=2', f'model.attention={fused}']))
+    assert cfg.model.attention == fused
 
 
 def test_model_uses_the_ring_on_a_context_mesh():
@@ -217,32 +219,35 @@ def test_fused_block_matches_the_xla_block(name):
 
 
 def test_auto_and_named_ring_blocks_per_platform():
-  """ring_blocks' choice for model.attention from the chunks' shapes and the platform
-  traced for (no kernel runs): auto's order per platform, and refusals naming why."""
+  """The dispatch table's choice of a ring block for model.attention from the chunks'
+  shapes and the platform traced for (no kernel runs): auto's order per platform (the
+  dense order less the backends without a block, each skipped with its reason), and
+  refusals naming why."""
   import jax
   import jax.numpy as jnp
-  from jaxlab.kernels import ring_blocks
-  from jaxlab.kernels.attention import AttentionUnsupported
+  from jaxlab.kernels import dispatch, ring_blocks
+  from jaxlab.kernels.dispatch import AttentionUnsupported
   q = jax.ShapeDtypeStruct((2, 1024, 4, 128), jnp.bfloat16)   # chunks of 256 at n = 2
   k = jax.ShapeDtypeStruct((2, 1024, 2, 128), jnp.bfloat16)
-  call = ring_blocks.chunk_call(q, k, n=2, segment_ids=jax.ShapeDtypeStruct((2, 1024), jnp.int32))
+  call = dispatch.chunk_call(q, k, n=2, segment_ids=jax.ShapeDtypeStruct((2, 1024), jnp.int32))
   assert call.q.shape == (2, 256, 4, 128) and call.segment_ids.shape == (2, 256)
   on = lambda platform, c=call: dataclasses.replace(c, platform=platform)  # noqa: E731
-  assert ring_blocks.choose(on('tpu')) == ('splash', 'first choice on tpu')
-  assert ring_blocks.choose(on('gpu'))[0] == 'pallas'
-  assert ring_blocks.choose(on('cpu'))[0] == 'xla'
-  short = ring_blocks.chunk_call(q, k, n=8)        # chunks of 64: splash needs 128
-  name, reason = ring_blocks.choose(on('tpu', short))
+  assert dispatch.choose(on('tpu'), ring=True) == ('splash', 'first choice on tpu')
+  name, reason = dispatch.choose(on('gpu'), ring=True)
+  assert name == 'pallas' and 'tokamax: tokamax' in reason and 'cudnn: cuDNN' in reason
+  assert dispatch.choose(on('cpu'), ring=True)[0] == 'xla'
+  short = dispatch.chunk_call(q, k, n=8)        # chunks of 64: splash needs 128
+  name, reason = dispatch.choose(on('tpu', short), ring=True)
   assert name == 'pallas' and 'multiple of 128' in reason
   # On this CPU: a named block is what it says (interpreted), refusals name the reason.
-  assert ring_blocks.ring_block('pallas', q, k, n=2) is ring_blocks.PALLAS_BLOCKS
-  assert ring_blocks.ring_block('splash', q, k, n=2).name == 'splash'
+  assert dispatch.ring_block('pallas', q, k, n=2) is ring_blocks.PALLAS_BLOCKS
+  assert dispatch.ring_block('splash', q, k, n=2).name == 'splash'
   for name, why in (('cudnn', 'returns no log-sum-exp'),
                     ('tokamax', 'returns no log-sum-exp; its internal ops'),
                     ('splash', 'T=64 must be a multiple of 128')):
     with pytest.raises(AttentionUnsupported, match=f"'{name}' .model.attention. cannot run "
                        f"ring attention's blocks .mesh.context=.*{why}"):
-      ring_blocks.ring_block(name, q, k, n=8 if name == 'splash' else 2)
+      dispatch.ring_block(name, q, k, n=8 if name == 'splash' else 2)
 
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
@@ -262,7 +267,7 @@ def test_splash_blocks_lower_in_the_ring_for_a_tpu():
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
   from jaxlab.aot import targets
   from jaxlab.kernels.ring_attention import ring_attention
-  from jaxlab.kernels.ring_blocks import ring_block
+  from jaxlab.kernels.dispatch import ring_block
   from jaxlab.parallel.mesh import AXES
   from jaxlab.parallel.rules import activation_rules
   mesh = Mesh(np.array(targets.devices(targets.parse_target('tpu:v5p-8'))).reshape(2, 1, 2, 1),

@@ -10,8 +10,10 @@ from flax import linen as nn
 
 from jaxlab import report
 from jaxlab.config import ConfigError, load
-from jaxlab.diagnostics import spectral
-from jaxlab.models import Transformer
+from jaxlab.models import Transformer, schema
+from jaxlab.report import spectral
+from jaxlab.runs.records import parse_sigma_key
+from jaxlab.train import measure
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 TOKENS_PER_STEP = 4 * 32   # tiny: batch 4 x seq_len 32
@@ -25,7 +27,20 @@ def params():
 
 
 TINY = load('tiny').model
-_sigma = jax.jit(spectral.top_singular_values, static_argnums=1)
+_sigma = jax.jit(measure.top_singular_values, static_argnums=1)
+
+
+@pytest.mark.parametrize('overrides', [[], ['model.tie_embeddings=true'], ['model.qk_norm=true'],
+                                       ['model.n_kv_heads=1', 'model.head_dim=8']])
+def test_layer_stack_matrices_are_the_hidden_ones(overrides):
+  """The report reads a sigma_max key with a layer index as a hidden matrix (both dims
+  scale with width) without building the model (jaxlab.report.spectral.final_hidden):
+  that holds when every matrix under the layer stack has the 'hidden' role and no other
+  matrix does, which the parameter schema says here."""
+  cfg = load('tiny', overrides).model
+  for path, s in schema.specs(cfg).items():
+    if s.is_matrix:
+      assert s.stacked == (s.role == 'hidden'), (overrides, path, s.role)
 
 
 def sigma_fn(p):
@@ -94,7 +109,7 @@ def test_run_logs_sigma_every_k_steps_through_growth_and_report_plots_it(tmp_pat
   lines = [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
   recs = [r for r in lines if 'event' not in r]
   assert [r['step'] for r in recs] == [3, 4, 6, 8, 9, 10, 12, 13]
-  layers = {r['step']: sorted({spectral.parse_key(k)[1] for k in r if k.startswith('sigma_max/')}
+  layers = {r['step']: sorted({parse_sigma_key(k)[1] for k in r if k.startswith('sigma_max/')}
                               - {None}) for r in recs}
   # Step 8 is read before the growth event (2 layers), 12 and 13 after it (4 layers).
   assert layers == {3: [], 4: [0, 1], 6: [], 8: [0, 1], 9: [], 10: [], 12: [0, 1, 2, 3],

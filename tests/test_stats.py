@@ -1,4 +1,4 @@
-"""jaxlab.stats and the seed statistics of jaxlab.savings, against values computed by
+"""jaxlab.report.stats and the seed statistics of jaxlab.report.savings, against values computed by
 hand (each computation is written out next to its assert). Synthetic numbers only: no
 training, milliseconds."""
 import math
@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from jaxlab import savings, stats
-from jaxlab.run_data import Run, aligned, group_seeds, method_and_seed
+from jaxlab.report import savings, stats
+from jaxlab.runs.read import Run, aligned, group_seeds, method_and_seed
 
 # Student t quantiles t_{0.975, df} from a printed table (e.g. NIST/SEMATECH e-Handbook
 # of Statistical Methods, 1.3.6.7.2, "Critical values of the Student's t distribution"),
@@ -204,7 +204,7 @@ def _opt_run(name, lr, seed, losses):
 
 
 def test_paired_differences_in_one_config_key_by_hand():
-  from jaxlab import paired
+  from jaxlab.report import paired
   # AdamP - AdamW at lr 1e-3, seed by seed: final losses 2.0 - 2.1, 2.2 - 2.25, 1.9 - 2.05
   # = -0.1, -0.05, -0.15: mean -0.1; deviations 0, 0.05, -0.05 -> s^2 = 0.005 / 2;
   # s / sqrt(3) = sqrt(0.0025 / 3); half = t_{0.975,2} x 0.028868 = 0.124207: the CI

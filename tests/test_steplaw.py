@@ -1,4 +1,4 @@
-"""jaxlab.optim.steplaw: the Step Law formulas, N, the CLI command and the config rules."""
+"""jaxlab.optim.step_law: the Step Law formulas, N, the CLI command and the config rules."""
 import dataclasses
 import json
 import math
@@ -7,21 +7,31 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlab import cli
+from jaxlab.launch import cli
 from jaxlab import config as config_lib
-from jaxlab import sweep_points
+from jaxlab.launch import sweep_points
 from jaxlab.config import Config, ConfigError, ModelConfig, OptimConfig, TrainConfig
 from jaxlab.optim import non_embedding_params, steplaw
-from jaxlab.optim.steplaw import batch_sequences, resolve
+from jaxlab.optim.step_law import batch_sequences, resolve
+from jaxlab.train import runnable
 
 N, D = 1e9, 1e11
+
+
+def load(experiment, overrides=()):
+  """A config as every command resolves it: loaded, then the rules applied."""
+  return runnable.resolve(config_lib.load(experiment, overrides))
+
+
+def apply(cfg, overrides):
+  return runnable.resolve(config_lib.apply_overrides(cfg, overrides))
 
 
 def test_check_values():
   lr, batch = steplaw(N, D)
   assert lr == pytest.approx(1.79 * N ** -0.713 * D ** 0.307, rel=1e-12)
   assert batch == pytest.approx(0.58 * D ** 0.571, rel=1e-12)
-  # The notes' check values, to the digits they give (1.633e-3 and 1.1077e6 computed).
+  # docs/scaling_rules.md's check values, to the digits it gives (1.633e-3 and 1.1077e6 computed).
   assert lr == pytest.approx(1.63e-3, rel=3e-3)
   assert batch == pytest.approx(1.11e6, rel=3e-3)
   assert round(lr, 5) == 1.63e-3 and round(batch / 1e6, 2) == 1.11
@@ -91,21 +101,21 @@ def test_cli_errors(capsys, argv, message):
 
 
 def test_lr_rule_from_the_command_line():
-  cfg = config_lib.load('tiny', ['optim.lr=steplaw'])
+  cfg = load('tiny', ['optim.lr=steplaw'])
   t = cfg.train
   assert cfg.optim.lr_rule == 'steplaw' and cfg.train.batch_rule == 'fixed'
   assert (t.steps, t.batch_size) == (20, 4)                 # tiny's, untouched
   budget = t.steps * t.batch_size * cfg.data.seq_len
   assert cfg.optim.lr == steplaw(non_embedding_params(cfg.model), budget)[0]
   # train.tokens, when set, is the budget D instead
-  cfg = config_lib.load('tiny', ['optim.lr=steplaw', 'train.tokens=1e6'])
+  cfg = load('tiny', ['optim.lr=steplaw', 'train.tokens=1e6'])
   assert cfg.optim.lr == steplaw(non_embedding_params(cfg.model), 1e6)[0]
   assert cfg.train.steps == 20
 
 
 @pytest.mark.parametrize('key', ['train.batch', 'train.batch_size'])
 def test_batch_rule_from_the_command_line(key):
-  cfg = config_lib.load('tiny', [f'{key}=steplaw', 'train.tokens=2e6'])
+  cfg = load('tiny', [f'{key}=steplaw', 'train.tokens=2e6'])
   seq_len = cfg.data.seq_len
   batch = round(steplaw(non_embedding_params(cfg.model), 2e6)[1] / seq_len)
   assert cfg.train.batch_rule == 'steplaw' and cfg.train.tokens == 2_000_000
@@ -115,7 +125,7 @@ def test_batch_rule_from_the_command_line(key):
 
 
 def test_both_rules_use_train_tokens():
-  cfg = config_lib.load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6'])
+  cfg = load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6'])
   assert cfg.optim.lr == steplaw(non_embedding_params(cfg.model), 2e6)[0]
 
 
@@ -127,7 +137,7 @@ def test_rules_from_an_experiment_file(tmp_path):
       '  return Config(model=ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64),\n'
       "                optim=OptimConfig(lr_rule='steplaw'), data=DataConfig(seq_len=32),\n"
       "                train=TrainConfig(batch_rule='steplaw', tokens=2_000_000))\n")
-  cfg = config_lib.load(str(path))
+  cfg = load(str(path))
   n_params = non_embedding_params(cfg.model)
   assert n_params == 2 * (4 * 32 * 32 + 3 * 32 * 64 + 2 * 32) + 32
   assert (cfg.optim.lr_rule, cfg.train.batch_rule) == ('steplaw', 'steplaw')
@@ -138,7 +148,7 @@ def test_rules_from_an_experiment_file(tmp_path):
 def test_batch_rule_needs_train_tokens():
   with pytest.raises(ConfigError, match=r"train.batch_rule='steplaw' needs the token budget "
                                         r'train.tokens > 0 \(got train.tokens=0\)'):
-    config_lib.load('tiny', ['train.batch=steplaw'])
+    load('tiny', ['train.batch=steplaw'])
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -150,37 +160,37 @@ def test_batch_rule_needs_train_tokens():
 ])
 def test_rule_errors(overrides, message):
   with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    config_lib.load('tiny', overrides)
+    load('tiny', overrides)
 
 
 def test_a_number_sets_the_rule_back_to_fixed():
-  cfg = config_lib.load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6',
+  cfg = load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6',
                                  'optim.lr=1e-3', 'train.batch_size=8'])
   assert (cfg.optim.lr_rule, cfg.optim.lr) == ('fixed', 1e-3)
   assert (cfg.train.batch_rule, cfg.train.batch_size) == ('fixed', 8)
 
 
 def test_round_trip_is_idempotent(tmp_path):
-  cfg = config_lib.load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6',
+  cfg = load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6',
                                  f'train.workdir={tmp_path}'])
   assert resolve(cfg) == cfg
   back = config_lib.from_dict(json.loads(json.dumps(cfg.to_dict())))
   assert back == cfg
-  assert config_lib.apply_overrides(back, []) == cfg
+  assert apply(back, []) == cfg
   run_dir = tmp_path / cfg.name                 # what the training loop writes and reloads
   run_dir.mkdir()
   (run_dir / 'config.json').write_text(json.dumps(cfg.to_dict()))
-  assert config_lib.load(str(run_dir)) == cfg
-  lr_only = config_lib.load('tiny', ['optim.lr=steplaw'])
-  assert config_lib.apply_overrides(config_lib.from_dict(lr_only.to_dict()), []) == lr_only
+  assert load(str(run_dir)) == cfg
+  lr_only = load('tiny', ['optim.lr=steplaw'])
+  assert apply(config_lib.from_dict(lr_only.to_dict()), []) == lr_only
 
 
 def test_rules_follow_changes():
   """A later override (a sweep point, a grown model) re-resolves the rules."""
-  base = config_lib.load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6'])
-  wider = config_lib.apply_overrides(base, ['model.d_model=64'])
+  base = load('tiny', ['optim.lr=steplaw', 'train.batch=steplaw', 'train.tokens=2e6'])
+  wider = apply(base, ['model.d_model=64'])
   assert wider.optim.lr == steplaw(non_embedding_params(wider.model), 2e6)[0] < base.optim.lr
-  more = config_lib.apply_overrides(base, ['train.tokens=8e6'])
+  more = apply(base, ['train.tokens=8e6'])
   assert more.train.batch_size == round(steplaw(1, 8e6)[1] / 32)
   assert more.train.steps == math.ceil(8e6 / (more.train.batch_size * 32))
   sweep_dir, runs = sweep_points.sweep_configs('tiny', ['train.tokens=1e6,4e6'],
@@ -193,4 +203,4 @@ def test_rules_follow_changes():
 def test_unchanged_without_rules():
   cfg = Config(name='x', optim=OptimConfig(lr=1e-3), train=TrainConfig(tokens=123))
   assert resolve(cfg) is cfg
-  assert dataclasses.replace(config_lib.apply_overrides(cfg, []), name='x') == cfg
+  assert dataclasses.replace(apply(cfg, []), name='x') == cfg

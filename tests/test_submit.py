@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from jaxlab import cli, gpu_flags
-from jaxlab.submit import slurm, tpu
+from jaxlab.launch import cli, gpu_flags
+from jaxlab.launch.submit import slurm, tpu
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / '.venv' / 'bin' / 'python'
@@ -291,7 +291,7 @@ def test_tpu_launch_runs_the_dry_run_commands(capsys, monkeypatch, tmp_path):
   assert _calls(bin_dir) == [describe, create, describe, describe, scp, setup, run]
   assert any('is WAITING_FOR_RESOURCES; waiting until ACTIVE' in line for line in out)
   packed = json.loads((bin_dir / 'packed.json').read_text())
-  assert {'launch.py', 'jaxlab/submit/tpu.py', 'experiments/tiny.py'} <= set(packed)
+  assert {'launch.py', 'jaxlab/launch/submit/tpu.py', 'experiments/tiny.py'} <= set(packed)
   assert not any(n.startswith(('.venv/', 'runs/', '.git/')) for n in packed)
   assert not os.path.exists(TARBALL)
   # the TPU exists now: a second launch goes straight to setup + run

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from jaxlab import config as config_lib
-from jaxlab.config_types import ConfigError
+from jaxlab.config.types import ConfigError
 from jaxlab.kernels import attention, reference_attention
 from jaxlab.kernels import tokamax_attention as tk
 from jaxlab.models import Transformer
 from test_attention import SEG_BxT, TOL, naive_attention, qkv
 
 # The dispatcher module (jaxlab.kernels.attention is the function of the same name).
-attention_module = importlib.import_module('jaxlab.kernels.attention')
+attention_module = importlib.import_module('jaxlab.kernels.dispatch')
 pytestmark = pytest.mark.skipif(not tk.installed(), reason='tokamax is not installed')
 
 
@@ -107,7 +107,7 @@ def test_implementation_order_per_platform():
 
 def test_auto_on_gpu_prefers_tokamax_then_cudnn_then_pallas_then_xla(monkeypatch):
   q, k, _ = (x.astype(jnp.bfloat16) for x in qkv(G=2, K=64))
-  choose = attention_module.choose_implementation
+  choose = attention_module.choose
 
   def on_gpu(q, k, segment_ids):   # auto's choice for a call traced for a GPU
     return choose(attention_module.Call(q, k, True, segment_ids, 'gpu', 'NVIDIA H100'))

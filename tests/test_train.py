@@ -1,6 +1,6 @@
 """End to end through the CLI: run dir layout, resume exactness after kill -9 and
 SIGTERM, divergence, unreadable checkpoints, sweeps and the report. Runs that need no
-signal or device flags go through `jaxlab.cli.main` in this process (no interpreter
+signal or device flags go through `jaxlab.launch.cli.main` in this process (no interpreter
 start-up); tests/test_reliability.py has the failure cases of issue 14."""
 import json
 import pathlib
@@ -21,7 +21,7 @@ LONG = ['train.steps=60', 'train.checkpoint_every=10', 'train.eval_every=20', 't
 
 def inproc(capsys, *args, workdir) -> subprocess.CompletedProcess:
   """launch.py in this process, as a CompletedProcess (returncode, stdout, stderr)."""
-  from jaxlab import cli
+  from jaxlab.launch import cli
   capsys.readouterr()
   rc = cli.main([*map(str, args), f'train.workdir={workdir}'])
   out, err = capsys.readouterr()
@@ -62,7 +62,7 @@ def wait_for_step(proc, run_dir, step, timeout=300):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """One uninterrupted run that the interrupted ones must reproduce bit for bit."""
-  from jaxlab import cli
+  from jaxlab.launch import cli
   workdir = tmp_path_factory.mktemp('ref')
   assert cli.main(['run', 'tiny', *LONG, f'train.workdir={workdir}']) == 0
   return workdir / 'tiny'
@@ -184,7 +184,7 @@ def test_sweep_runs_the_grid_skips_finished_runs_and_reports(tmp_path, capsys):
     assert cfg['optim']['lr'] == float(r.split('=')[1])
   second = inproc(capsys, *args, workdir=tmp_path)
   assert second.stdout.count('finished earlier, skipped') == 2
-  from jaxlab import cli
+  from jaxlab.launch import cli
   assert cli.main(['report', str(sweep_dir)]) == 0
   text = (sweep_dir / 'report.md').read_text()
   assert 'optim.lr=1e-2' in text and 'optim.lr=3e-3' in text

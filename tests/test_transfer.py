@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-from jaxlab import cli
-from jaxlab.diagnostics import transfer
+from jaxlab.launch import cli
+from jaxlab.report import transfer
 from jaxlab.report import Run, load_runs
 
 T2 = 4.302653   # t_{0.975, 2} (printed tables: 4.303)

@@ -22,7 +22,7 @@ v5p-64, e.g. for collective matmuls), each costed once whatever its trip count, 
 extrapolation read 176% MFU. So an estimate is withheld, with that reason, when either
 program has a loop, or when it implies more than 100% MFU. Started with LOOP_FREE_LIBTPU_ARGS
 in LIBTPU_INIT_ARGS, libtpu builds none of those loops (the 7B steps have 0) and the
-estimate is made; experiments/bench_compile.py does that in a separate process, so that
+estimate is made; bench/bench_compile.py does that in a separate process, so that
 the fit check still compiles the program a run would. XLA prices each of its own ConcatBitcast custom
 calls at -1 s in that estimate (seen with libtpu 0.0.42: one such call, one second less);
 they are counted and added back. Pallas kernels are costed by their CostEstimate; splash's
@@ -39,12 +39,14 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxlab import growth, metrics
+from jaxlab import growth
+from jaxlab.models import flops as flops_lib
 from jaxlab.aot.targets import Target, devices
-from jaxlab.config_types import Config, ConfigError
+from jaxlab.config.types import Config, ConfigError
 from jaxlab.growth.plan import Phase
 from jaxlab.parallel import make_mesh
 from jaxlab.train.program import Program, build_program
+from jaxlab.train.runnable import resolve
 
 # libtpu options under which XLA builds no collective-matmul (windowed einsum) loops: set in
 # LIBTPU_INIT_ARGS before JAX starts, the 0/1-layer steps are loop-free and estimable.
@@ -234,7 +236,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
          'model': growth.plan.describe(model), 'target': target.name, 'chips': target.chips,
          'hosts': target.hosts, 'mesh': dict(mesh.shape), 'attention': model.attention,
          'remat': model.remat, 'hbm_capacity_bytes': target.hbm_bytes,
-         'flops_per_step': metrics.flops_per_token(model, program.seq_len) *
+         'flops_per_step': flops_lib.flops_per_token(model, program.seq_len) *
          cfg.train.batch_size * cfg.data.seq_len}
   programs_run = {'train': (program.train_step, (state, batch), 0)}
   if cfg.train.eval_batches:
@@ -273,7 +275,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
     row['estimate_note'] = 'the compiler gives no cost analysis for this target'
     return row
   est = estimate_step(cfg, mesh, model, cache, program.seq_len)
-  peak_flops = metrics.peak_flops_per_device(target_device_kind(mesh))
+  peak_flops = flops_lib.peak_flops_per_device(target_device_kind(mesh))
   flops = est['xla_flops_per_device']
   row.update(xla_flops_per_step=None if flops is None else flops * mesh.size,
              estimated_step_seconds=est['seconds'], estimate_compile_seconds=est['compile_seconds'],
@@ -295,7 +297,10 @@ def target_device_kind(mesh) -> str:
 
 def check_run(cfg: Config, target: Target, log=print, estimate: bool = True) -> list[dict]:
   """Compiles every phase of cfg's run for the target; one row per phase. estimate=False
-  skips the extra compiles behind XLA's FLOPs and step-time estimate."""
+  skips the extra compiles behind XLA's FLOPs and step-time estimate. The config is
+  resolved first (jaxlab.train.runnable: Step Law's values, the rules that need the model),
+  as a run would be."""
+  cfg = resolve(cfg)
   mesh = target_mesh(cfg, target)
   phases = growth.phases(cfg)
   programs = [build_program(cfg, mesh, k, phases) for k in range(len(phases))]

@@ -17,7 +17,7 @@ These are the layouts of gcloud's accelerator types and of MaxText's
 accelerator_to_spec_map. HBM per chip is the capacity libtpu's compiler enforces, read off
 its out-of-memory message for each generation (libtpu 0.0.42: "exceeds available HBM
 (15.75G)" for v5e, whose chip holds 16 GiB; v4 30.75 of 32 GiB, v5p 95.74 GiB, v6e 31.25 of
-32 GiB). Peak FLOP/s come from jaxlab.metrics (the one table of peaks).
+32 GiB). Peak FLOP/s come from jaxlab.models.flops (the one table of peaks).
 """
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ import re
 import sys
 import tempfile
 
+import jax
+
 from jaxlab.aot import gpu
-from jaxlab.config_types import ConfigError
+from jaxlab.config.types import ConfigError
 
 GIB = 2 ** 30
 
@@ -190,6 +192,14 @@ def _quiet_stderr():
     finally:
       os.dup2(saved, 2)
       os.close(saved)
+
+
+def use_cpu_host() -> None:
+  """Compiling for a target needs no local accelerator: keep JAX on the CPU (on a TPU VM
+  the chips may be busy training; a GPU would be initialised for nothing). Only when
+  nothing chose the platforms yet."""
+  if not os.environ.get('JAX_PLATFORMS') and not jax.config.jax_platforms:
+    jax.config.update('jax_platforms', 'cpu')
 
 
 def devices(target: Target) -> list:

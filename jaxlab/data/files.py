@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from jaxlab.config_types import DataConfig
+from jaxlab.config.types import DataConfig
 from jaxlab.data import corpus
 
 FORMATS = ('.txt', '.jsonl', '.jsonl.gz', '.parquet')

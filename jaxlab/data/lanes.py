@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlab.config_types import DataConfig
+from jaxlab.config.types import DataConfig
 from jaxlab.data import pipeline
 
 

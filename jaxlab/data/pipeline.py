@@ -32,7 +32,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxlab.config_types import DataConfig
+from jaxlab.config.types import DataConfig
 from jaxlab.data import corpus, files
 
 Batch = dict[str, np.ndarray]
@@ -250,7 +250,7 @@ def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | s
 
 # An evaluation batch costs about this fraction of a train step on the same batch (a
 # forward pass only): 0.14-0.21 measured on a CPU at d 96-128, seq 128, batch 16
-# (experiments/bench_eval_cost.py).
+# (bench/bench_eval_cost.py).
 EVAL_BATCH_COST = 0.2
 
 

@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 import sentencepiece as spm
 
-from jaxlab.config_types import DataConfig
+from jaxlab.config.types import DataConfig
 
 
 class ByteTokenizer:

@@ -28,7 +28,7 @@ import numpy as np
 
 import dataclasses
 
-from jaxlab.config_types import ModelConfig
+from jaxlab.config.types import ModelConfig
 from jaxlab.growth.width import check_shape, map_tree, scaled
 from jaxlab.models import parametrization as pz
 from jaxlab.models.schema import ParamSpec

@@ -13,14 +13,15 @@ the state passes through unchanged and the lr schedule carries on.
 """
 from __future__ import annotations
 
-from jaxlab.config_types import Config
+from jaxlab.config.types import Config
+from jaxlab.growth import multilevel
 from jaxlab.growth import plan as plan_lib
+from jaxlab.growth.operators import grow, grower
 from jaxlab.models import schema
 
 
 def transition(cfg: Config, phases: list, k: int, state, tx, rng):
   """State at the end of phase k-1 -> state at the start of phase k (jittable)."""
-  from jaxlab.growth import grow, grower, multilevel
   event, src, dst, g = phases[k].event, phases[k - 1].model, phases[k].model, cfg.growth
   if event == 'context':   # a new sequence length (and RoPE base): params, moments, lr go on
     return state

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.config_types import ModelConfig
+from jaxlab.config.types import ModelConfig
 from jaxlab.models import parametrization as pz
 from jaxlab.models import schema
 from jaxlab.models.schema import ParamSpec

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxlab.config_types import Config, ConfigError, ModelConfig
+from jaxlab.config.types import Config, ConfigError, ModelConfig
+from jaxlab.growth import multilevel
+from jaxlab.growth.depth import METHODS as DEPTH_METHODS
 from jaxlab.growth.timing import growth_timing
-
-from jaxlab.growth.depth import METHODS as DEPTH_METHODS  # noqa: E402
+from jaxlab.models import schema
 _WIDTH_FOR = {'zero': 'zero', 'random': 'random'}   # any other method widens by 'split'
 
 
@@ -144,13 +145,8 @@ def _step_at(tokens: int, cfg: Config, what: str) -> int:
 
 
 def n_params(model: ModelConfig) -> int:
-  """Parameter count of a model config (shapes only, nothing allocated)."""
-  import jax
-  import jax.numpy as jnp
-  from jaxlab.metrics import count_params
-  from jaxlab.models import Transformer
-  shapes = jax.eval_shape(Transformer(model).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-  return count_params(shapes)
+  """Parameter count of a model config (from the parameter schema; nothing allocated)."""
+  return schema.count(model)
 
 
 def phases(cfg: Config) -> list[Phase]:
@@ -187,7 +183,6 @@ def _context_phases(cfg: Config) -> list[Phase]:
 
 
 def _vcycle_phases(cfg: Config, small: ModelConfig, at: int) -> list[Phase]:
-  from jaxlab.growth import multilevel
   g = cfg.growth
   models = [cfg.model, small]
   for level in range(2, g.levels + 1):

@@ -10,14 +10,14 @@ scanned param) and its layout `spec.hf_layout`:
           transpose of jaxlab's (fan-in..., fan-out...) matrix view;
   table   nn.Embedding: the dims as jaxlab holds them;
 and a vector (norm gain) is stored as it is. The architecture comes from config.json
-(jaxlab.interop.hf_config, which refuses what jaxlab cannot compute exactly).
+(jaxlab.config.hf, which refuses what jaxlab cannot compute exactly).
 
 Loading streams: each param is made with jax.make_array_from_callback straight into its
 target sharding (the run's, `shardings=`, or the logical rules on `mesh=`, or one device),
 and each callback reads only the region of the Hugging Face tensors that its shard holds,
 layer by layer, one safetensors read at a time. On a mesh each process materialises only
 its own shards; a host never holds a second copy of the model (peak RSS is measured by
-experiments/hf_import_rss.py). Tensors of any float dtype load as float32 (exactly).
+bench/hf_import_rss.py). Tensors of any float dtype load as float32 (exactly).
 
 Saving writes the function the params compute under `cfg`: muP multipliers (and the
 attention-logit scale where it differs from 1/sqrt(head_dim)) are folded into the weights
@@ -42,8 +42,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from jaxlab.config_types import ConfigError, ModelConfig
-from jaxlab.interop import hf_config, st_files
+from jaxlab.config.types import ConfigError, ModelConfig
+from jaxlab.config import hf as hf_config
+from jaxlab.interop import st_files
 from jaxlab.models import parametrization as pz
 from jaxlab.models import schema
 from jaxlab.parallel import DEFAULT_RULES, check_divisible, logical_sharding

@@ -24,7 +24,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxlab.config_types import ConfigError
+from jaxlab.config.types import ConfigError
 
 SINGLE = 'model.safetensors'
 INDEX = 'model.safetensors.index.json'

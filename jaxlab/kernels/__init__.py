@@ -1,5 +1,7 @@
-"""Attention kernels: a dispatcher, the reference implementation and the Pallas kernel."""
-from jaxlab.kernels.attention import attention, reference_attention
-from jaxlab.kernels.flash_attention import flash_attention
+"""Attention kernels: the dispatch table and chooser (dispatch.py), the one XLA reference
+(reference.py), jaxlab's Pallas kernel (flash.py), and ring attention (ring_*.py)."""
+from jaxlab.kernels.dispatch import attention
+from jaxlab.kernels.flash import flash_attention
+from jaxlab.kernels.reference import reference_attention
 
 __all__ = ['attention', 'flash_attention', 'reference_attention']

@@ -1,7 +1,7 @@
 """Ring attention: the sequence split over the 'context' mesh axis; each device keeps its
 queries and passes its K/V around the ring (lax.ppermute), merging the blockwise results
 with the log-sum-exp rule (Liu et al. 2023, "Ring Attention with Blockwise Transformers";
-RESEARCH_NOTES.md section 10).
+docs/long_context.md).
 
 Layouts (jaxlab.kernels.ring_layout): the caller's sequence is already in the layout's
 token order (the model permutes tokens once, before the first layer); under a causal mask

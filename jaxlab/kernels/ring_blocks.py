@@ -1,19 +1,19 @@
 """Fused per-block attention for ring attention (jaxlab.kernels.ring_attention): the
 `BlockAttention` of each backend that can give a block's (out, lse) and take the whole
-row's lse and delta = rowsum(dO * O) in its backward, and `ring_block`, which maps
-model.attention to one.
+row's lse and delta = rowsum(dO * O) in its backward. Which backend's block a ring uses
+(model.attention, auto) is jaxlab.kernels.dispatch's table and chooser.
 
   xla     ring_attention.XLA_BLOCKS, the einsum reference.
-  pallas  jaxlab's flash kernel (flash_attention.py): its forward kernel returns (o, lse),
+  pallas  jaxlab's flash kernel (flash.py): its forward kernel returns (o, lse),
           its dq and dk/dv kernels take (lse, delta). Same per-platform lowering as the
           flash backend: interpret mode on a CPU, the Mosaic grid form on a TPU, Triton on
-          a GPU; padding and layout by flash_attention's own helpers.
+          a GPU; padding and layout by flash.py's own helpers.
   splash  JAX's TPU splash kernel (splash.py's kernel object, with save_residuals=True for
           the lse), and splash's dq and dk/dv kernels, which take logsumexp and di (delta)
           -- private functions of jax 0.10 (`_splash_attention_bwd_dq` / `_dkv`), pinned
           with jax; this module's tests fail if a release moves them. q is pre-scaled
           (splash has no scale argument), so dq is scaled back. Interpret mode off TPU.
-  none    cudnn and tokamax (NO_BLOCK says why); `auto` never picks them for the ring.
+  none    cudnn and tokamax (dispatch.BACKENDS says why); `auto` never picks them for the ring.
 
 Conventions a block keeps (ring_attention.BlockAttention): float32 results; a query row
 with no visible key in the block (segment ids: its document is not in this key chunk)
@@ -29,23 +29,17 @@ block keeps them float32).
 from __future__ import annotations
 
 import functools
-import importlib
-import logging
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sak
 
+from jaxlab.kernels import flash as fa
 from jaxlab.kernels import splash
-from jaxlab.kernels.attention import BACKENDS, CHOICES, AttentionUnsupported, Call
 from jaxlab.kernels.masks import attention_mask
-from jaxlab.kernels.ring_attention import XLA_BLOCKS, BlockAttention
-from jaxlab.kernels.target import target_device
+from jaxlab.kernels.ring_attention import BlockAttention
 
-# The module (the package exports a function of the same name).
-fa = importlib.import_module('jaxlab.kernels.flash_attention')
 F32 = jnp.float32
 
 
@@ -196,83 +190,3 @@ def splash_blocks(device_kind: str) -> BlockAttention:
   the ring's static configuration hashes the same from step to step."""
   return BlockAttention('splash', functools.partial(_splash_forward, device_kind),
                         functools.partial(_splash_backward, device_kind))
-
-
-# ------------------------------------------------------------------ choosing a block
-
-# Backends without a ring block, and why (config_checks refuses them under mesh.context > 1).
-NO_BLOCK = {
-    'cudnn': "cuDNN's fused attention (jax.nn.dot_product_attention) returns no log-sum-exp "
-             "and its backward cannot take the whole row's",
-    'tokamax': "tokamax's public function returns no log-sum-exp; its internal ops could give "
-               "one and take the whole row's output in their backward, but each implementation "
-               "keeps its own softmax statistics (the Triton kernel's may omit the max or be in "
-               "base 2, by its config), and its fused kernels run only on a GPU, where this "
-               "block is not yet written or tested",
-}
-# auto under mesh.context > 1: the first block of the target platform's list that can run
-# the chunks; XLA when none can (the dispatcher's AUTO, less the backends without a block).
-AUTO = {'cpu': ('xla',), 'gpu': ('pallas',), 'tpu': ('splash', 'pallas')}
-_log = logging.getLogger('jaxlab.kernels')
-_logged: set = set()
-
-
-def chunk_call(q_BxTxHxK, k_BxTxGxK, *, n: int, causal: bool = True,
-               segment_ids: Any = None) -> Call:
-  """What a block of a ring over n devices sees: one chunk (T / 2n tokens) of queries
-  against one of keys, for the platform traced for."""
-  (B, T, H, K), G = q_BxTxHxK.shape, k_BxTxGxK.shape[2]
-  c = T // (2 * n)
-  ids = None if segment_ids is None else jax.ShapeDtypeStruct((B, c), jnp.int32)
-  return Call(jax.ShapeDtypeStruct((B, c, H, K), q_BxTxHxK.dtype),
-              jax.ShapeDtypeStruct((B, c, G, K), k_BxTxGxK.dtype), bool(causal), ids,
-              *target_device())
-
-
-def unsupported(name: str, call: Call) -> str | None:
-  """Why backend `name` cannot run the ring's blocks for `call` (a chunk_call), or None."""
-  if name in NO_BLOCK:
-    return NO_BLOCK[name]
-  return BACKENDS[name].unsupported(call)
-
-
-def _block(name: str, call: Call) -> BlockAttention:
-  if name == 'splash':
-    return splash_blocks(call.device_kind)
-  return {'xla': XLA_BLOCKS, 'pallas': PALLAS_BLOCKS}[name]
-
-
-def choose(call: Call) -> tuple[str, str]:
-  """auto's (block, reason) for the ring."""
-  reasons = []
-  for name in AUTO.get(call.platform, ('pallas',)):
-    why = unsupported(name, call)
-    if why is None:
-      return name, '; '.join(reasons) or f'first choice on {call.platform}'
-    reasons.append(f'{name}: {why}')
-  return 'xla', '; '.join(reasons)
-
-
-def ring_block(implementation: str, q_BxTxHxK, k_BxTxGxK, *, n: int, causal: bool = True,
-               segment_ids: Any = None) -> BlockAttention:
-  """The BlockAttention for model.attention=`implementation` in a ring over n devices
-  (global q / k, resolved for the platform traced for). A named backend that cannot run the
-  blocks raises AttentionUnsupported with the reason; auto's choice is logged once."""
-  if implementation not in CHOICES:
-    raise ValueError(f'attention implementation {implementation!r} is not known; allowed: '
-                     f'{", ".join(map(repr, CHOICES))}')
-  call = chunk_call(q_BxTxHxK, k_BxTxGxK, n=n, causal=causal, segment_ids=segment_ids)
-  if implementation == 'auto':
-    name, reason = choose(call)
-    if (call.platform, name, reason) not in _logged:
-      _logged.add((call.platform, name, reason))
-      _log.info('ring attention: auto chose %s blocks on %s (%s)', name, call.platform, reason)
-    return _block(name, call)
-  why = unsupported(implementation, call)
-  if why is not None:
-    ok = ', '.join(repr(c) for c in CHOICES if c not in NO_BLOCK and c != implementation)
-    raise AttentionUnsupported(
-        f'attention implementation {implementation!r} (model.attention) cannot run ring '
-        f'attention\'s blocks (mesh.context={n}, chunks of {call.q.shape[1]} tokens): {why}; '
-        f'use one of {ok}')
-  return _block(implementation, call)

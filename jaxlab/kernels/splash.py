@@ -31,7 +31,7 @@ LANES = 128
 # Block (q and kv, forward and backward) per chip, by device_kind: MaxText's default
 # (sa_block_* = 512 in its base.yml). Its tuned v5p / v6e recipes use 2048, but with the
 # default scoped-VMEM limit that does not compile (CompileTimeScopedVmemOom for v5p at
-# T = 4k and v6e at 32k, experiments/compile_kernels.py); it needs a raised limit
+# T = 4k and v6e at 32k, bench/compile_kernels.py); it needs a raised limit
 # (LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=...), which jaxlab does not set.
 BLOCKS = {'TPU v4': 512, 'TPU v5 lite': 512, 'TPU v5': 512, 'TPU v6 lite': 512}
 DEFAULT_BLOCK = 512

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxlab.config_types import ModelConfig
+from jaxlab.config.types import ModelConfig
 
 ROLES = ('embedding', 'hidden', 'output', 'norm', 'bias')
 GROWTH = ('split', 'copy', 'zero', 'keep', 'layer')

@@ -47,7 +47,7 @@ from typing import Callable
 
 import jax
 
-from jaxlab.config_types import ConfigError, ModelConfig
+from jaxlab.config.types import ConfigError, ModelConfig
 from jaxlab.models import param_spec
 from jaxlab.models.param_spec import ParamSpec
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxlab.config_types import ModelConfig
+from jaxlab.config.types import ModelConfig
 from jaxlab.models.param_spec import (AXES, GROWTH, ROLES, Axis, ParamSpec, axis_size,
                                       dict_keys, is_declared)
 from jaxlab.models.transformer import Transformer

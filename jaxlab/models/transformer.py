@@ -14,15 +14,13 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxlab.config_types import ModelConfig
-from jaxlab.kernels import attention
-from jaxlab.kernels.ring_attention import context_size, ring_attention
-from jaxlab.kernels.ring_blocks import ring_block
+from jaxlab.config.types import ModelConfig
+from jaxlab.kernels.dispatch import attend
+from jaxlab.kernels.ring_attention import context_size
 from jaxlab.kernels.ring_layout import from_layout, to_layout
-from jaxlab.models import param_spec as schema
+from jaxlab.models import param_spec
 from jaxlab.models import parametrization as pz
 from jaxlab.models.param_spec import spec
-from jaxlab.parallel.rules import shard_map_logical
 
 _REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -66,15 +64,13 @@ EMBEDDING = spec('embedding', ('vocab', 'keep', True), ('embed', 'zero', False),
 HEAD = spec('output', ('embed', 'split', True), ('vocab', 'keep', False), hf='lm_head.weight',
             norm_input=True)
 
-QKV_NAMES = ('batch', 'seq', 'heads', 'kv')
 
-
-def _param(module: nn.Module, name: str, param: schema.ParamSpec, zero: bool = False):
+def _param(module: nn.Module, name: str, param: param_spec.ParamSpec, zero: bool = False):
   init = pz.initializer(module.cfg, param, zero=zero)
-  return schema.declare(module, name, param, init)
+  return param_spec.declare(module, name, param, init)
 
 
-def _scaled(y: jax.Array, cfg: ModelConfig, param: schema.ParamSpec,
+def _scaled(y: jax.Array, cfg: ModelConfig, param: param_spec.ParamSpec,
             role: str | None = None) -> jax.Array:
   m = pz.multiplier(cfg, param, role)
   return y if m == 1.0 else y * m
@@ -147,7 +143,7 @@ def rope(x_BxTxNxK: jax.Array, positions_BxT: jax.Array, theta: float,
 
 class RMSNorm(nn.Module):
   cfg: ModelConfig
-  declared: schema.ParamSpec      # the gain's spec (which norm this is)
+  declared: param_spec.ParamSpec      # the gain's spec (which norm this is)
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
@@ -189,23 +185,8 @@ class Attention(nn.Module):
     # Params do not depend on the attention backend, and init traces the model at shapes
     # a fused kernel may refuse (splash needs T % 128 == 0): init uses the reference.
     impl = 'xla' if self.is_initializing() else cfg.attention
-
-    def attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
-      return attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, causal=True,
-                       segment_ids=segment_ids_BxT, sm_scale=pz.attention_scale(cfg),
-                       implementation=impl)
-    args = (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)
-    if context_size() > 1:         # mesh.context > 1: the sequence is split, ring attention
-      block = ring_block(impl, q_BxTxHxK, k_BxTxGxK, n=context_size(),
-                         segment_ids=segment_ids_BxT)   # model.attention's per-block kernel
-      out_BxTxHxK = ring_attention(*args[:3], causal=True, segment_ids=segment_ids_BxT,
-                                   sm_scale=pz.attention_scale(cfg), block=block)
-    elif impl == 'xla':            # XLA partitions the einsums itself
-      out_BxTxHxK = attend(*args)
-    else:                          # fused kernels run per shard: batch and heads split
-      kv = ('batch', 'seq', 'kv_heads', 'kv')
-      out_BxTxHxK = shard_map_logical(attend, args, (QKV_NAMES, kv, kv, ('batch', 'seq')),
-                                      QKV_NAMES)
+    out_BxTxHxK = attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT=segment_ids_BxT,
+                         sm_scale=pz.attention_scale(cfg), implementation=impl)
     out_BxTxHxK = _constrain(out_BxTxHxK, 'batch', 'seq', 'heads', 'kv')
     y_BxTxD = jnp.einsum('bthk,hkd->btd', out_BxTxHxK, wo_HxKxD.astype(dt))
     return _scaled(y_BxTxD, cfg, WO)

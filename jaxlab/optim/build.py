@@ -3,7 +3,7 @@
 Everything is an optax piece, chained in this order:
   add_noise        Gaussian gradient noise (optim.grad_noise_eta > 0), first in the chain;
   clip             global-norm clipping (optim.grad_clip > 0);
-  the optimizer    optim.name: adamp / sgdp (jaxlab.optim.adamp), or any optax optimizer
+  the optimizer    optim.name: adamp / sgdp (jaxlab.optim.adamp_sgdp), or any optax optimizer
                    by name, given the config's lr schedule and whichever of b1, b2, eps,
                    momentum, nesterov and weight_decay it takes. An optimizer without a
                    weight_decay argument (sgd, adam, ...) gets L2 decay added to its
@@ -29,10 +29,10 @@ import inspect
 import jax
 import optax
 
-from jaxlab.config_types import ModelConfig, OptimConfig
+from jaxlab.config.types import ModelConfig, OptimConfig
 from jaxlab.models import parametrization, schema
 from jaxlab.optim import trainable as trainable_lib
-from jaxlab.optim.adamp import Layout, adamp, sgdp
+from jaxlab.optim.adamp_sgdp import Layout, adamp, sgdp
 
 FROZEN = 'frozen'
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab.config_types import ConfigError, ModelConfig, parse_ranges
+from jaxlab.config.types import ConfigError, ModelConfig, parse_ranges
 
 KEY = 'train.trainable'
 ALL = None   # rows of a param that trains whole

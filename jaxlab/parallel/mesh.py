@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-from jaxlab.config_types import ConfigError, MeshConfig
+from jaxlab.config.types import ConfigError, MeshConfig
 
 # Outermost to innermost: tensor (the most traffic) gets the nearest devices, context next
 # (its ring passes K/V between neighbours every step), then the data-parallel axes.

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxlab.config_types import ConfigError
+from jaxlab.config.types import ConfigError
 
 DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ('batch', ('data', 'fsdp')),

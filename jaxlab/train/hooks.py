@@ -26,10 +26,13 @@ import time
 import jax
 import numpy as np
 
-from jaxlab import metrics as metrics_lib
-from jaxlab.diagnostics.spectral import top_singular_values
+from jaxlab.models import flops
 from jaxlab.growth import plan as plan_lib
-from jaxlab.run_dir import growth_event
+from jaxlab.runs.layout import TENSORBOARD
+from jaxlab.runs.records import position_key
+from jaxlab.runs.run_dir import growth_event
+from jaxlab.train import progress
+from jaxlab.train.measure import top_singular_values
 from jaxlab.train.stop import Preempted
 
 # Always in a record, in this order; every other scalar the train step returns follows
@@ -97,7 +100,7 @@ class EvalHook(Hook):
       s, c = jax.device_get(t.program.position_eval_step(t.state.params, batch, t.state.step))
       sums, counts = sums + s, counts + c
     edges = self.positions
-    return {f'val_loss_pos/{lo}-{hi - 1}': float(s / c) if c else None
+    return {position_key(lo, hi - 1): float(s / c) if c else None
             for lo, hi, s, c in zip(edges, edges[1:], sums, counts)}
 
   def run(self, t, record):
@@ -130,7 +133,7 @@ class LogHook(Hook):
 
   def __init__(self, t, every: int, record_hooks: list[Hook], resume_step: int):
     self.every, self.record_hooks = every, record_hooks
-    self.throughput = metrics_lib.Throughput()
+    self.throughput = progress.Throughput()
     self._start, self._step0 = time.perf_counter(), resume_step
     self._tty = t.run_dir.writer and sys.stdout.isatty()
     self._tb = None
@@ -138,7 +141,7 @@ class LogHook(Hook):
       from tensorboardX import SummaryWriter  # no TensorFlow needed
       # purge_step: TensorBoard hides what an interrupted session logged past the
       # checkpoint this one resumed from (as metrics.jsonl is cut back).
-      self._tb = SummaryWriter(str(pathlib.Path(t.run_dir.path) / 'tensorboard'),
+      self._tb = SummaryWriter(str(pathlib.Path(t.run_dir.path) / TENSORBOARD),
                                purge_step=resume_step + 1)
 
   def due(self, t) -> bool:
@@ -152,7 +155,7 @@ class LogHook(Hook):
     full = {'step': t.step, 'tokens': t.tokens, 'flops': t.flops,
             **{k: float(m[k]) for k in BASE_METRICS}, **scalars,
             'tokens_per_sec': rate,
-            'mfu': None if rate is None else metrics_lib.mfu(
+            'mfu': None if rate is None else flops.mfu(
                 rate * t.fpt, t.device_kind, jax.device_count()),
             'time': time.time() - t.t_start, **record}
     t.run_dir.append(full)
@@ -164,7 +167,7 @@ class LogHook(Hook):
     if t.run_dir.writer:
       done = t.step - self._step0
       eta = (time.perf_counter() - self._start) / done * (t.total_steps - t.step)
-      line = metrics_lib.progress_line(full, t.total_steps, eta)
+      line = progress.progress_line(full, t.total_steps, eta)
       print(('\r' + line + '   ') if self._tty else line, end='' if self._tty else '\n',
             flush=True)
 

@@ -8,22 +8,22 @@ always reads as one uninterrupted run.
 """
 from __future__ import annotations
 
-from jaxlab.config import validate
-from jaxlab.config_types import Config
+from jaxlab.config.types import Config
 from jaxlab.parallel import initialize_distributed
 from jaxlab.train.hooks import Diverged
+from jaxlab.train.runnable import resolve
 from jaxlab.train.stop import Preempted, StopAgreement
 from jaxlab.train.storage import QuietStorageNoise
-from jaxlab.train.trainer import Trainer, run_dir_of
+from jaxlab.train.trainer import Trainer
 
-__all__ = ['Diverged', 'Preempted', 'run_dir_of', 'train']
+__all__ = ['Diverged', 'Preempted', 'train']
 
 
 def train(cfg: Config) -> dict:
   """Runs (or resumes) one training run; returns its summary. Raises Diverged or
   Preempted after writing the summary, ConfigError (exit 2 at the CLI) for a bad input
   or a storage failure."""
-  validate(cfg)
+  cfg = resolve(cfg)
   initialize_distributed(cfg.mesh)  # before anything touches a device
   with StopAgreement() as stop, QuietStorageNoise() as quiet, \
       Trainer(cfg, stop, quiet) as trainer:

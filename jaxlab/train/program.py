@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxlab import growth
-from jaxlab.config_types import Config, ConfigError
+from jaxlab.config.hf import init_dir
+from jaxlab.config.types import Config, ConfigError
 from jaxlab.growth import events
+from jaxlab.interop import hf
 from jaxlab.models import Transformer, schema
 from jaxlab.optim import make_optimizer, make_schedule, trainable
 from jaxlab.parallel import batch_sharding
@@ -64,8 +66,7 @@ class Program:
     if self.phase:
       raise ValueError('only the first phase of a run is initialised from scratch')
     if self.cfg.model.init:   # model.init=hf:DIR: params streamed into their shards
-      from jaxlab.interop import hf, hf_config
-      params = hf.load_params(hf_config.init_dir(self.cfg.model.init), self.model.cfg,
+      params = hf.load_params(init_dir(self.cfg.model.init), self.model.cfg,
                               self.shardings.params)
       return init_state_from(params, self.tx, self.shardings)
     return init_state(self.model, self.tx, self.cfg.data.seq_len, self.cfg.train.seed,

@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.diagnostics import weights
+from jaxlab.models.transformer import positions_from_segments
 from jaxlab.optim import fired_fraction
 from jaxlab.parallel import activation_rules
+from jaxlab.train import measure
 from jaxlab.train.state import TrainState
 
 
@@ -42,7 +43,6 @@ def position_edges(seq_len: int) -> tuple[int, ...]:
 def position_terms(model, params, batch, edges, layer_gate_L=None):
   """(sums K, counts K) of the token losses by bucket of the target's input position in its
   document piece (positions_from_segments: where RoPE puts it), edges from position_edges."""
-  from jaxlab.models.transformer import positions_from_segments
   losses_BxT, mask_BxT, seg_in_BxT = token_losses(model, params, batch, layer_gate_L)
   bucket_BxT = jnp.searchsorted(jnp.asarray(edges[1:-1]), positions_from_segments(seg_in_BxT),
                                 side='right')
@@ -72,7 +72,7 @@ def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gat
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'param_norm': optax.tree.norm(params), 'lr': lr_schedule(state.step)}
     if weight_stats:
-      metrics.update(weights.weight_stats(state.params, params, model.cfg))
+      metrics.update(measure.weight_stats(state.params, params, model.cfg))
     fired = fired_fraction(opt_state)
     if fired is not None:   # AdamP / SGDP: share of param entries projected this step
       metrics['proj_fired'] = fired

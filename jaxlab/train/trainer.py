@@ -3,8 +3,8 @@
 Set-up checks everything it can before the first compile (tokenizer, mesh, batch split,
 the run directory's lock and config guard, every phase's shapes and the train step's
 trace, the validation batches), so a bad input stops with one line and exit code 2.
-Then it restores the newest verified checkpoint (jaxlab.checkpoint) or starts afresh,
-and puts the run directory in the matching state (jaxlab.run_dir): metrics cut back
+Then it restores the newest verified checkpoint (jaxlab.runs.checkpoint) or starts afresh,
+and puts the run directory in the matching state (jaxlab.runs.run_dir): metrics cut back
 to the step resumed from, or the earlier attempt's files kept as .bak-<time>.
 
 The loop dispatches a step, asks the stop agreement (jaxlab.train.stop) whether every
@@ -13,8 +13,6 @@ host stops here, and when any hook is due syncs the metrics since the last sync
 """
 from __future__ import annotations
 
-import pathlib
-import sys
 import time
 
 import jax
@@ -22,20 +20,17 @@ import jax.numpy as jnp
 
 from jaxlab import data as data_lib
 from jaxlab import growth
-from jaxlab import metrics as metrics_lib
-from jaxlab.checkpoint import Checkpointer, checkpoint_dir
-from jaxlab.config_types import Config, ConfigError
+from jaxlab.runs.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.config.types import Config, ConfigError
 from jaxlab.parallel import batch_sharding, make_mesh
-from jaxlab.run_dir import RunDir
+from jaxlab.models import flops
+from jaxlab.runs.layout import run_dir_of
+from jaxlab.runs.run_dir import RunDir
 from jaxlab.train import hooks as hooks_lib
 from jaxlab.train.program import Program, build_program
 from jaxlab.train.step import position_edges
 from jaxlab.train.stop import Preempted, StopAgreement
 from jaxlab.train.storage import QuietStorageNoise, storage_error
-
-
-def run_dir_of(cfg: Config) -> pathlib.Path:
-  return pathlib.Path(cfg.train.workdir) / cfg.name
 
 
 def _to_global(batch: dict, sharding) -> dict:
@@ -223,6 +218,8 @@ class Trainer:
 
     self.device_kind = jax.devices()[0].device_kind
     self._measure_model()
+    if self.run_dir.writer:
+      print(self._header(), flush=True)
     edges = position_edges(cfg.data.seq_len) if tc.eval_positions else ()
     evaluator = hooks_lib.EvalHook(val_batches, tc.eval_every, edges)
     diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
@@ -231,6 +228,18 @@ class Trainer:
                   hooks_lib.CheckpointHook(tc.checkpoint_every), hooks_lib.PreemptionHook()]
     self.throughput = log.throughput
 
+  def _header(self) -> str:
+    """The run's first lines: where it writes, what it trains, on what."""
+    cfg = self.cfg
+    mesh = ' x '.join(f'{axis} {n}' for axis, n in self.mesh.shape.items() if n > 1) or 'not split'
+    tps = cfg.train.batch_size * cfg.data.seq_len
+    return (f'run {self.run_dir.path}: {self.total_steps} steps\n'
+            f'model {growth.plan.describe(self.program.model.cfg)}, '
+            f'{self.n_params / 1e6:.2f}M params, {cfg.model.dtype}; '
+            f'{jax.device_count()} {self.device_kind} device(s), mesh {mesh}; '
+            f'{tps:,} tokens per step ({cfg.train.batch_size} x {cfg.data.seq_len}), '
+            f'{self.fpt * tps:.3g} FLOPs per step')
+
   def _stop_if_signalled(self):
     """A signal during set-up (or the first compile) ends a one-process run before any
     step; with several processes the first step boundary decides, alike for all."""
@@ -238,8 +247,8 @@ class Trainer:
       raise Preempted(self.stop.signum, self.step, saved=False)
 
   def _measure_model(self):
-    self.n_params = metrics_lib.count_params(self.state.params)
-    self.fpt = metrics_lib.flops_per_token(self.program.model.cfg, self.program.seq_len)
+    self.n_params = flops.count_params(self.state.params)
+    self.fpt = flops.flops_per_token(self.program.model.cfg, self.program.seq_len)
     self.summary.update(name=self.cfg.name, n_params=self.n_params, flops_per_token=self.fpt,
                         device_kind=self.device_kind, n_devices=jax.device_count())
 

@@ -1,0 +1,36 @@
+"""A Config made runnable: the rules that need the model, the optimizer or the kernels,
+which sit above jaxlab.config (the bottom layer checks what a config decides alone).
+
+  Step Law        optim.lr=steplaw / train.batch=steplaw: lr, batch and steps from the
+                  model's non-embedding parameter count (jaxlab.optim.step_law)
+  muP             the base model must have whole sizes, and muP must know the optimizer's
+                  family (jaxlab.models.parametrization)
+  ring attention  under mesh.context > 1, model.attention needs a backend with a ring
+                  block (jaxlab.kernels.dispatch)
+  train.trainable its patterns must parse (jaxlab.optim.trainable)
+
+`train(cfg)` and every command of launch.py (run, sweep points, compile, grow, show)
+resolve before anything compiles. Resolving is idempotent: every value it writes is a
+function of fields it does not write.
+"""
+from __future__ import annotations
+
+from jaxlab.config.checks import validate
+from jaxlab.config.types import Config
+from jaxlab.kernels import dispatch
+from jaxlab.models import parametrization
+from jaxlab.optim import step_law, trainable
+
+
+def resolve(cfg: Config) -> Config:
+  """cfg checked by every rule and with Step Law's values written in; ConfigError (exit 2
+  at the CLI) naming the key otherwise."""
+  validate(cfg)
+  if cfg.model.parametrization == 'mup':
+    parametrization.base_model(cfg.model)
+    parametrization.check_optimizer(cfg.model, cfg.optim.name)
+  if cfg.mesh.context * cfg.mesh.dcn_context > 1:
+    dispatch.check_ring_choice(cfg.model.attention)
+  if cfg.train.trainable:
+    trainable.parse(cfg.train.trainable)
+  return step_law.resolve(cfg)
