@@ -52,3 +52,14 @@ def test_a_cpu_run_prints_a_header_no_tpu_errors_and_rounded_figures(tmp_path):
                   r'step$', out[1]), out[1]
   assert re.match(rf'done: {re.escape(str(tmp_path / "tiny"))} \(step 2, final loss \d+\.\d{{4}}, '
                   r'val loss \d+\.\d{4}\)$', out[-1]), out[-1]
+
+
+def test_an_absent_tpu_is_not_started():
+  """libtpu is installed here (the [tpu] extra) and no TPU is attached: the command line
+  keeps JAX to the CPU, unless JAX_PLATFORMS was chosen."""
+  from jaxlab.launch import platforms
+  assert not platforms.tpu_attached()
+  env = {}
+  assert platforms.skip_absent_tpu(env) == 'cpu' and env == {'JAX_PLATFORMS': 'cpu'}
+  env = {'JAX_PLATFORMS': 'tpu,cpu'}
+  assert platforms.skip_absent_tpu(env) is None and env == {'JAX_PLATFORMS': 'tpu,cpu'}

@@ -30,6 +30,7 @@ import typing
 
 from jaxlab import config as config_lib
 from jaxlab.config.types import ConfigError
+from jaxlab.launch import platforms
 from jaxlab.launch.submit import options as submit_options
 from jaxlab.report import write_report
 from jaxlab.runs.layout import SEED_KEYS
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f'unrecognized arguments: {" ".join(extra)}')
   if extra:
     args.overrides = list(args.overrides) + extra
+  platforms.skip_absent_tpu()   # before anything starts JAX's backends
   try:
     return args.func(args)
   except ConfigError as err:
