@@ -34,13 +34,14 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import ml_dtypes
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import PartitionSpec, SingleDeviceSharding
+from flax import traverse_util
 
 from jaxlab.config.types import ConfigError, ModelConfig
 from jaxlab.config import hf as hf_config
@@ -139,16 +140,6 @@ def _check_tensors(ckpt: st_files.Checkpoint, cfg: ModelConfig, specs: dict):
                         f'{", ".join(FLOAT_DTYPES)} (quantised checkpoints are not supported)')
 
 
-def _nest(flat: dict[tuple[str, ...], Any]) -> dict:
-  out: dict = {}
-  for path, value in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = value
-  return out
-
-
 def _lookup(tree: dict, path: tuple[str, ...]):
   for k in path:
     tree = tree[k]
@@ -183,7 +174,7 @@ def load_params(path: str | os.PathLike, cfg: ModelConfig, shardings: dict | Non
     else:
       sharding = _lookup(shardings.get('params', shardings), p)
     flat[p] = _make_leaf(ckpt, param, cfg, sharding)
-  return _nest(flat)
+  return traverse_util.unflatten_dict(flat)
 
 
 def _make_leaf(ckpt, param: schema.ParamSpec, cfg: ModelConfig, sharding) -> jax.Array:

@@ -28,6 +28,7 @@ import inspect
 
 import jax
 import optax
+from flax import traverse_util
 
 from jaxlab.config.types import ModelConfig, OptimConfig
 from jaxlab.models import parametrization, schema
@@ -117,17 +118,6 @@ def param_groups(cfg: OptimConfig, model_cfg: ModelConfig):
   return labels, {label: pair for pair, label in label_of.items()}
 
 
-def _nest(flat: dict[tuple[str, ...], object]) -> dict:
-  """{('layers', 'attn', 'wq'): x, ...} -> {'layers': {'attn': {'wq': x}}, ...}."""
-  out: dict = {}
-  for path, value in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = value
-  return out
-
-
 def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Schedule,
                    seed: int = 0, trainable: dict | None = None) -> optax.GradientTransformation:
   """trainable: {param path: trainable_lib.ALL | trainable layer rows} (trainable.resolve),
@@ -146,7 +136,7 @@ def make_optimizer(cfg: OptimConfig, model_cfg: ModelConfig, schedule: optax.Sch
     partial = {p: rows for p, rows in trainable.items() if rows not in (trainable_lib.ALL, ())}
   # The labels are a prefix of boxed and unboxed param trees alike (the sharded init
   # passes boxed params): each group's MaskedNode then replaces a whole param.
-  labels = _nest(flat_labels)
+  labels = traverse_util.unflatten_dict(flat_labels)
   layout = None
   if cfg.name in ('adamp', 'sgdp'):
     by_path = adamp_layout(model_cfg)
