@@ -1,4 +1,4 @@
-"""Benchmark: what verified checkpoints cost -- the state's fingerprint (jaxlab.runs.fingerprint,
+"""Benchmark: what verified checkpoints cost -- the state's fingerprint (jaxlab.rundir.fingerprint,
 computed on device at every save and again after every restore) against the save and
 the restore themselves, on the demo model's full train state (params + AdamW moments).
 
@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from jaxlab import config as config_lib  # noqa: E402
 from jaxlab import data as data_lib  # noqa: E402
-from jaxlab.runs import fingerprint as fp_lib  # noqa: E402
-from jaxlab.runs.checkpoint import Checkpointer, save_items  # noqa: E402
+from jaxlab.rundir import fingerprint as fp_lib  # noqa: E402
+from jaxlab.rundir.checkpoint import Checkpointer, save_items  # noqa: E402
 from jaxlab.models.flops import count_params  # noqa: E402
 from jaxlab.parallel import make_mesh  # noqa: E402
 from jaxlab.train.program import build_program  # noqa: E402

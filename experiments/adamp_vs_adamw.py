@@ -72,7 +72,7 @@ def which_fire(run_dir: str, n_batches: int = 4) -> list[tuple[str, float]]:
   import jax.numpy as jnp
 
   from jaxlab import data as data_lib
-  from jaxlab.runs.checkpoint import Checkpointer, checkpoint_dir
+  from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
   from jaxlab.config import load_run_dir
   from jaxlab.optim import adamp_layout
   from jaxlab.optim.adamp_sgdp import project

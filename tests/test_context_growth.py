@@ -216,7 +216,7 @@ def test_resume_on_either_side_of_the_change_reproduces_the_run(grown, tmp_path,
 def test_position_table_statistics_match_hand_computed_intervals():
   import pathlib
   from jaxlab.report import positions
-  from jaxlab.runs.read import Run
+  from jaxlab.rundir.read import Run
   values = {'scratch': [(2.0, 3.0), (2.2, 3.1), (2.1, 3.2)],
             'ctx': [(1.9, 3.3), (2.0, 3.5), (2.0, 3.4)]}
   runs = [Run(label=f'{m}/seed{k}', dir=pathlib.Path('.'), config={}, summary=None,

@@ -212,7 +212,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
     assert np.array_equal(before[k], after[k])
   assert _layer_tensors(after, 1)['self_attn.o_proj.weight'].any()   # the new blocks trained
   # transformers computes what jaxlab does with the trained params.
-  from jaxlab.runs.checkpoint import Checkpointer
+  from jaxlab.rundir.checkpoint import Checkpointer
   from jaxlab.config import load_run_dir
   from jaxlab.train.program import build_program
   from jaxlab.parallel import make_mesh
@@ -224,7 +224,7 @@ def test_readme_flow_end_to_end(pretrained, tmp_path, capsys):
   assert H.rel_err(H.hf_logits(out, t), H.jax_logits(cfg.model, params, t)) <= 1e-5
   # Export verifies the params it restores: one saved fingerprint entry off by one, and
   # the step is refused in one line (exit 2) naming the array.
-  from jaxlab.runs.fingerprint import leaf_paths
+  from jaxlab.rundir.fingerprint import leaf_paths
   meta_file = work / 'pro' / 'checkpoints' / '3' / 'meta' / 'metadata'
   meta = json.loads(meta_file.read_text())
   i = leaf_paths(program.abstract_state).index('params/embed/embedding')

@@ -239,7 +239,7 @@ def test_a_live_run_locks_its_dir_and_a_killed_one_does_not(reference, tmp_path,
   host, touching nothing; once the holder is killed (-9), the same command resumes."""
   run_dir = copy_run(reference, tmp_path / 'tiny', keep_steps=[4, 8])
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from jaxlab.runs.run_dir import RunDir; '
+      [sys.executable, '-c', 'import sys, time; from jaxlab.rundir.directory import RunDir; '
        'd = RunDir(sys.argv[1]); d.lock(); print("locked", flush=True); time.sleep(600)', str(run_dir)],
       cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:

@@ -8,7 +8,7 @@ import pytest
 
 from jaxlab import report
 from jaxlab.report import write
-from jaxlab.runs import UNKNOWN_STATUS
+from jaxlab.rundir import UNKNOWN_STATUS
 from jaxlab.config.types import ConfigError
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -281,7 +281,7 @@ def test_report_command_loads_no_jax(tmp_path):
   kernels stay unimported (sys.modules afterwards)."""
   import subprocess
   import sys
-  from jaxlab.runs.records import position_key, sigma_key
+  from jaxlab.rundir.records import position_key, sigma_key
   sweep = tmp_path / 'study'
   for method, drop in (('scratch', 0.0), ('grown', 0.1)):
     for k in range(3):
@@ -301,7 +301,7 @@ def test_report_command_loads_no_jax(tmp_path):
           'from jaxlab.launch.cli import main\n'
           f'rc = main(["report", {str(sweep)!r}, "--baseline", "scratch"])\n'
           'heavy = ("jax", "jaxlib", "flax", "optax", "orbax", "jaxlab.models", "jaxlab.kernels",\n'
-          '         "jaxlab.train", "jaxlab.runs.checkpoint")\n'
+          '         "jaxlab.train", "jaxlab.rundir.checkpoint")\n'
           'print(rc, sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))\n')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                         timeout=300)

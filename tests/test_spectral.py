@@ -12,7 +12,7 @@ from jaxlab import report
 from jaxlab.config import ConfigError, load
 from jaxlab.models import Transformer, schema
 from jaxlab.report import spectral
-from jaxlab.runs.records import parse_sigma_key
+from jaxlab.rundir.records import parse_sigma_key
 from jaxlab.train import measure
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'

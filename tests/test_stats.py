@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from jaxlab.report import savings, stats
-from jaxlab.runs.read import Run, aligned, group_seeds, method_and_seed
+from jaxlab.rundir.read import Run, aligned, group_seeds, method_and_seed
 
 # Student t quantiles t_{0.975, df} from a printed table (e.g. NIST/SEMATECH e-Handbook
 # of Statistical Methods, 1.3.6.7.2, "Critical values of the Student's t distribution"),

@@ -25,7 +25,7 @@ from jaxlab.config.types import (Config, ConfigError, DataConfig, ModelConfig, a
                                  check_type, describe, fields_of, parse_ranges, union_args)
 
 # A run directory holds its Config as config.json (Config.to_dict(), plus the history of
-# the changes accepted on resume: jaxlab.runs.run_dir).
+# the changes accepted on resume: jaxlab.rundir.directory).
 CONFIG_FILE = 'config.json'
 HISTORY_KEY = 'history'
 

@@ -33,7 +33,7 @@ from jaxlab.config.types import ConfigError
 from jaxlab.launch import platforms
 from jaxlab.launch.submit import options as submit_options
 from jaxlab.report import write_report
-from jaxlab.runs.layout import SEED_KEYS
+from jaxlab.rundir.layout import SEED_KEYS
 
 DESCRIPTION = ('jaxlab: train, grow, sweep, compile and report LLaMA-style models in JAX. '
                'Each command takes an experiment (a name under experiments/ or a .py file) and '

@@ -10,7 +10,7 @@ from jaxlab.aot import report
 from jaxlab.aot.check import check_run
 from jaxlab.aot.targets import parse_target, use_cpu_host
 from jaxlab.config.types import Config
-from jaxlab.runs.layout import run_dir_of
+from jaxlab.rundir.layout import run_dir_of
 from jaxlab.train.runnable import resolve
 
 

@@ -23,7 +23,7 @@ from jaxlab.config import load_run_dir
 from jaxlab.config.types import ConfigError
 from jaxlab.interop import hf
 from jaxlab.parallel import make_mesh
-from jaxlab.runs.checkpoint import Checkpointer, Unverified, checkpoint_dir
+from jaxlab.rundir.checkpoint import Checkpointer, Unverified, checkpoint_dir
 from jaxlab.train.program import build_program
 from jaxlab.train.runnable import resolve
 

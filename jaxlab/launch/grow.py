@@ -24,8 +24,8 @@ from jaxlab.growth import plan as plan_lib
 from jaxlab.growth.depth import insert_every
 from jaxlab.launch import grow_hf
 from jaxlab.parallel import make_mesh
-from jaxlab.runs.checkpoint import Checkpointer, checkpoint_dir
-from jaxlab.runs.run_dir import RunDir, growth_event
+from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.rundir.directory import RunDir, growth_event
 from jaxlab.train.program import build_program
 from jaxlab.train.runnable import resolve
 

@@ -35,8 +35,8 @@ from jaxlab.growth import depth, plan
 from jaxlab.interop import hf
 from jaxlab.optim import trainable as trainable_lib
 from jaxlab.parallel import make_mesh
-from jaxlab.runs.checkpoint import Checkpointer, checkpoint_dir
-from jaxlab.runs.run_dir import RunDir, growth_event
+from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.rundir.directory import RunDir, growth_event
 from jaxlab.train.program import build_program
 from jaxlab.train.runnable import resolve
 from jaxlab.train.state import init_state_from

@@ -6,7 +6,7 @@ import sys
 from jaxlab import config as config_lib
 from jaxlab import train as train_lib
 from jaxlab.launch import gpu_flags
-from jaxlab.runs.layout import run_dir_of
+from jaxlab.rundir.layout import run_dir_of
 
 
 def _rounded(value) -> str:

@@ -11,8 +11,8 @@ from jaxlab.launch import gpu_flags, sweep_jobs, sweep_points
 from jaxlab.launch.submit import commands as submit_commands
 from jaxlab.launch.submit.common import sweep_argv
 from jaxlab.launch.submit.options import check_options
-from jaxlab.runs.layout import run_dir_of
-from jaxlab.runs.records import status_of
+from jaxlab.rundir.layout import run_dir_of
+from jaxlab.rundir.records import status_of
 
 
 def main(args) -> int:

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 
-from jaxlab.runs.layout import LAUNCH_LOG as LOG
-from jaxlab.runs.layout import run_dir_of
-from jaxlab.runs.records import status_of
+from jaxlab.rundir.layout import LAUNCH_LOG as LOG
+from jaxlab.rundir.layout import run_dir_of
+from jaxlab.rundir.records import status_of
 
 _CHILD = 'import sys; from jaxlab.launch.cli import main; sys.exit(main(sys.argv[1:]))'
 _POLL_SECONDS = 0.5

@@ -11,7 +11,7 @@ import pathlib
 
 from jaxlab import config as config_lib
 from jaxlab.config.types import ConfigError
-from jaxlab.runs.layout import SEED_KEYS, run_dir_of, seed_run
+from jaxlab.rundir.layout import SEED_KEYS, run_dir_of, seed_run
 from jaxlab.train.runnable import resolve
 
 

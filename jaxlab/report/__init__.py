@@ -9,11 +9,11 @@
   positions.py  the val loss by position
   spectral.py   top singular values, weights.py  weight norms and effective steps
 
-Runs are read through jaxlab.runs; nothing here imports jax, flax or the model.
+Runs are read through jaxlab.rundir; nothing here imports jax, flax or the model.
 """
 from jaxlab.report.plots import plot_loss
 from jaxlab.report.write import COLUMNS, render_markdown, write_csv, write_report
-from jaxlab.runs.read import Run, load_runs, summarize
+from jaxlab.rundir.read import Run, load_runs, summarize
 
 __all__ = ['COLUMNS', 'Run', 'load_runs', 'plot_loss', 'render_markdown', 'summarize',
            'write_csv', 'write_report']

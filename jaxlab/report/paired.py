@@ -1,7 +1,7 @@
 """Paired differences between methods that differ in one config key
 (`launch.py report DIR --baseline optim.name=adamw,sgd`).
 
-Each method (jaxlab.runs.read.group_seeds) whose `key` is not one of the baseline values
+Each method (jaxlab.rundir.read.group_seeds) whose `key` is not one of the baseline values
 is matched with the method whose config is the same in every other key (seeds, name and
 workdir aside) and whose `key` is one of them: e.g. AdamP at lr 3e-3 and weight decay
 0.1 with AdamW at the same lr and weight decay. For each pair: the final val loss and
@@ -15,7 +15,7 @@ import json
 
 from jaxlab.config.loading import flatten
 from jaxlab.report import stats
-from jaxlab.runs.read import Run, group_seeds, summarize
+from jaxlab.rundir.read import Run, group_seeds, summarize
 from jaxlab.report.savings import TAIL
 
 _IGNORED = ('name', 'train.seed', 'data.seed', 'train.workdir', 'train.checkpoint_dir')

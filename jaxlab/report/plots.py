@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from jaxlab.report import stats
-from jaxlab.runs.read import Run, aligned, group_seeds
+from jaxlab.rundir.read import Run, aligned, group_seeds
 
 
 def styles(n: int) -> list[tuple[Any, str]]:

@@ -11,8 +11,8 @@ includes 0).
 from __future__ import annotations
 
 from jaxlab.report.stats import T_METHOD, paired_differences, t_interval
-from jaxlab.runs.read import Run, group_seeds, num
-from jaxlab.runs.records import POSITION_PREFIX as PREFIX
+from jaxlab.rundir.read import Run, group_seeds, num
+from jaxlab.rundir.records import POSITION_PREFIX as PREFIX
 
 
 def _final(run: Run) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Compute saved against a baseline, over seeds: the table, headline and plot of growth
 studies.
 
-Runs are grouped into methods (`jaxlab.runs.read.group_seeds`: `<method>/seed<k>` dirs
+Runs are grouped into methods (`jaxlab.rundir.read.group_seeds`: `<method>/seed<k>` dirs
 from `launch.py sweep --seeds N`; a run without a seed dir is a method with one run).
 Seed k of a method and seed k of the baseline share their data order, so differences
 are taken per seed (paired). Per method:
@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxlab.report import stats
 from jaxlab.report.plots import styles
-from jaxlab.runs.read import Run, aligned, group_seeds
+from jaxlab.rundir.read import Run, aligned, group_seeds
 
 TAIL = 3   # evaluations averaged for the end-of-run comparison at equal FLOPs
 SMOOTH = 3

@@ -1,6 +1,6 @@
 """The spectral diagnostic in the report: sigma_max, the top singular value of every matrix
 and layer, as the run logged it (jaxlab.train.measure.top_singular_values; keys
-`sigma_max/<matrix>[/<layer>]`, jaxlab.runs.records). Weight decay and width:
+`sigma_max/<matrix>[/<layer>]`, jaxlab.rundir.records). Weight decay and width:
 Fan et al., docs/scaling_rules.md.
 
 In the report: spectral.png (sigma_max vs step, one panel per matrix type, one line per
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from jaxlab.report.plots import styles
-from jaxlab.runs.records import SIGMA_PREFIX, parse_sigma_key
+from jaxlab.rundir.records import SIGMA_PREFIX, parse_sigma_key
 
 # Panel order in the plot and table; names not listed follow, sorted.
 ORDER = ('attn.wq', 'attn.wk', 'attn.wv', 'attn.wo', 'mlp.w_gate', 'mlp.w_up', 'mlp.w_down',

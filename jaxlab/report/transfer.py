@@ -28,8 +28,8 @@ import statistics
 
 from jaxlab.config.loading import flatten
 from jaxlab.report import spectral, stats
-from jaxlab.runs.layout import method_and_seed
-from jaxlab.runs.read import summarize
+from jaxlab.rundir.layout import method_and_seed
+from jaxlab.rundir.read import summarize
 
 STUDIES = {   # hyperparameter key -> (label, panel key)
     'optim.lr': ('lr', 'model.parametrization'),

@@ -9,7 +9,7 @@ import math
 import statistics
 
 from jaxlab.report.plots import styles
-from jaxlab.runs.records import WEIGHT_KEYS as KEYS
+from jaxlab.rundir.records import WEIGHT_KEYS as KEYS
 
 
 def has_stats(runs) -> bool:

@@ -13,7 +13,7 @@
 With seeds the report also gives, per method, the mean ± 95% CI of the final losses
 over seeds (jaxlab.report.stats), and the savings table (--baseline) its statistics.
 
-Runs are read by jaxlab.runs.read (where the numbers come from is described there); the
+Runs are read by jaxlab.rundir.read (where the numbers come from is described there); the
 plots are jaxlab.report.plots'.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pathlib
 
 from jaxlab.report import paired, positions, savings, spectral, stats, transfer, weights
 from jaxlab.report.plots import plot_loss
-from jaxlab.runs.read import Run, group_seeds, load_runs, num, summarize
+from jaxlab.rundir.read import Run, group_seeds, load_runs, num, summarize
 
 PLOTS = {'step': 'loss_vs_step.png', 'flops': 'loss_vs_flops.png'}
 

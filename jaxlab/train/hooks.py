@@ -28,9 +28,9 @@ import numpy as np
 
 from jaxlab.models import flops
 from jaxlab.growth import plan as plan_lib
-from jaxlab.runs.layout import TENSORBOARD
-from jaxlab.runs.records import position_key
-from jaxlab.runs.run_dir import growth_event
+from jaxlab.rundir.layout import TENSORBOARD
+from jaxlab.rundir.records import position_key
+from jaxlab.rundir.directory import growth_event
 from jaxlab.train import progress
 from jaxlab.train.measure import top_singular_values
 from jaxlab.train.stop import Preempted

@@ -10,7 +10,7 @@ own), of the weight norm |w| and of the effective step |w_new - w| / |w|.
 top_singular_values (every train.spectral_every steps, jitted on its own, outside the
 step): the top singular value sigma_max of every matrix param, each layer's slice on its
 own; under lr-coupled AdamW it settles near sqrt(lr / wd) * d^0.75, and equal values at
-two widths mean the sublayer's gain transfers. Metric keys (jaxlab.runs.records):
+two widths mean the sublayer's gain transfers. Metric keys (jaxlab.rundir.records):
   sigma_max/<module>.<param>/<layer>   a matrix under the scanned 'layers' axis, e.g.
                                        sigma_max/attn.wq/0, sigma_max/mlp.w_down/3
   sigma_max/<module>.<param>           a matrix outside it: sigma_max/embed.embedding,
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxlab.config.types import ModelConfig
 from jaxlab.models import schema
-from jaxlab.runs.records import sigma_key
+from jaxlab.rundir.records import sigma_key
 
 
 def matrix_name(path: tuple[str, ...]) -> str:

@@ -3,8 +3,8 @@
 Set-up checks everything it can before the first compile (tokenizer, mesh, batch split,
 the run directory's lock and config guard, every phase's shapes and the train step's
 trace, the validation batches), so a bad input stops with one line and exit code 2.
-Then it restores the newest verified checkpoint (jaxlab.runs.checkpoint) or starts afresh,
-and puts the run directory in the matching state (jaxlab.runs.run_dir): metrics cut back
+Then it restores the newest verified checkpoint (jaxlab.rundir.checkpoint) or starts afresh,
+and puts the run directory in the matching state (jaxlab.rundir.directory): metrics cut back
 to the step resumed from, or the earlier attempt's files kept as .bak-<time>.
 
 The loop dispatches a step, asks the stop agreement (jaxlab.train.stop) whether every
@@ -20,12 +20,12 @@ import jax.numpy as jnp
 
 from jaxlab import data as data_lib
 from jaxlab import growth
-from jaxlab.runs.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.parallel import batch_sharding, make_mesh
 from jaxlab.models import flops
-from jaxlab.runs.layout import run_dir_of
-from jaxlab.runs.run_dir import RunDir
+from jaxlab.rundir.layout import run_dir_of
+from jaxlab.rundir.directory import RunDir
 from jaxlab.train import hooks as hooks_lib
 from jaxlab.train.program import Program, build_program
 from jaxlab.train.step import position_edges

@@ -18,7 +18,7 @@ from jaxlab.launch.submit import slurm, tpu
 from jaxlab.launch.submit.common import (ROOT, Step, StepFailed, check_project, execute,
                                          experiment_arg, require_tool, run_argv, sweep_argv)
 from jaxlab.launch.submit.options import check_options
-from jaxlab.runs.layout import run_dir_of
+from jaxlab.rundir.layout import run_dir_of
 from jaxlab.train.runnable import resolve
 
 

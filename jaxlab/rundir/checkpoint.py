@@ -5,7 +5,7 @@
   data   the grain iterator's state, one JSON file per process, so a resumed run
          sees exactly the batches an uninterrupted one would;
   meta   small JSON: cumulative tokens and FLOPs (counters survive growth events), the
-         state's fingerprint (one uint32 per array, jaxlab.runs.fingerprint, computed on device
+         state's fingerprint (one uint32 per array, jaxlab.rundir.fingerprint, computed on device
          at save) and the metrics record logged at that step (put back if metrics.jsonl
          lost it). The fingerprint is dispatched when the save is requested and fetched
          only when orbax writes the JSON (in its background commit, beside the array
@@ -37,8 +37,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxlab.runs.fingerprint import fingerprint, leaf_paths, mismatches
-from jaxlab.runs.layout import CHECKPOINTS
+from jaxlab.rundir.fingerprint import fingerprint, leaf_paths, mismatches
+from jaxlab.rundir.layout import CHECKPOINTS
 
 
 class _IteratorState:

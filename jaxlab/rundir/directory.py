@@ -1,10 +1,10 @@
 """A run directory as the run that writes it sees it: `RunDir` (the training loop and
-`launch.py grow` both go through it). The files are named in jaxlab.runs.layout.
+`launch.py grow` both go through it). The files are named in jaxlab.rundir.layout.
 
   config.json    the run's Config (Config.to_dict()) plus "history": the config changes
                  accepted when the run was resumed, each with the step it resumed from
   metrics.jsonl  one JSON object per logged step, and {"event": ...} lines (growth;
-                 read and written through jaxlab.runs.records)
+                 read and written through jaxlab.rundir.records)
   summary.json   written when a session ends: completed | diverged | preempted | failed
   .lock          flock'd by process 0 while a session runs; holds "pid host"
 
@@ -41,8 +41,8 @@ from typing import Any
 
 from jaxlab.config.loading import HISTORY_KEY, flatten, read_config_file
 from jaxlab.config.types import Config, ConfigError
-from jaxlab.runs import records
-from jaxlab.runs.layout import CONFIG_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
+from jaxlab.rundir import records
+from jaxlab.rundir.layout import CONFIG_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
 
 LOCATION_KEYS = ('name', 'train.workdir')
 FREE_KEYS = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',

@@ -26,8 +26,8 @@ import statistics
 import warnings
 from typing import Any
 
-from jaxlab.runs import records
-from jaxlab.runs.layout import CONFIG_FILE, METRICS_FILE, method_and_seed
+from jaxlab.rundir import records
+from jaxlab.rundir.layout import CONFIG_FILE, METRICS_FILE, method_and_seed
 
 UNKNOWN_STATUS = 'running/unknown'
 
