@@ -104,37 +104,33 @@ def test_grow_composes_width_and_depth_and_keeps_the_function_with_zero():
     growth.grow(params, src, dst, 'grwo')
 
 
-def test_flops_to_reach_interpolates_between_evaluations(tmp_path):
+def test_savings_rows_per_method(tmp_path):
+  import math
   from jaxlab.report import Run
-  from jaxlab.report.savings import flops_to_reach, savings_rows, smoothed
+  from jaxlab.report.savings import savings_rows
 
   def run(label, points, events=()):
     return Run(label=label, dir=tmp_path, config={}, summary=None, events=list(events),
                metrics=[{'step': i + 1, 'flops': f, 'loss': v, 'val_loss': v}
                         for i, (f, v) in enumerate(points)])
-  base = run('scratch', [(1.0, 3.0), (2.0, 2.0), (4.0, 1.5)])
-  fast = run('stack', [(1.0, 2.5), (2.0, 1.7), (3.0, 1.3)], [{'event': 'grow', 'flops': 0.5}])
-  slow = run('zero', [(1.0, 3.0), (4.0, 1.6)])
-  assert flops_to_reach(base, 1.5) == 4.0
-  assert flops_to_reach(fast, 1.5) == pytest.approx(2.5)   # halfway between 1.7 and 1.3
-  assert flops_to_reach(slow, 1.5) is None
-  rows, target = savings_rows([base, fast, slow], 'scratch', smooth=1)
+  e = math.e
+  base = run('scratch', [(1.0, 3.0), (e, 2.0), (e * e, 1.5)])
+  # A straight line in log FLOPs, 2.5 - 0.6 x: reaches 1.5 at x = 5/3.
+  fast = run('stack', [(1.0, 2.5), (e, 1.9), (e * e, 1.3)], [{'event': 'grow', 'flops': 0.5}])
+  slow = run('zero', [(1.0, 3.0), (e * e, 1.6)])
+  rows, target = savings_rows([base, fast, slow], 'scratch')
   assert target == 1.5
   by = {r['run']: r for r in rows}
   assert by['scratch']['saving'] == 0.0
-  assert by['stack']['saving'] == pytest.approx(1 - 2.5 / 4)
-  assert by['stack']['speedup'] == pytest.approx(4 / 2.5 - 1)
+  assert by['stack']['flops_to_target'] == pytest.approx(e ** (5 / 3), rel=1e-6)
+  assert by['stack']['saving'] == pytest.approx(1 - e ** (5 / 3 - 2), rel=1e-6)
+  assert by['stack']['speedup'] == pytest.approx(e ** (2 - 5 / 3) - 1, rel=1e-6)
   assert by['stack']['growth_at_flops'] == 0.5
   assert by['zero']['saving'] is None
-  assert by['stack']['tail_val_loss'] == pytest.approx((2.5 + 1.7 + 1.3) / 3)
-  assert by['stack']['delta_tail_val_loss'] == pytest.approx((2.5 + 1.7 + 1.3 - 3 - 2 - 1.5) / 3)
+  assert by['stack']['tail_val_loss'] == pytest.approx((2.5 + 1.9 + 1.3) / 3)
+  assert by['stack']['delta_tail_val_loss'] == pytest.approx((2.5 + 1.9 + 1.3 - 3 - 2 - 1.5) / 3)
   with pytest.raises(ValueError, match="baseline run 'nope' not found"):
     savings_rows([base], 'nope')
-  # Smoothing: centred means, truncated at the ends; a lone dip no longer decides.
-  assert smoothed([3.0, 1.0, 2.0, 2.0], 3) == pytest.approx([2.0, 2.0, 5 / 3, 2.0])
-  dip = run('dip', [(1.0, 2.0), (2.0, 1.4), (3.0, 2.0), (4.0, 1.5)])
-  assert flops_to_reach(dip, 1.5, smooth=1) == pytest.approx(1 + 0.5 / 0.6)
-  assert flops_to_reach(dip, 1.5, smooth=3) is None        # smoothed: 1.7, 1.8, 1.63, 1.75
 
 
 @pytest.mark.parametrize('experiment', ['demo', 'gstack_vs_scratch', 'multilevel_vcycle'])

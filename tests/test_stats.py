@@ -4,6 +4,7 @@ training, milliseconds."""
 import math
 import pathlib
 
+import numpy as np
 import pytest
 
 from jaxlab.report import savings, stats
@@ -59,39 +60,6 @@ def test_paired_differences_by_hand():
   assert a.hi > b.lo
 
 
-def test_bootstrap_of_a_mean_is_the_t_interval():
-  # Values 0, 1, 2 (s = 1): all 27 resamples enumerated; the bootstrap variance of the
-  # mean is the plug-in variance / n = (2/3) / 3 = 2/9; times n / (n - 1) = 3/2 -> 1/3
-  # = s^2 / n. Half-width t_{0.975,2} / sqrt(3) = 2.484138, the t-interval's.
-  values = [0.0, 1.0, 2.0]
-  iv = stats.bootstrap_interval(lambda idx: sum(values[i] for i in idx) / len(idx), 3)
-  assert len(stats.resamples(3)) == 27
-  assert iv.estimate == 1.0
-  assert iv.half == pytest.approx(T2 / math.sqrt(3), rel=1e-6)
-  assert iv.half == pytest.approx(stats.t_interval(values).half, rel=1e-12)
-  # n = 10 > EXACT_MAX: 4000 random resamples (a fixed generator, so the same every
-  # time). Their sd estimates the exact one with relative error ~ 1 / sqrt(2 x 4000)
-  # = 1.1%: 5% is over 4 of those.
-  ten = [0.3, 1.2, -0.4, 2.2, 0.9, 1.1, 0.0, 1.7, 0.6, 1.4]
-  mean = lambda idx: sum(ten[i] for i in idx) / len(idx)   # noqa: E731
-  iv = stats.bootstrap_interval(mean, 10)
-  assert iv.half == stats.bootstrap_interval(mean, 10).half
-  assert iv.half == pytest.approx(stats.t_interval(ten).half, rel=0.05)
-
-
-def test_bootstrap_undefined_resample_is_unbounded():
-  # Seed 2 never crosses: every resample made of seed 2 alone is undefined.
-  crossing = [1.0, 2.0, None]
-
-  def stat(idx):
-    vals = [crossing[i] for i in idx]
-    return None if all(v is None for v in vals) else max(v for v in vals if v is not None)
-  iv = stats.bootstrap_interval(stat, 3)
-  assert iv.estimate == 2.0 and math.isinf(iv.half) and not iv.resolved
-  assert iv.format('.1f') == '2.0 ± inf'
-  assert stats.bootstrap_interval(lambda idx: None, 3).estimate is None
-
-
 def test_parabola_vertex_by_hand():
   assert stats.parabola_vertex([-1, 0, 1], [2, 1, 2]) == 0
   # Through (0, 1), (1, 0), (2, 3): y = a x^2 + b x + c with c = 1, a + b = -1,
@@ -120,78 +88,145 @@ def _run(label, points, events=()):
 
 
 FLOPS = [1.0, 2.0, 3.0, 4.0]
+E = math.e
+LOG_FLOPS = [1.0, E, E ** 2, E ** 3]      # log FLOPs 0, 1, 2, 3
 
 
 def seeded_study():
-  """Baseline seeds: [4, 3 + e_k, 2, 1], e = 0, 0.3, -0.3. Method seeds 0 and 1:
-  [3, 2, 0.8, 0.5]; seed 2: [3, 2, 1.1, 0.5]."""
-  runs = [_run(f'scratch/seed{k}', zip(FLOPS, [4.0, 3.0 + e, 2.0, 1.0]))
-          for k, e in enumerate([0.0, 0.3, -0.3])]
-  runs += [_run(f'stack/seed{k}', zip(FLOPS, [3.0, 2.0, y3, 0.5]))
-           for k, y3 in enumerate([0.8, 0.8, 1.1])]
+  """Evaluations at log FLOPs 0, 1, 2, 3. Baseline seed k: [4, 3, 2, b_k], b = 0.9, 1.0,
+  1.1 (target: their mean, 1.0). Method seed k: 3 - x + c_k at log FLOPs x, c = 0, 0.1,
+  -0.1 (straight lines: the cubic through them is the line itself)."""
+  runs = [_run(f'scratch/seed{k}', zip(LOG_FLOPS, [4.0, 3.0, 2.0, b]))
+          for k, b in enumerate([0.9, 1.0, 1.1])]
+  runs += [_run(f'stack/seed{k}', zip(LOG_FLOPS, [3.0 - x + c for x in range(4)]))
+           for k, c in enumerate([0.0, 0.1, -0.1])]
   return runs
 
 
 def test_savings_over_seeds_by_hand():
-  rows, target = savings.method_rows(seeded_study(), 'scratch', smooth=1)
+  rows, target = savings.method_rows(seeded_study(), 'scratch')
   by = {r['run']: r for r in rows}
-  # Target: the baseline's mean final val loss, 1.0, first reached at its last eval:
-  # F_baseline = 4 in every resample (e_k only moves its second evaluation).
-  assert target == 1.0
+  assert target == pytest.approx(1.0, abs=1e-12)
   stack = by['stack']
-  # Mean curve of the method: [3, 2, 0.9, 0.5] -> crosses 1.0 between FLOPs 2 (2.0)
-  # and 3 (0.9): x = 2 + (2 - 1) / (2 - 0.9) = 2.909091; saving 1 - x / 4 = 0.272727.
-  assert stack['flops_to_target'].estimate == pytest.approx(2 + 1 / 1.1, rel=1e-12)
-  assert stack['saving'].estimate == pytest.approx(1 - (2 + 1 / 1.1) / 4, rel=1e-12)
-  assert stack['speedup'].estimate == pytest.approx(4 / (2 + 1 / 1.1) - 1, rel=1e-12)
-  # Bootstrap by hand: a resample holds seed 2 j times, j ~ Binomial(3, 1/3):
-  # P = 8/27, 12/27, 6/27, 1/27; its mean third evaluation is 0.8 + 0.1 j:
-  #   j = 0, 1, 2: y <= 1, crossing 2 + 1 / (2 - y) = 2 + 1/1.2, 2 + 1/1.1, 3
-  #   j = 3: y = 1.1 > 1, crossing between (3, 1.1) and (4, 0.5): 3 + 0.1 / 0.6
-  p = [8 / 27, 12 / 27, 6 / 27, 1 / 27]
-  s = [1 - (2 + 1 / 1.2) / 4, 1 - (2 + 1 / 1.1) / 4, 1 - 3 / 4, 1 - (3 + 0.1 / 0.6) / 4]
-  mean = sum(pj * sj for pj, sj in zip(p, s))
-  sd = math.sqrt(sum(pj * (sj - mean) ** 2 for pj, sj in zip(p, s)))
-  assert stack['saving'].half == pytest.approx(T2 * sd * math.sqrt(3 / 2), rel=1e-6)
-  assert stack['saving'].resolved         # 27.3% ± 8.1%
-  # Tail means (last 3 evals): baseline 2 + e_k / 3 = 2.0, 2.1, 1.9; method 1.1, 1.1,
-  # 1.2. Paired Δ = -0.9, -1.0, -0.7: mean -2.6 / 3; deviations -0.1/3, -0.4/3, 0.5/3
-  # -> s^2 = (0.01 + 0.16 + 0.25) / 9 / 2 = 0.42 / 18; half = t sqrt(0.42 / 18 / 3).
+  # Mean method curve 3 - x meets 1.0 at x = 2: F = e^2 of F_baseline = e^3 (the
+  # baseline's last evaluation): saving 1 - 1/e, speedup e - 1.
+  assert stack['flops_to_target'].estimate == pytest.approx(E ** 2, rel=1e-9)
+  assert stack['saving'].estimate == pytest.approx(1 - 1 / E, rel=1e-9)
+  assert stack['speedup'].estimate == pytest.approx(E - 1, rel=1e-9)
+  # The interval inverts the paired t-test along the curve: seed k's method minus its
+  # baseline final is D_k(x) = 3 + c_k - b_k - x = a_k - x, a = 2.1, 2.1, 1.8: mean
+  # 2.0 - x, s = sqrt((0.01 + 0.01 + 0.04) / 2) = sqrt(0.03) at every x. Not rejected
+  # where |2 - x| <= t_{0.975,2} sqrt(0.03 / 3) = 0.430265: x in [1.5697, 2.4303].
+  h = T2 * math.sqrt(0.03 / 3)
+  f = stack['flops_to_target']
+  assert f.lo == pytest.approx(E ** (2 - h), rel=2e-3) and f.hi == pytest.approx(E ** (2 + h), rel=2e-3)
+  s = stack['saving']   # 1 - F / e^3
+  assert s.lo == pytest.approx(1 - E ** (h - 1), rel=2e-3)
+  assert s.hi == pytest.approx(1 - E ** (-1 - h), rel=2e-3)
+  assert s.resolved and stack['speedup'].lo == pytest.approx(E ** (1 - h) - 1, rel=2e-3)
+  # Tail means (last 3 evals): baseline (3 + 2 + b_k) / 3; method (2 + 1 + 0) / 3 + c_k.
+  # Paired Δ = c_k - (b_k - 0.0) / 3 - 1 ... by seed: (3 + 3c_k - 5 - b_k) / 3.
+  d = [(3 + 3 * c - 5 - b) / 3 for c, b in zip([0.0, 0.1, -0.1], [0.9, 1.0, 1.1])]
   delta = stack['delta_tail_val_loss']
-  assert delta.estimate == pytest.approx(-2.6 / 3, rel=1e-9)
-  assert delta.half == pytest.approx(T2 * math.sqrt(0.42 / 54), rel=1e-6)
-  # Final val loss over seeds: 0.5 each -> mean 0.5 with zero spread.
-  assert stack['final_val_loss'].estimate == 0.5 and stack['final_val_loss'].half == 0
+  assert delta.estimate == pytest.approx(sum(d) / 3, rel=1e-9)
+  assert delta.half == pytest.approx(stats.t_interval(d).half, rel=1e-12)
   base = by['scratch']
-  assert base['saving'].estimate == 0.0 and base['n'] == 3
+  assert base['saving'].estimate == pytest.approx(0.0, abs=1e-9) and base['n'] == 3
   assert base['delta_tail_val_loss'].estimate == 0.0
-  # The CSV form: estimates, half-widths and verdicts.
+  # The CSV form: estimates, bounds and verdicts.
   flat = {r['run']: r for r in savings.flatten(rows)}
-  assert flat['stack']['saving'] == stack['saving'].estimate
-  assert flat['stack']['saving_ci'] == stack['saving'].half
+  assert flat['stack']['saving'] == s.estimate
+  assert (flat['stack']['saving_lo'], flat['stack']['saving_hi']) == (s.lo, s.hi)
   assert flat['stack']['saving_resolved'] is True
 
 
+def test_crossing_interval_against_a_brute_force_t_test():
+  """The inverted interval equals scanning candidate FLOPs with scipy's one-sample
+  t-test (an outside implementation) on the paired differences."""
+  from scipy import stats as scipy_stats
+  from jaxlab.report import crossing
+  rng = np.random.default_rng(3)
+  flops = np.geomspace(1e12, 8e12, 9)
+  x = np.log(flops)
+  M = 3.0 - 0.4 * (x - x[0]) + rng.normal(0, 0.04, (4, 9))
+  b = 2.6 + rng.normal(0, 0.04, 4)                   # crossed near log FLOPs x[0] + 1
+  est, lo, hi = crossing.crossing_interval(flops, M, b, stats.t_quantile(4))
+  grid = np.linspace(x[0], x[-1], 3001)
+  D = M @ crossing.interpolation_weights(x, grid).T - b[:, None]
+  ok = scipy_stats.ttest_1samp(D, 0.0, axis=0).pvalue >= 0.05
+  accepted = np.exp(grid[ok])
+  assert accepted.min() == pytest.approx(lo, rel=2e-3)
+  assert accepted.max() == pytest.approx(hi, rel=2e-3)
+  assert lo < est < hi
+  # Where the accepted candidates reach the last evaluation, the bound is open.
+  est, lo, hi = crossing.crossing_interval(flops, M, b - 0.3, stats.t_quantile(4))
+  assert hi == math.inf and lo < est
+
+
+def test_holm_adjusted_intervals_by_hand():
+  """Three methods against one baseline. p-values from scipy's paired t-test (an outside
+  implementation); Holm by hand: sorted, the first is tested at 0.05 / 3, the second at
+  0.05 / 2, the third at 0.05 / 1, stopping at the first that is not rejected."""
+  from scipy import stats as scipy_stats
+  deltas = {'a': [-0.30, -0.32, -0.28], 'b': [-0.10, -0.09, -0.12], 'c': [0.01, -0.02, 0.03]}
+  p = {k: float(scipy_stats.ttest_1samp(v, 0.0).pvalue) for k, v in deltas.items()}
+  assert p['a'] < p['b'] < p['c']
+  assert p['a'] <= 0.05 / 3 and p['b'] <= 0.05 / 2 and p['c'] > 0.05   # a, b rejected
+  got = dict(zip(deltas, stats.holm([p[k] for k in deltas])))
+  assert got['a'][1] == pytest.approx(1 - 0.05 / 3) and got['b'][1] == pytest.approx(1 - 0.05 / 2)
+  assert got['c'][1] == pytest.approx(1 - 0.05)
+  assert got['a'][0] == pytest.approx(3 * p['a']) and got['b'][0] == pytest.approx(2 * p['b'])
+  assert got['c'][0] == pytest.approx(p['c'])
+  # Adjusted half-widths: t_{1 - alpha_i / 2, 2} s / sqrt(3).
+  for k, level in (('a', 1 - 0.05 / 3), ('b', 1 - 0.05 / 2)):
+    s = float(np.std(deltas[k], ddof=1))
+    want = float(scipy_stats.t.ppf(1 - (1 - level) / 2, 2)) * s / math.sqrt(3)
+    assert stats.t_interval(deltas[k], level).half == pytest.approx(want, rel=1e-12)
+  # A failure stops the step-down: with p = 0.001, 0.04, 0.045, the second (0.04 > 0.025)
+  # is not rejected, so the third keeps its level 0.05 / 2 even though 0.045 < 0.05.
+  out = stats.holm([0.001, 0.04, 0.045])
+  assert [level for _, level in out] == pytest.approx([1 - 0.05 / 3, 1 - 0.025, 1 - 0.025])
+  assert [q for q, _ in out] == pytest.approx([0.003, 0.08, 0.08])
+
+
+def test_a_report_with_three_methods_is_holm_adjusted():
+  runs = seeded_study()
+  for name, shift in (('zero', 0.3), ('random', -0.2)):
+    runs += [_run(f'{name}/seed{k}', zip(LOG_FLOPS, [3.0 - x + c + shift for x in range(4)]))
+             for k, c in enumerate([0.0, 0.12, -0.1])]
+  rows, _ = savings.method_rows(runs, 'scratch')
+  by = {r['run']: r for r in rows}
+  for name in ('stack', 'zero', 'random'):
+    adjusted, raw = by[name]['saving'], by[name]['saving_unadjusted']
+    assert adjusted.lo <= raw.lo and adjusted.hi >= raw.hi       # wider, never narrower
+    assert 0 < by[name]['holm_p_saving'] <= 1
+  assert 'holm_p_delta' not in by['scratch']
+  md = savings.render_savings(rows, 'scratch', 1.0)
+  assert 'Holm-adjusted over 3 methods' in md and 'unadjusted' in md
+
+
 def test_headlines_say_resolved_or_not():
-  rows, _ = savings.method_rows(seeded_study(), 'scratch', smooth=1)
+  rows, _ = savings.method_rows(seeded_study(), 'scratch')
   stack = next(r for r in rows if r['run'] == 'stack')
   s = stack['saving']
   assert savings.headline(stack, 'scratch') == (
-      f"stack reaches scratch's final val loss with {100 * s.estimate:.1f}% ± "
-      f"{100 * s.half:.1f}% fewer FLOPs (n = 3 seeds, 95% CI).")
-  noisy = seeded_study()[:3] + [_run(f'zero/seed{k}', zip(FLOPS, [3.5, 2.5, 1.2, y4]))
-                                for k, y4 in enumerate([0.9, 1.0, 1.1])]
-  rows, _ = savings.method_rows(noisy, 'scratch', smooth=1)
+      f"stack reaches scratch's final val loss with {100 * s.estimate:.1f}% fewer FLOPs "
+      f'(saving {s.format("+.1f", 100, "%")}, n = 3 seeds, 95% CI).')
+  noisy = seeded_study()[:3] + [_run(f'zero/seed{k}', zip(LOG_FLOPS, ys)) for k, ys in enumerate(
+      [[3.5, 2.5, 1.0, 0.4], [3.5, 2.5, 1.6, 1.3], [3.5, 2.5, 1.3, 0.9]])]
+  rows, _ = savings.method_rows(noisy, 'scratch')
   zero = next(r for r in rows if r['run'] == 'zero')
-  # Seed 2 alone (1.1 at the end) never reaches 1.0: the interval is unbounded.
-  assert math.isinf(zero['saving'].half)
+  # Seed 1 ends above its baseline's final: the test does not reject up to the last
+  # evaluation, so the interval is open there (no saving cannot be excluded).
+  assert not zero['saving'].resolved and zero['saving'].lo == -math.inf
+  assert '[-inf, ' in zero['saving'].format('+.1f', 100, '%')
   assert savings.headline(zero, 'scratch').startswith(
       'zero vs scratch: not resolved at this scale (saving ')
   md = savings.render_savings(rows, 'scratch', 1.0)
-  assert '(not resolved)' in md and 'Student t-interval' in md and 'bootstrap' in md
+  assert '(not resolved)' in md and 'Student t-interval' in md and 'n = 3: t = 4.303' in md
   single = [_run('scratch', zip(FLOPS, [4.0, 3.0, 2.0, 1.0])),
             _run('stack', zip(FLOPS, [3.0, 2.0, 0.9, 0.5]))]
-  rows, _ = savings.method_rows(single, 'scratch', smooth=1)
+  rows, _ = savings.method_rows(single, 'scratch')
   assert 'no confidence interval' in savings.headline(rows[1], 'scratch')
 
 

@@ -2,7 +2,8 @@
 
   write.py      report.md and runs.csv; the sections below when the runs hold them
   plots.py      loss vs step / FLOPs, the styling every plot shares
-  stats.py      t-intervals, paired differences, the bootstrap over seeds
+  stats.py      t-intervals, paired differences, t-tests, Holm
+  crossing.py   FLOPs to a target and its interval; simulate.py  synthetic seed curves
   savings.py    FLOPs to reach a baseline's final val loss: saving, speedup, headline
   paired.py     paired differences between methods that differ in one config key
   transfer.py   the best lr / weight decay per width of a transfer sweep

@@ -10,19 +10,20 @@ are taken per seed (paired). Per method:
   tail val loss        the mean of its last TAIL evaluations (runs of a study end at the
                        same FLOPs), mean ± CI; Δ = paired difference against the baseline
   FLOPs to target      where the method's seed-mean val curve first reaches the target =
-                       the baseline's seed-mean final val loss, linearly interpolated
-                       between the two evaluations that bracket it (None: never)
-  saving               1 - F_method / F_baseline (F_baseline: where the baseline's own mean
-                       curve reaches its final value, normally its last evaluation)
+                       the baseline's seed-mean final val loss (jaxlab.report.crossing:
+                       the cubic through the evaluations around it, in log FLOPs, not
+                       across a growth event); None: never
+  saving               1 - F_method / F_baseline, F_baseline the FLOPs of the baseline's
+                       final evaluation (the compute it spent to reach the target)
   speedup              F_baseline / F_method - 1 (the paper's "54.6% speedup" convention:
                        300B / 194B tokens - 1)
 
-Near the end of a decaying schedule the val curve is flat and evaluations fluctuate by
-about as much as the effects being measured, so a single dip would decide the crossing:
-every mean curve (the baseline's too) is first smoothed by a centred moving average over
-`smooth` evaluations (3 by default; fewer at the ends). CIs (jaxlab.report.stats): t-intervals
-for means and paired differences; the crossing and the saving by the paired bootstrap.
-A difference or saving whose CI includes zero is "not resolved".
+CIs: t-intervals for means and paired differences (jaxlab.report.stats); for the FLOPs
+to target, the saving and the speedup, the paired t-test inverted along the method's
+curve (jaxlab.report.crossing). With k > 1 methods against the baseline, the intervals
+that decide "resolved" (Δ and the saving) are Holm-adjusted over the k comparisons; the
+unadjusted ones are in savings.csv. A difference or saving whose CI includes zero is
+"not resolved".
 """
 from __future__ import annotations
 
@@ -31,45 +32,12 @@ import math
 
 import numpy as np
 
-from jaxlab.report import stats
+from jaxlab.report import crossing, stats
 from jaxlab.report.plots import styles
 from jaxlab.rundir.read import Run, aligned, group_seeds
 
 TAIL = 3   # evaluations averaged for the end-of-run comparison at equal FLOPs
-SMOOTH = 3
-
-
-def smoothed(ys: list[float], window: int) -> list[float]:
-  """Centred moving average over `window` points (odd), truncated at the ends; non-finite
-  values are left out of each mean."""
-  half = window // 2
-  out = []
-  for i in range(len(ys)):
-    part = [y for y in ys[max(0, i - half):i + half + 1] if math.isfinite(y)]
-    out.append(sum(part) / len(part) if part else math.nan)
-  return out
-
-
-def crossing(xs: list[float], ys: list[float], target: float) -> float | None:
-  """First x at which ys <= target, interpolated between the bracketing points; None if
-  it never is."""
-  prev = None
-  for x, y in zip(xs, ys):
-    if math.isfinite(y) and y <= target:
-      if prev is None or prev[1] == y:
-        return x
-      (x0, y0) = prev
-      return x0 + (x - x0) * (y0 - target) / (y0 - y)
-    if math.isfinite(y):
-      prev = (x, y)
-  return None
-
-
-def flops_to_reach(run: Run, target: float, smooth: int = 1) -> float | None:
-  """First FLOPs at which one run's val loss (smoothed over `smooth` evaluations) is
-  <= target, interpolated between evaluations; None if it never is."""
-  xs, ys = run.series('val_loss', 'flops')
-  return crossing(xs, smoothed(ys, smooth), target)
+GROWTH_EVENTS = ('grow', 'coalesce', 'interpolate')   # the loss jumps there
 
 
 def _final(ys) -> float | None:
@@ -97,97 +65,127 @@ class Curves:
     xs, ys = aligned(runs, 'val_loss', 'flops')
     return cls(label, seeds, xs, np.array(ys, dtype=float).reshape(len(runs), len(xs)), runs)
 
-  def mean(self, rows, smooth: int) -> list[float]:
-    """The smoothed mean curve over the seeds at `rows` (indices, repeats allowed)."""
-    return smoothed(list(np.mean(self.val_BxE[list(rows)], axis=0)), smooth)
-
-
-def _paired_crossings(base: Curves, method: Curves, smooth: int):
-  """Statistics of (seed indices into the common seeds) -> F_method, saving, speedup."""
-  common = [k for k in method.seeds if k in base.seeds]
-  b_rows = [base.seeds.index(k) for k in common]
-  m_rows = [method.seeds.index(k) for k in common]
-
-  def crossings(idx):
-    b = base.mean([b_rows[i] for i in idx], smooth)
-    target = _final(b)
-    if target is None:
-      return None, None
-    f_base = crossing(base.flops, b, target)
-    f = crossing(method.flops, method.mean([m_rows[i] for i in idx], smooth), target)
-    return f, f_base
-
-  def flops(idx):
-    return crossings(idx)[0]
-
-  def saving(idx):
-    f, f_base = crossings(idx)
-    return None if f is None or not f_base else 1.0 - f / f_base
-
-  def speedup(idx):
-    f, f_base = crossings(idx)
-    return None if not f or f_base is None else f_base / f - 1.0
-
-  return len(common), flops, saving, speedup
+  @property
+  def breaks(self) -> list[float]:
+    """FLOPs of the growth events (the first seed's; every seed grows at the same step)."""
+    return [e['flops'] for e in self.runs[0].events
+            if e.get('event') in GROWTH_EVENTS and e.get('flops')]
 
 
 def _per_seed(curves: Curves, fn) -> dict:
   return {k: fn(list(curves.val_BxE[i])) for i, k in enumerate(curves.seeds)}
 
 
-def method_rows(runs: list[Run], baseline: str, smooth: int = SMOOTH) -> tuple[list[dict], float]:
-  """(one row per method, the target = the baseline's smoothed seed-mean final val loss).
-  Each statistic is a jaxlab.report.stats.Interval (n = 1: no interval)."""
+def _crossing_rows(base: Curves, method: Curves, confidence: float) -> dict:
+  """flops_to_target, saving and speedup (stats.Interval, [low, high]) of `method`
+  against `base` over their common seeds, at `confidence`."""
+  common = [k for k in method.seeds if k in base.seeds]
+  n = len(common)
+  M = method.val_BxE[[method.seeds.index(k) for k in common]]
+  b = base.val_BxE[[base.seeds.index(k) for k in common], -1]
+  f_base = float(base.flops[-1])
+  est, lo, hi = crossing.crossing_interval(method.flops, M, b, stats.t_quantile(n, confidence)
+                                           if n >= 2 else math.nan, method.breaks)
+  if n < 2:
+    lo = hi = math.nan
+  reached = bool(np.isfinite(est))
+
+  def speed(f):
+    return math.inf if f == 0 else f_base / f - 1
+  return {   # estimate None: the mean never reaches the target; the bounds still say how far
+      'flops_to_target': stats.Interval(est if reached else None, math.nan, n, low=lo, high=hi),
+      'saving': stats.Interval(1 - est / f_base if reached else None, math.nan, n,
+                               low=1 - hi / f_base, high=1 - lo / f_base),
+      'speedup': stats.Interval(speed(est) if reached else None, math.nan, n, low=speed(hi),
+                                high=speed(lo)),
+  }
+
+
+def _saving_pvalue(base: Curves, method: Curves) -> float:
+  """The t-test of 'no saving': the method's seed curves at its last evaluation (the
+  baseline's FLOPs, where the runs end) minus the baseline's finals, paired."""
+  common = [k for k in method.seeds if k in base.seeds]
+  return stats.t_pvalue([method.val_BxE[method.seeds.index(k), -1] -
+                         base.val_BxE[base.seeds.index(k), -1] for k in common])
+
+
+def method_rows(runs: list[Run], baseline: str) -> tuple[list[dict], float]:
+  """(one row per method, the target = the baseline's seed-mean final val loss). Each
+  statistic is a jaxlab.report.stats.Interval (n = 1: no interval); with k > 1 methods
+  besides the baseline, 'delta_tail_val_loss' and 'saving' (with 'flops_to_target' and
+  'speedup', read from the same crossing) are Holm-adjusted, the unadjusted ones kept
+  under '<name>_unadjusted', and 'holm' holds the adjusted p-values."""
   groups = group_seeds(runs)
   if baseline not in groups:
     raise ValueError(f'baseline run {baseline!r} not found; runs: '
                      f'{", ".join(groups)}')
   base = Curves.of(baseline, groups[baseline])
-  target = _final(base.mean(range(len(base.seeds)), smooth)) if base.flops else None
+  target = _final(list(np.mean(base.val_BxE, axis=0))) if base.flops else None
   if target is None:
     raise ValueError(f'baseline run {baseline!r} logged no finite val_loss')
   base_tail = _per_seed(base, _tail_mean)
-  rows = []
+  rows, curves_of = [], {}
   for label, by_seed in groups.items():
-    curves = Curves.of(label, by_seed)
+    curves = curves_of[label] = Curves.of(label, by_seed)
     tail = _per_seed(curves, _tail_mean)
-    n, flops, saving, speedup = _paired_crossings(base, curves, smooth)
     total = [r.series('loss', 'flops')[0] for r in curves.runs]
     grow = next((e for e in curves.runs[0].events if e.get('event') in ('grow', 'coalesce')),
                 None)
+    deltas = stats.paired_differences(tail, base_tail)
     rows.append({
         'run': label,
         'n': len(curves.seeds),
         'final_val_loss': stats.t_interval(_per_seed(curves, _final).values()),
         'tail_val_loss': stats.t_interval(tail.values()),
-        'delta_tail_val_loss': stats.t_interval(stats.paired_differences(tail, base_tail)),
+        'delta_tail_val_loss': stats.t_interval(deltas),
         'flops': float(np.mean([t[-1] for t in total if t])) if any(total) else None,
         'growth_at_flops': grow.get('flops') if grow else None,
-        'flops_to_target': stats.bootstrap_interval(flops, n),
-        'saving': stats.bootstrap_interval(saving, n),
-        'speedup': stats.bootstrap_interval(speedup, n),
+        **_crossing_rows(base, curves, stats.CONFIDENCE),
+        '_deltas': deltas,
     })
+  _holm(rows, base, curves_of, baseline)
+  for row in rows:
+    del row['_deltas']
   return rows, target
 
 
-def savings_rows(runs: list[Run], baseline: str, smooth: int = SMOOTH) -> tuple[list[dict], float]:
+def _holm(rows: list[dict], base: Curves, curves_of: dict, baseline: str) -> None:
+  """Holm-adjusts Δ and the saving over the methods compared with the baseline."""
+  others = [r for r in rows if r['run'] != baseline]
+  if len(others) < 2:
+    return
+  delta_p = [stats.t_pvalue(r['_deltas']) for r in others]
+  saving_p = [_saving_pvalue(base, curves_of[r['run']]) for r in others]
+  for row, (p_adj, level) in zip(others, stats.holm(delta_p)):
+    row['delta_tail_val_loss_unadjusted'] = row['delta_tail_val_loss']
+    row['delta_tail_val_loss'] = stats.t_interval(row['_deltas'], level)
+    row['holm_p_delta'] = p_adj
+  for row, (p_adj, level) in zip(others, stats.holm(saving_p)):
+    for key in ('flops_to_target', 'saving', 'speedup'):
+      row[f'{key}_unadjusted'] = row[key]
+    row.update(_crossing_rows(base, curves_of[row['run']], level))
+    row['holm_p_saving'] = p_adj
+
+
+def savings_rows(runs: list[Run], baseline: str) -> tuple[list[dict], float]:
   """method_rows, flattened (`flatten`)."""
-  rows, target = method_rows(runs, baseline, smooth)
+  rows, target = method_rows(runs, baseline)
   return flatten(rows), target
 
 
 def flatten(rows: list[dict]) -> list[dict]:
-  """savings.csv rows: each Interval as its estimate, plus columns `<name>_ci` (the
-  half-width; None without an interval) and `<name>_resolved` for the differences
-  against the baseline."""
+  """savings.csv rows: each Interval as its estimate, plus `<name>_lo` and `<name>_hi`
+  (its bounds; empty without an interval) and `<name>_resolved` for the differences
+  against the baseline (Holm-adjusted where the report adjusts them)."""
   out = []
   for row in rows:
     flat = {}
     for k, v in row.items():
       if isinstance(v, stats.Interval):
         flat[k] = v.estimate
-        flat[f'{k}_ci'] = None if math.isnan(v.half) else v.half
-        if k.startswith('delta_') or k == 'saving':
+        flat[f'{k}_lo'] = None if math.isnan(v.lo) else v.lo
+        flat[f'{k}_hi'] = None if math.isnan(v.hi) else v.hi
+        if k.startswith('delta_') or k.startswith('saving'):
           flat[f'{k}_resolved'] = v.resolved
       else:
         flat[k] = v
@@ -199,8 +197,15 @@ def _seeds(n: int) -> str:
   return f'n = {n} seed{"s" * (n != 1)}'
 
 
-def headline(row: dict, baseline: str) -> str:
-  """One sentence for a method's saving against the baseline, with its uncertainty."""
+def _adjusted(rows: list[dict], baseline: str) -> int:
+  """How many comparisons the Holm adjustment spans (0: none)."""
+  k = sum(r['run'] != baseline for r in rows)
+  return k if k > 1 else 0
+
+
+def headline(row: dict, baseline: str, family: int = 0) -> str:
+  """One sentence for a method's saving against the baseline, with its uncertainty.
+  family: the number of comparisons its interval is Holm-adjusted over (0: none)."""
   s, n = row['saving'], row['saving'].n
   if s.estimate is None:
     return (f"{row['run']} does not reach {baseline}'s final val loss within its FLOPs "
@@ -209,12 +214,14 @@ def headline(row: dict, baseline: str) -> str:
     return (f"{row['run']} reaches {baseline}'s final val loss with {100 * s.estimate:.1f}% "
             f'{"fewer" if s.estimate >= 0 else "more"} FLOPs ({_seeds(n)}: no confidence '
             'interval; run with --seeds 3 or more).')
-  ci = f'{_seeds(n)}, {100 * stats.CONFIDENCE:.0f}% CI'
+  ci = f'{_seeds(n)}, {100 * stats.CONFIDENCE:.0f}% CI' + (
+      f', Holm-adjusted over {family} methods' if family else '')
   if not s.resolved:
     return (f"{row['run']} vs {baseline}: not resolved at this scale (saving "
             f'{s.format("+.1f", 100, "%")}, {ci}).')
+  fewer = 'fewer' if s.estimate > 0 else 'more'
   return (f"{row['run']} reaches {baseline}'s final val loss with {abs(100 * s.estimate):.1f}% "
-          f'± {100 * s.half:.1f}% {"fewer" if s.estimate > 0 else "more"} FLOPs ({ci}).')
+          f'{fewer} FLOPs (saving {s.format("+.1f", 100, "%")}, {ci}).')
 
 
 def render_savings(rows: list[dict], baseline: str, target: float) -> str:
@@ -228,10 +235,11 @@ def render_savings(rows: list[dict], baseline: str, target: float) -> str:
   def sci(v):
     return '—' if v is None else f'{v:.3g}'
 
-  n_max = max(r['n'] for r in rows)
-  lines = [f'## FLOPs to reach the baseline\'s final val loss ({baseline}: {target:.4f}, '
-           'smoothed)', '']
-  lines += [f'Headline: {headline(r, baseline)}\n' for r in rows if r['run'] != baseline]
+  family = _adjusted(rows, baseline)
+  ns = sorted({r['n'] for r in rows})
+  lines = [f'## FLOPs to reach the baseline\'s final val loss ({baseline}: {target:.4f})', '']
+  lines += [f'Headline: {headline(r, baseline, family)}\n' for r in rows
+            if r['run'] != baseline]
   lines += [f'| run | seeds | final val loss | mean of last {TAIL} evals | Δ vs baseline '
             '(paired) | FLOPs (total) | growth at FLOPs | FLOPs to reach target | saving | '
             'speedup |', '|---|---|---|---|---|---|---|---|---|---|']
@@ -247,17 +255,25 @@ def render_savings(rows: list[dict], baseline: str, target: float) -> str:
         f"{cell(r['tail_val_loss'], '.4f')} | {delta} | {sci(r['flops'])} | "
         f"{sci(r['growth_at_flops'])} | {cell(r['flops_to_target'], '.3g')} | {saving} | "
         f"{speedup} |")
-  lines += ['', f'Val curves: the mean over seeds, smoothed by a centred {SMOOTH}-evaluation '
-            'mean before the crossing (jaxlab/savings.py). saving = 1 - F / F_baseline; '
+  lines += ['', 'FLOPs to reach target: where the seed-mean val curve first reaches the '
+            "baseline's seed-mean final val loss, read off the cubic through the evaluations "
+            'around it in log FLOPs (never across a growth event; jaxlab/report/crossing.py). '
+            'saving = 1 - F / F_baseline (F_baseline: the FLOPs of its final evaluation); '
             'speedup = F_baseline / F - 1 (the paper\'s convention, 54.6% at 7B); "—": never '
             f'reached the target. Δ: mean of the last {TAIL} val losses minus the baseline\'s, '
             'at (nearly) equal FLOPs, seed by seed.', '']
-  if n_max >= 2:
-    lines += [f'Statistics ({100 * stats.CONFIDENCE:.0f}% CIs, ± half-width): final and '
-              f'tail val loss, and Δ: {stats.T_METHOD} (Δ on the per-seed differences; seed k '
-              'of every method shares its data order). FLOPs to target, saving and speedup: '
-              f'{stats.BOOTSTRAP_METHOD}; ± inf: some resample never reaches the target '
-              '(jaxlab/stats.py). "not resolved": the CI includes 0.', '']
+  if max(ns) >= 2:
+    tq = ', '.join(f'n = {n}: t = {stats.t_quantile(n):.3f}' for n in ns if n >= 2)
+    lines += [f'Statistics ({100 * stats.CONFIDENCE:.0f}% CIs): final and tail val loss, and '
+              f'Δ: {stats.T_METHOD}, mean ± t_(0.975, n-1) s / sqrt(n) ({tq}; Δ on the '
+              'per-seed differences; seed k of every method shares its data order). FLOPs to '
+              'target, saving and speedup: [low, high], the FLOPs at which a paired t-test of '
+              "'method curve = baseline final' does not reject, around the estimate; 'inf': "
+              'open where that reaches the last evaluation. "not resolved": the CI includes 0.'
+              + (f' With {family} methods against one baseline, Δ and the saving (and the '
+                 'FLOPs and speedup read with it) are Holm-adjusted (step-down over the k '
+                 'p-values); savings.csv also has the unadjusted intervals.' if family else ''),
+              '']
   else:
     lines += ['One run per method: no confidence intervals (`launch.py sweep ... --seeds 3` '
               'runs every method with 3 paired seeds).', '']

@@ -1,75 +1,76 @@
 """Confidence intervals over seeds, for the report's tables (docs/statistics.md).
 
-Two intervals, both 95% by default, both stated in every report that uses them:
-
 * `t_interval(values)`: Student's t-interval of a mean over seeds,
   mean ± t_{(1+c)/2, n-1} · s / sqrt(n), s the sample standard deviation (n - 1 in the
   denominator). For a difference against a baseline the values are the per-seed
   differences (seed k of both runs shares its init offset and data order), so the
-  noise common to a seed cancels: a paired t-interval.
-* `bootstrap_interval(statistic, n)`: for statistics that are not a mean of smooth
-  per-seed quantities -- the FLOPs at which a seed-mean val curve first crosses a target,
-  and the saving computed from two such crossings. The seeds are resampled with
-  replacement (one draw of seed indices, used for the method and its baseline alike, so
-  the pairing is kept); the interval is the normal-theory one (Efron & Tibshirani 1993,
-  §13.2), estimate ± t_{(1+c)/2, n-1} · se, with se the standard deviation of the
-  statistic over the resamples times sqrt(n / (n - 1)). With that factor and the t
-  quantile the interval is exactly `t_interval` when the statistic is a mean (the
-  bootstrap variance of a mean is (n - 1) / n · s^2 / n). A percentile interval would
-  be about 2.5x narrower at n = 3 (only 10 distinct resamples) and overstate what three
-  seeds can show. For n <= EXACT_MAX all n^n resamples are enumerated (no randomness);
-  above, RESAMPLES draws from a fixed generator. If the statistic is undefined for any
-  resample (a curve that never reaches the target), the interval is unbounded.
+  noise common to a seed cancels: a paired t-interval. `t_pvalue` is its test.
+* The FLOPs to reach a target, and the saving and speedup read from them, are not a mean
+  of per-seed quantities: their interval inverts a paired t-test along the curve
+  (jaxlab.report.crossing).
+* `holm`: with k comparisons against one baseline, Holm's step-down adjusts the level of
+  each interval, so that "resolved" (the interval excludes 0) holds for the family at
+  95% (Holm 1979).
 
 `Interval.resolved`: the interval excludes zero. With n = 1 there is no interval (the
-half-width is nan) and nothing is resolved.
+half-width is nan) and nothing is resolved. The coverage of every interval the reports
+print, measured by simulation: docs/statistics.md (bench/savings_coverage.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import statistics
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
-EXACT_MAX = 6           # enumerate every resample up to n = 6 (6^6 = 46,656)
-RESAMPLES = 4000        # random resamples above EXACT_MAX
 T_METHOD = 'Student t-interval over seeds'
-BOOTSTRAP_METHOD = ('normal-theory bootstrap over seeds resampled in pairs: estimate ± '
-                    't_(0.975, n-1) x sd of the resamples x sqrt(n / (n - 1)), all n^n '
-                    f'resamples for n <= {EXACT_MAX}')
 
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-  """estimate ± half (half = nan: no interval, e.g. n = 1; inf: unbounded)."""
+  """estimate ± half (half = nan: no interval, e.g. n = 1; inf: unbounded), or, for an
+  interval that is not symmetric about its estimate, [low, high] (inf where open)."""
   estimate: float | None   # None: undefined (e.g. the mean curve never crosses)
   half: float
   n: int
+  low: float | None = None
+  high: float | None = None
 
   @property
   def lo(self) -> float:
+    if self.low is not None:
+      return self.low
     return math.nan if self.estimate is None else self.estimate - self.half
 
   @property
   def hi(self) -> float:
+    if self.high is not None:
+      return self.high
     return math.nan if self.estimate is None else self.estimate + self.half
 
   @property
   def resolved(self) -> bool:
     """True when the interval exists and excludes zero."""
-    return (self.estimate is not None and math.isfinite(self.half)
-            and abs(self.estimate) > self.half)
+    if self.estimate is None or math.isnan(self.lo) or math.isnan(self.hi):
+      return False
+    return self.lo > 0 or self.hi < 0
 
   def format(self, spec: str = '.4f', scale: float = 1.0, unit: str = '') -> str:
-    """'3.1% ± 1.2%' ('± ?' for n = 1, '± inf' when unbounded; '—' when undefined)."""
-    if self.estimate is None:
+    """'3.1% ± 1.2%', '3.1% [0.4%, 7.0%]' ('± inf' / 'inf' where unbounded; no interval
+    for n = 1; '—' when undefined)."""
+    if self.estimate is None and (self.low is None or math.isnan(self.low)):
       return '—'
-    text = format(self.estimate * scale, spec) + unit
+    text = '—' if self.estimate is None else format(self.estimate * scale, spec) + unit
+
+    def bound(v):
+      return ('-inf' if v < 0 else 'inf') if math.isinf(v) else format(v * scale, spec.lstrip('+')) + unit
+    if self.low is not None:
+      if math.isnan(self.low) or math.isnan(self.high):
+        return text
+      return f'{text} [{bound(self.low)}, {bound(self.high)}]'
     if math.isnan(self.half):
       return text
     half = 'inf' if math.isinf(self.half) else format(self.half * scale, spec.lstrip('+'))
@@ -93,6 +94,39 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
   return Interval(mean, half, len(xs))
 
 
+def t_pvalue(values: Sequence[float]) -> float:
+  """Two-sided p-value of Student's t-test that the finite `values` have mean 0 (1.0 with
+  fewer than 2 values or no spread)."""
+  xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+  if len(xs) < 2:
+    return 1.0
+  sd = statistics.stdev(xs)
+  if sd == 0:
+    return 0.0 if statistics.fmean(xs) != 0 else 1.0
+  t = abs(statistics.fmean(xs)) / (sd / math.sqrt(len(xs)))
+  return float(2 * scipy_stats.t.sf(t, len(xs) - 1))
+
+
+def holm(p_values: Sequence[float], confidence: float = CONFIDENCE) -> list[tuple[float, float]]:
+  """Holm's step-down over k comparisons with one baseline: per comparison, (its
+  adjusted p-value, the confidence level of its adjusted interval). Sorted by p, the
+  i-th (from 0) is tested at alpha / (k - i) while every one before it was rejected;
+  from the first that is not, it and all after it keep that level (their p-values are no
+  smaller, so none of their intervals excludes 0). Adjusted p-value: the running maximum
+  of (k - i) p_(i), at most 1 (Holm 1979)."""
+  alpha, k = 1 - confidence, len(p_values)
+  order = sorted(range(k), key=lambda i: p_values[i])
+  out: list = [None] * k
+  running, stopped = 0.0, None
+  for rank, i in enumerate(order):
+    level = alpha / (k - rank)
+    if stopped is None and p_values[i] > level:
+      stopped = level
+    running = max(running, min(1.0, (k - rank) * p_values[i]))
+    out[i] = (running, 1 - (level if stopped is None else stopped))
+  return out
+
+
 def paired_differences(values: dict, baseline: dict) -> list[float]:
   """values[k] - baseline[k] for every key k (seed) both have with a finite value."""
   out = []
@@ -101,35 +135,6 @@ def paired_differences(values: dict, baseline: dict) -> list[float]:
     if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
       out.append(a - b)
   return out
-
-
-def resamples(n: int, seed: int = 0) -> np.ndarray:
-  """Bootstrap index draws, shape (R, n): all n^n of them for n <= EXACT_MAX, else
-  RESAMPLES from numpy's PCG64 seeded with `seed`."""
-  if n <= EXACT_MAX:
-    return np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64)
-  return np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
-
-
-def bootstrap_interval(statistic: Callable[[Sequence[int]], float | None], n: int,
-                       confidence: float = CONFIDENCE) -> Interval:
-  """`statistic(indices)` on the n seeds, with the normal-theory bootstrap interval
-  described in the module docstring. `statistic` returns None (or a non-finite value)
-  where it is undefined."""
-  if n < 1:
-    return Interval(None, math.nan, 0)
-  estimate = statistic(tuple(range(n)))
-  estimate = None if estimate is None or not math.isfinite(estimate) else float(estimate)
-  if n < 2 or estimate is None:
-    return Interval(estimate, math.nan, n)
-  values = []
-  for idx in resamples(n):
-    v = statistic(tuple(int(i) for i in idx))
-    if v is None or not math.isfinite(v):
-      return Interval(estimate, math.inf, n)
-    values.append(float(v))
-  se = float(np.std(values)) * math.sqrt(n / (n - 1))
-  return Interval(estimate, t_quantile(n, confidence) * se, n)
 
 
 def parabola_vertex(xs: Sequence[float], ys: Sequence[float]) -> float:

@@ -178,7 +178,7 @@ def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathli
   elif baseline is not None:
     saved, target = savings.method_rows(runs, baseline)
     flat = savings.flatten(saved)
-    write_csv(root / 'savings.csv', flat, list(flat[0]))
+    write_csv(root / 'savings.csv', flat, list(dict.fromkeys(k for r in flat for k in r)))
     savings.plot_val_vs_flops(runs, target).savefig(root / 'val_loss_vs_flops.png',
                                                     bbox_inches='tight')
     text += '\n' + savings.render_savings(saved, baseline, target) + \
