@@ -2,6 +2,13 @@
 same FLOPs budget, over 3 paired seeds: G_stack against G_zero (new layers are the
 identity) and G_random (fresh layers blended in over 5% of the steps).
 
+G_zero in two depth layouts, both exactly the source function: 'zero' stacks the copies
+([0, 1, 0, 1, ...], jaxlab's default), 'zero_il' puts each layer's copies right after it
+([0, 0, 0, 0, 1, 1, 1, 1]), as the authors' code (prts, G_zero_depthwise.py) does: the
+same operator in another layout (tests/test_growth_ops.py holds 'zero_il' against a port
+of it). Fixed before this rerun (3 paired seeds, `--baseline scratch`, Holm over the four
+operators).
+
   python launch.py sweep gstack_operators --jobs 2
   python launch.py report runs/gstack_operators --baseline scratch
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlab.config import Config, ModelConfig, TrainConfig, load_module
+from jaxlab.growth.depth import layer_map
 
 _study = load_module('gstack_vs_scratch')
 SEEDS = 3
@@ -41,6 +49,8 @@ def runs(cfg: Config) -> dict[str, list[str]]:
   out = {'scratch': [],
          f'stack_{p}': _study.matched(cfg, 'stack', FRACTION),
          f'zero_{p}': _study.matched(cfg, 'zero', FRACTION),
+         f'zero_il_{p}': _study.matched(cfg, 'zero', FRACTION, 'growth.layers=' + ','.join(
+             map(str, layer_map('interleave', cfg.model.n_layers // 4, cfg.model.n_layers)))),
          f'random_{p}': _study.matched(cfg, 'random', FRACTION, f'growth.ramp_steps={ramp}')}
   if EXTRA:
     out[f'interleave_{p}'] = _study.matched(cfg, 'interleave', FRACTION)

@@ -146,6 +146,38 @@ def test_zero_depth_preserves_function(n_src, n_dst, layers):
   assert not np.any(leaf(g, 'layers/attn/wo')[np.array(new)])
 
 
+def _port_g_zero_depthwise(params, n_src: int, factor: int):
+  """A port of G_zero in depth as the prts code lays it out (G_zero_depthwise.py): each
+  source layer is followed by its copies, the copies' attention-out and MLP-down weights
+  zeroed, so every copy adds 0 to the residual stream."""
+  def leaf(path, x):
+    keys = tuple(k.key for k in path)
+    if keys[0] != 'layers':
+      return np.asarray(x)
+    out = []
+    for i in range(n_src):
+      for c in range(factor):
+        w = np.asarray(x)[i]
+        out.append(np.zeros_like(w) if c and keys[-1] in ('wo', 'w_down') else w)
+    return np.stack(out)
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def test_zero_with_the_interleave_map_is_prts_g_zero():
+  """jaxlab's 'zero' stacks ([0..L-1, 0..L-1], the upper copies zeroed) unless a layer map
+  is given; with the interleave map it is prts's layout, tensor by tensor. Both are the
+  identity on the source function, but the weights differ."""
+  src, dst = cfg(n_layers=2), cfg(n_layers=8)
+  p = _params(src)
+  interleaved = grow_depth(p, src, dst, 'zero', layers=layer_map('interleave', 2, 8))
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, interleaved),
+               _port_g_zero_depthwise(p, 2, 4))
+  stacked = grow_depth(p, src, dst, 'zero')
+  assert_same_function(src, p, dst, stacked)
+  assert_same_function(src, p, dst, interleaved)
+  assert not np.array_equal(leaf(stacked, 'layers/attn/wq'), leaf(interleaved, 'layers/attn/wq'))
+
+
 def test_random_depth_takes_new_layers_from_fresh():
   src, dst = cfg(n_layers=2), cfg(n_layers=4)
   p, fresh = _params(src), _params(dst, seed=1)

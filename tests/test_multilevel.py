@@ -185,6 +185,56 @@ def test_depth_merges_consecutive_layers_and_copies_back():
                                 np.asarray(small['layers']['mlp']['w_up'])[[0, 0, 1, 1]])
 
 
+def _authors_depth_mapping(small_layers: int):
+  """A port of the mapping in Zou et al.'s scripts: map_tools/config/L6-H6.json gives
+  depth_scheme [[0, 6], [1, 7], ..., [5, 11]] for 12 -> 6 layers: small layer i is the mean
+  of the big layers its entry lists, and de-coalescing puts small layer i back at each of
+  them. Written for any L_small the same way: entry i = [i, i + L_small]."""
+  return [[i, i + small_layers] for i in range(small_layers)]
+
+
+def _port_coalesce(tree, scheme):
+  def leaf(path, x):
+    if path[0].key != 'layers':
+      return x
+    return np.stack([np.mean([np.asarray(x)[j] for j in entry], axis=0) for entry in scheme])
+  return jax.tree_util.tree_map_with_path(leaf, tree)
+
+
+def _port_decoalesce(tree, scheme, big_layers):
+  where = {j: i for i, entry in enumerate(scheme) for j in entry}
+
+  def leaf(path, x):
+    if path[0].key != 'layers':
+      return x
+    return np.stack([np.asarray(x)[where[j]] for j in range(big_layers)])
+  return jax.tree_util.tree_map_with_path(leaf, tree)
+
+
+@pytest.mark.parametrize('big_layers', [4, 12])
+def test_stride_depth_is_the_authors_scheme(big_layers):
+  """growth.depth_grouping=stride against the port of the scripts' depth_scheme, leaf by
+  leaf (coalescing every layer tensor, de-coalescing the small stack twice)."""
+  big = dataclasses.replace(BIG, n_layers=big_layers)
+  small = dataclasses.replace(big, n_layers=big_layers // 2)
+  scheme = _authors_depth_mapping(big_layers // 2)
+  tree = random_tree(big, seed=7)
+  got = ml.coalesce(tree, big, small, depth_grouping='stride')
+  want = _port_coalesce(tree, scheme)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, want)
+  small_tree = random_tree(small, seed=8)
+  got = ml.decoalesce(small_tree, small, big, depth_grouping='stride')
+  want = _port_decoalesce(small_tree, scheme, big_layers)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  back = ml.coalesce(ml.decoalesce(small_tree, small, big, depth_grouping='stride'), big, small,
+                     depth_grouping='stride')
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), back, small_tree)
+  # ... and it differs from the adjacent grouping (the default) in every layer tensor.
+  adjacent = ml.coalesce(tree, big, small)
+  strided = ml.coalesce(tree, big, small, depth_grouping='stride')
+  assert not np.allclose(adjacent['layers']['attn']['wq'], strided['layers']['attn']['wq'])
+
+
 # --------------------------------------------------------------------------- round trip
 
 PAIRS = {'width': (SMALL_W, BIG), 'depth': (SMALL_D, BIG), 'both': (SMALL_WD, BIG),

@@ -237,6 +237,11 @@ def test_every_distinct_pair_of_scales_gets_its_own_group():
   sp = wide(128, parametrization='sp')
   assert param_groups(OptimConfig(), sp)[1] == {'embedding+hidden+output': (1.0, 1.0),
                                                  'norm': (1.0, 0.0)}
+  # Fan et al.'s lambda_1 = 0 for every vector-like tensor: only the hidden matrices decay.
+  labels, groups = param_groups(OptimConfig(vector_weight_decay=False), wide(256))
+  assert groups == {'embedding+output+norm': (1.0, 0.0), 'hidden': (0.25, 1.0),
+                    'hidden.1': (0.27272727272727276, 1.0)}
+  assert labels[('embed', 'embedding')] == labels[('head', 'kernel')] == 'embedding+output+norm'
 
 
 def test_readout_init_options_zero_query_and_unknown_optimizer_family():

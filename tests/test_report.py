@@ -70,10 +70,10 @@ def test_single_run_table_uses_summary_and_median_tps(tmp_path):
   md = out.read_text()
   assert md.startswith('# Report: my-run')
   rows = table_rows(md)
-  assert rows == [['my-run', 'completed', '55', '2.8125', '**3.0312**', '194,291', '55,000',
+  assert rows == [['my-run', 'completed', '55', '2.8125', '3.0312', '194,291', '55,000',
                    '1.23e15', '250', '1,234,567']]
   assert 'median over logged steps with a non-null value' in md
-  assert 'Best run: `my-run`' in md
+  assert 'Best run' not in md and 'Best method' not in md     # one run: nothing to compare
   assert '![Loss vs step](loss_vs_step.png)' in md
   assert '](loss_vs_flops.png)' in md
 
@@ -101,7 +101,7 @@ def test_missing_summary_takes_last_logged_values(tmp_path):
   lines = steps([5.0, 4.5, 4.25, 4.0], tps=[None, 10.0, 30.0, 20.0], val={1: 4.75})
   run = write_run(tmp_path / 'live', 'live', lines)
   rows = table_rows(report.write_report(run).read_text())
-  assert rows == [['live', UNKNOWN_STATUS, '40', '4.0000', '**4.7500**', '4,096', '40,000',
+  assert rows == [['live', UNKNOWN_STATUS, '40', '4.0000', '4.7500', '4,096', '40,000',
                    '1.00e14', '20', write._MISSING]]
 
 
@@ -157,7 +157,7 @@ def test_summary_status_wins(tmp_path):
   run = write_run(tmp_path / 'p', 'p', steps([5.0, 4.0]),
                   summary={'status': 'preempted', 'step': 20, 'final_loss': None})
   [row] = table_rows(report.write_report(run).read_text())
-  assert row[1:4] == ['preempted', '20', '**4.0000**']   # null in summary -> last logged loss
+  assert row[1:4] == ['preempted', '20', '4.0000']   # null in summary -> last logged loss
 
 
 def test_resumed_run_keeps_the_replayed_steps(tmp_path):
@@ -219,7 +219,7 @@ def test_stale_summary_of_a_resumed_run_is_ignored(tmp_path):
   run = write_run(tmp_path / 'r', 'r', steps([5.0, 4.0, 3.5]),
                   summary={'status': 'preempted', 'step': 20, 'final_loss': 4.0})
   [row] = table_rows(report.write_report(run).read_text())
-  assert row[1:4] == [UNKNOWN_STATUS, '30', '**3.5000**']
+  assert row[1:4] == [UNKNOWN_STATUS, '30', '3.5000']
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -311,3 +311,43 @@ def test_report_command_loads_no_jax(tmp_path):
   for section in ('## Over seeds', 'Headline: grown', '## Spectral norms',
                   '## Weight norms and effective steps', '## Val loss by position'):
     assert section in md, section
+
+
+def test_provenance_and_config_drift(tmp_path):
+  """A run records its experiment file, overrides and commit when it first starts; the
+  report shows them and flags the run once its experiment file gives another config."""
+  from jaxlab.launch import cli
+  exp = tmp_path / 'mini.py'
+  exp.write_text((__import__('pathlib').Path(__file__).resolve().parent.parent /
+                  'experiments' / 'tiny.py').read_text())
+  args = ['run', str(exp), 'train.steps=2', 'train.eval_every=2', f'train.workdir={tmp_path}',
+          'optim.lr=0.01']
+  assert cli.main(args) == 0
+  run_dir = tmp_path / 'mini'
+  prov = json.loads((run_dir / 'provenance.json').read_text())
+  assert prov['experiment'] == str(exp) and prov['overrides'] == args[2:]   # outside the checkout: absolute
+  assert len(prov['experiment_sha256']) == 64 and len(prov['commit'] or 'x' * 40) == 40
+  md = report.write_report(run_dir).read_text()
+  assert '## Provenance' in md and prov['experiment_sha256'][:12] in md
+  assert "Every run's config is what its experiment file" in md
+  # The experiment changes after the run: the report names the run and the key.
+  exp.write_text(exp.read_text().replace('d_ff=64', 'd_ff=128'))
+  md = report.write_report(run_dir).read_text()
+  assert '**Warning: config drift.**' in md
+  assert "model.d_ff: ran with 64, gives 128 today" in md
+  # Continuing the run directory by path keeps the provenance of the first start.
+  assert cli.main(['run', str(run_dir)]) == 0
+  assert json.loads((run_dir / 'provenance.json').read_text()) == prov
+
+
+def test_two_seeds_state_their_t_and_the_best_method_by_its_mean(tmp_path):
+  """A 2-seed sweep's report gives n = 2's t (12.706) and names the method with the lowest
+  mean over its seeds, not the seed with the lowest value."""
+  for method, finals in (('a', [3.0, 1.0]), ('b', [1.5, 1.6])):   # a's seed 1 is the lowest
+    for k, v in enumerate(finals):
+      write_run(tmp_path / method / f'seed{k}', f'seed{k}', steps([4.0, v], val={1: v}),
+                summary={'status': 'completed', 'step': 20, 'final_val_loss': v})
+  md = report.write_report(tmp_path).read_text()
+  assert 'n = 2: t = 12.706' in md and 'n = 3' not in md
+  assert 'Best method: `b` (lowest mean final val loss over its 2 seeds, 1.5500' in md
+  assert 'Best run' not in md

@@ -81,6 +81,8 @@ class OptimConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1        # decoupled where the optimizer has it, else L2 (sgd, adam)
   wd_width_exponent: float = 0.0   # hidden matrices' decay x m^e (0 const, 0.5 Fan et al., 1 muP)
+  vector_weight_decay: bool = True # decay the embedding and the readout too; false: only the
+                                   #   hidden matrices (Fan et al.'s lambda_1 = 0 for vectors)
   momentum: float = 0.9            # sgd / sgdp (and other optax optimizers that take it)
   dampening: float = 0.0           # sgdp only
   nesterov: bool = False           # adamp / sgdp / sgd
@@ -193,6 +195,8 @@ class GrowthConfig:
   levels: int = 1                  # 'vcycle': coarse levels below the model (recursive V-cycle)
   alpha: float = 0.25              # 'vcycle': interpolation weight of the de-coalesced model
   grouping: Literal['stride', 'adjacent'] = 'stride'   # 'vcycle': which units merge
+  depth_grouping: Literal['adjacent', 'stride'] = 'adjacent'   # 'vcycle': which layers merge:
+                                   #   i*k..i*k+k-1, or i, i+L_small, ... (the authors' scripts)
   # Context-length growth (jaxlab.growth.plan, jaxlab.data.lanes): the sequence length of
   # each phase, the last = data.seq_len; phase k > 0 starts once seq_at_tokens[k - 1]
   # training tokens have been seen. Tokens per step stay constant: a phase at length L

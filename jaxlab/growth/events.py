@@ -32,14 +32,17 @@ def transition(cfg: Config, phases: list, k: int, state, tx, rng):
     moment = grower(src, dst, g.method, layers=g.layers or None,
                     width_method=plan_lib.width_method(cfg), moments=True)
   elif event == 'coalesce':
-    params = multilevel.coalesce(state.params, src, dst, grouping=g.grouping)
+    params = multilevel.coalesce(state.params, src, dst, grouping=g.grouping,
+                                 depth_grouping=g.depth_grouping)
     stash[str(phases[k - 1].level)] = state.params   # the finer model, as it is now
-    moment = multilevel.leaf_operator('coalesce', src, dst, grouping=g.grouping, moments=True)
+    moment = multilevel.leaf_operator('coalesce', src, dst, grouping=g.grouping, moments=True,
+                                      depth_grouping=g.depth_grouping)
   elif event == 'interpolate':
     params = multilevel.interpolate(stash.pop(str(phases[k].level)), state.params, src, dst,
-                                    alpha=g.alpha, grouping=g.grouping)
+                                    alpha=g.alpha, grouping=g.grouping,
+                                    depth_grouping=g.depth_grouping)
     moment = multilevel.leaf_operator('decoalesce', src, dst, grouping=g.grouping,
-                                      moments=True)
+                                      moments=True, depth_grouping=g.depth_grouping)
   else:
     raise ValueError(f'phase {k} has no growth event ({event!r})')
   if g.optimizer == 'reset':

@@ -34,8 +34,15 @@ members read. 'adjacent' satisfies this for any factors; 'stride' when k_H == k_
 small model has a single kv head.
 Other combinations raise. k_H = 1 < k_G with 'adjacent' is GQA's mean-pooling of kv heads.
 
-Depth (always consecutive layers, matrix R of shape (L_small, L_big)): small layer i is the
-mean of big layers i*k .. i*k + k - 1; de-coalescing copies: big layer i = small layer i // k.
+Depth (matrix R of shape (L_small, L_big)), by `depth_grouping`:
+  'adjacent'  small layer i is the mean of big layers i*k .. i*k + k - 1; de-coalescing
+              copies: big layer b = small layer b // k ([0, 0, 1, 1, ...]). The paper's
+              operator as its text describes it, and the mapper's default without a scheme.
+  'stride'    small layer i is the mean of big layers i, i + L_small, ...; de-coalescing
+              gives the small stack k times: big layer b = small layer b mod L_small
+              ([0, 1, ..., 0, 1, ...]). What the authors' scripts run: the mapper's
+              depth_scheme [[0, 6], [1, 7], ..., [5, 11]] in map_tools/config/L6-H6.json
+              (tests/test_multilevel.py holds jaxlab against a port of that mapping).
 Duplicating layers is not function preserving (each block then runs k times).
 
 Which side of a leaf each dim is on comes from the parameter schema (jaxlab.models.schema):
@@ -192,23 +199,25 @@ def _copy(x: jax.Array, axis: int, k: int, grouping: str) -> jax.Array:
 
 
 def coalesce_leaf(param: ParamSpec, x: jax.Array, factors: dict[str, int], grouping: str,
-                  moments: bool = False, ratio: float = 1.0) -> jax.Array:
+                  moments: bool = False, ratio: float = 1.0,
+                  depth_grouping: str = 'adjacent') -> jax.Array:
   """One leaf of the big model -> the small model: each merged dim's groups are summed
   (input side, 'split') or averaged (output side / vector; always for moments), layers
-  are averaged in adjacent groups; then times `ratio` (the muP growth ratio)."""
+  are averaged in `depth_grouping`'s groups; then times `ratio` (the muP growth ratio)."""
   for axis, (name, tag) in enumerate(zip(param.axes, param.growth)):
     k = factors.get(name, 1)
     if k == 1 or tag == 'keep':
       continue
     if tag == 'layer':
-      x = _merge(x, axis, k, 'adjacent', 'mean')
+      x = _merge(x, axis, k, depth_grouping, 'mean')
     else:
       x = _merge(x, axis, k, grouping, 'sum' if tag == 'split' and not moments else 'mean')
   return x if ratio == 1.0 else x * ratio
 
 
 def decoalesce_leaf(param: ParamSpec, x: jax.Array, factors: dict[str, int], grouping: str,
-                    moments: bool = False, ratio: float = 1.0) -> jax.Array:
+                    moments: bool = False, ratio: float = 1.0,
+                    depth_grouping: str = 'adjacent') -> jax.Array:
   """One leaf of the small model -> the big model: every big unit gets a copy of its
   small one, input-side copies divided by the group size (not for moments)."""
   divisor = 1
@@ -216,7 +225,7 @@ def decoalesce_leaf(param: ParamSpec, x: jax.Array, factors: dict[str, int], gro
     k = factors.get(name, 1)
     if k == 1 or tag == 'keep':
       continue
-    x = _copy(x, axis, k, 'adjacent' if tag == 'layer' else grouping)
+    x = _copy(x, axis, k, depth_grouping if tag == 'layer' else grouping)
     if tag == 'split' and not moments:
       divisor *= k
   x = x if divisor == 1 else x / divisor
@@ -230,44 +239,48 @@ def _ratios(src: ModelConfig, dst: ModelConfig, moments: bool) -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def _compiled(op: str, src: ModelConfig, dst: ModelConfig, grouping: str, moments: bool,
-              ratios: tuple):
+              ratios: tuple, depth_grouping: str):
   """One jitted tree map per (op, configs, grouping, moments, muP ratios); the ratios are
   read from the table by the caller, so the cache follows changes to the table."""
   big, small = (src, dst) if op == 'coalesce' else (dst, src)
   factors, ratio_of = _factors(big, small, grouping), dict(ratios)   # spec -> ratio
   leaf = coalesce_leaf if op == 'coalesce' else decoalesce_leaf
   return jax.jit(lambda tree: _map(
-      lambda p, x: leaf(p, x, factors, grouping, moments, ratio_of[p]), tree, src))
+      lambda p, x: leaf(p, x, factors, grouping, moments, ratio_of[p], depth_grouping), tree,
+      src))
 
 
 def leaf_operator(op: str, src: ModelConfig, dst: ModelConfig, *, grouping: str = 'stride',
-                  moments: bool = False):
+                  moments: bool = False, depth_grouping: str = 'adjacent'):
   """fn(spec, leaf) -> leaf: one leaf of model src through 'coalesce' (src big, dst small)
   or 'decoalesce' (src small, dst big) -- for mapping over optimizer moments."""
   big, small = (src, dst) if op == 'coalesce' else (dst, src)
   factors = _factors(big, small, grouping)
+  _check_grouping(depth_grouping)
   leaf = coalesce_leaf if op == 'coalesce' else decoalesce_leaf
 
   def one(param: ParamSpec, x):
     r = 1.0 if moments else pz.growth_ratio(param, src, dst)
-    return leaf(param, x, factors, grouping, moments, r)
+    return leaf(param, x, factors, grouping, moments, r, depth_grouping)
   return one
 
 
 def coalesce(tree, big: ModelConfig, small: ModelConfig, *, grouping: str = 'stride',
-             moments: bool = False):
+             moments: bool = False, depth_grouping: str = 'adjacent'):
   """Params (or Adam moments) of model `big` -> the coalesced tree of model `small`."""
   _factors(big, small, grouping)
+  _check_grouping(depth_grouping)
   return _compiled('coalesce', big, small, grouping, moments,
-                   _ratios(big, small, moments))(tree)
+                   _ratios(big, small, moments), depth_grouping)(tree)
 
 
 def decoalesce(tree, small: ModelConfig, big: ModelConfig, *, grouping: str = 'stride',
-               moments: bool = False):
+               moments: bool = False, depth_grouping: str = 'adjacent'):
   """Params (or Adam moments) of model `small` -> the de-coalesced tree of model `big`."""
   _factors(big, small, grouping)
+  _check_grouping(depth_grouping)
   return _compiled('decoalesce', small, big, grouping, moments,
-                   _ratios(small, big, moments))(tree)
+                   _ratios(small, big, moments), depth_grouping)(tree)
 
 
 @jax.jit
@@ -276,14 +289,16 @@ def _mix(big_tree, up_tree, alpha):
 
 
 def interpolate(big_tree, small_tree, small: ModelConfig, big: ModelConfig, *,
-                alpha: float = 0.25, grouping: str = 'stride', moments: bool = False):
+                alpha: float = 0.25, grouping: str = 'stride', moments: bool = False,
+                depth_grouping: str = 'adjacent'):
   """(1 - alpha) * big_tree + alpha * decoalesce(small_tree); alpha (a Python number) in
   [0, 1]. alpha = 0 returns big_tree's leaves and alpha = 1 decoalesce(small_tree), exactly."""
   alpha = float(alpha)
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f'alpha={alpha} must be in [0, 1] (the weight of the de-coalesced small '
                      'model; the paper uses 0.25)')
-  up = decoalesce(small_tree, small, big, grouping=grouping, moments=moments)
+  up = decoalesce(small_tree, small, big, grouping=grouping, moments=moments,
+                  depth_grouping=depth_grouping)
   _map(lambda p, b, u: None, big_tree, big, up)    # checks big_tree against `big`
   if alpha == 1.0:
     return up

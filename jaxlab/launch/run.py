@@ -1,12 +1,14 @@
 """`launch.py run EXPERIMENT [key=value ...]` (or a run directory to continue): one run."""
 from __future__ import annotations
 
+import pathlib
 import sys
 
 from jaxlab import config as config_lib
 from jaxlab import train as train_lib
 from jaxlab.launch import gpu_flags
 from jaxlab.rundir.layout import run_dir_of
+from jaxlab.rundir.provenance import Origin
 
 
 def _rounded(value) -> str:
@@ -16,8 +18,11 @@ def _rounded(value) -> str:
 def main(args) -> int:
   gpu_flags.apply_and_log()   # before anything starts JAX's backend
   cfg = train_lib.resolve(config_lib.load(args.experiment, args.overrides))
+  from_file = not (pathlib.Path(args.experiment) / config_lib.CONFIG_FILE).is_file()
+  origin = Origin(str(config_lib.resolve_experiment(args.experiment)),
+                  tuple(args.overrides)) if from_file else None
   try:
-    summary = train_lib.train(cfg)
+    summary = train_lib.train(cfg, origin)
   except train_lib.Diverged as err:
     print(f'error: {err}', file=sys.stderr)
     return 1

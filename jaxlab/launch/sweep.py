@@ -43,14 +43,15 @@ def main(args) -> int:
                       args.vary)[1:]   # without 'launch.py'
     return sweep_jobs.run_parallel(argv, sweep_dir, points, len(runs), args.jobs)
   outcome = {}
-  for i, (label, cfg) in points:
+  for i, point in points:
+    label, cfg = point
     if status_of(run_dir_of(cfg)) == 'completed':
       print(f'[{i + 1}/{len(runs)}] {label}: finished earlier, skipped')
       outcome[label] = 'completed'
       continue
     print(f'[{i + 1}/{len(runs)}] {label}')
     try:
-      train_lib.train(cfg)
+      train_lib.train(cfg, point.origin)
       outcome[label] = 'completed'
     except train_lib.Diverged as err:
       print(f'  diverged: {err}', file=sys.stderr)

@@ -10,9 +10,23 @@ import itertools
 import pathlib
 
 from jaxlab import config as config_lib
-from jaxlab.config.types import ConfigError
+from jaxlab.config.types import Config, ConfigError
 from jaxlab.rundir.layout import SEED_KEYS, run_dir_of, seed_run
+from jaxlab.rundir.provenance import Origin
 from jaxlab.train.runnable import resolve
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+  """One point of a sweep: its label, its validated config, and the experiment file and
+  overrides that make that config (what the run records as its provenance). Unpacks as
+  (label, cfg)."""
+  label: str
+  cfg: Config
+  origin: Origin
+
+  def __iter__(self):
+    return iter((self.label, self.cfg))
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -63,17 +77,23 @@ def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str],
     raise ConfigError(f'seeds={seeds!r} must be an integer >= 1 (--seeds N, or SEEDS in '
                       f'{experiment!r})')
   sweep_dir = run_dir_of(base)
+  experiment_file = str(config_lib.resolve_experiment(experiment)) if module else None
   out = []
   for k in range(seeds or 1):
     for label, pairs in named.items():
-      cfg = config_lib.apply_overrides(base, list(pairs) + [f'train.workdir={sweep_dir}'])
+      made = list(overrides) + list(pairs) + [f'train.workdir={sweep_dir}']
+      cfg = config_lib.apply_overrides(base, made[len(overrides):])
       if seeds is None:
-        out.append((label, resolve(dataclasses.replace(cfg, name=label))))
+        made.append(f'name={label}')
+        out.append(SweepPoint(label, resolve(dataclasses.replace(cfg, name=label)),
+                              Origin(experiment_file, tuple(made))))
         continue
       moved = [f'{key}={_get(cfg, key) + k}' for key in SEED_KEYS[vary]]
-      cfg = config_lib.apply_overrides(cfg, moved + [f'train.workdir={sweep_dir / label}'])
+      more = moved + [f'train.workdir={sweep_dir / label}']
+      cfg = config_lib.apply_overrides(cfg, more)
       seed_label, name = seed_run(label, k)
-      out.append((seed_label, resolve(dataclasses.replace(cfg, name=name))))
+      out.append(SweepPoint(seed_label, resolve(dataclasses.replace(cfg, name=name)),
+                            Origin(experiment_file, tuple(made + more + [f'name={name}']))))
   return sweep_dir, out
 
 

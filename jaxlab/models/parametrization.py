@@ -35,7 +35,9 @@ tensor by tensor in tests/test_parametrization.py) widths are per tensor and com
   weight decay  lr-coupled (p <- p - lr (u + wd p)); decayed tensors take
               wd * lr_scale^-e with e = optim.wd_width_exponent: e = 0 constant decay,
               0.5 Fan et al. 2025, 1 keeps lr * wd constant (what MuAdamW and MuSGD do).
-              Norm gains and biases are never decayed (Fan et al.'s lambda_1 = 0).
+              Norm gains and biases are never decayed (Fan et al.'s lambda_1 = 0);
+              optim.vector_weight_decay=false leaves the embedding and the readout
+              undecayed too (all of Fan et al.'s vector-like tensors).
 Under 'sp' the base model is the model itself, so every m is 1, every multiplier and lr
 scale is 1 and the attention scale is 1/sqrt(head_dim): muP at its base width is SP
 exactly (tested bit for bit, params, logits and an optimizer update).
@@ -257,17 +259,21 @@ def check_optimizer(cfg: ModelConfig, optimizer: str) -> None:
 
 
 def optimizer_scales(cfg: ModelConfig, specs: dict, optimizer: str,
-                     wd_width_exponent: float = 0.0) -> dict[tuple[str, ...], tuple[float, float]]:
+                     wd_width_exponent: float = 0.0,
+                     vector_decay: bool = True) -> dict[tuple[str, ...], tuple[float, float]]:
   """{param path: (lr scale, weight-decay scale)} for the params `specs` ({path: spec},
   jaxlab.models.schema.specs(cfg)) under `optimizer` (jaxlab.optim.build gives each
-  distinct pair its own optax.multi_transform group)."""
+  distinct pair its own optax.multi_transform group). vector_decay=False decays the
+  hidden matrices only: the embedding and the readout train with lambda_1 = 0 too, as Fan
+  et al. 2025 train every vector-like tensor (optim.vector_weight_decay)."""
   check_optimizer(cfg, optimizer)
   rules = LR_RULES[family(optimizer) or 'adam']   # under 'sp' every rule gives 1
   out = {}
   for path, param in specs.items():
     w = widths(cfg, param)
     lr_rule, inverse = rules[w.kind]
-    wd = inverse(w) ** wd_width_exponent if ROLES[param.role].decays else 0.0
+    decays = ROLES[param.role].decays and (vector_decay or param.role == 'hidden')
+    wd = inverse(w) ** wd_width_exponent if decays else 0.0
     out[path] = (float(lr_rule(w)), float(wd))
   return out
 

@@ -102,7 +102,7 @@ def param_groups(cfg: OptimConfig, model_cfg: ModelConfig):
   different scales (e.g. muP matrices of different fan-in ratios) get '.1', '.2', ...
   in order of first appearance, so every distinct pair has its own label."""
   scales = parametrization.optimizer_scales(model_cfg, schema.specs(model_cfg), cfg.name,
-                                            cfg.wd_width_exponent)
+                                            cfg.wd_width_exponent, cfg.vector_weight_decay)
   roles = {path: p.role for path, p in schema.specs(model_cfg).items()}
   members: dict[tuple, list[str]] = {}
   for path, pair in scales.items():

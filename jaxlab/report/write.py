@@ -23,7 +23,8 @@ import math
 import os
 import pathlib
 
-from jaxlab.report import paired, positions, savings, spectral, stats, transfer, weights
+from jaxlab.report import (paired, positions, provenance, savings, spectral, stats, transfer,
+                           weights)
 from jaxlab.report.plots import plot_loss
 from jaxlab.rundir.read import Run, group_seeds, load_runs, num, summarize
 
@@ -81,8 +82,29 @@ def _best(rows: list[dict]) -> tuple[int, str] | None:
   return None
 
 
+def _best_method(runs: list[Run]) -> str | None:
+  """'Best method: ...' for a sweep with seeds (the lowest mean final val loss over its
+  seeds, else train loss), None when no method has two seeds."""
+  groups = group_seeds(runs)
+  if max(len(g) for g in groups.values()) < 2:
+    return None
+  for col in ('final_val_loss', 'final_train_loss'):
+    means = {}
+    for method, by_seed in groups.items():
+      iv = stats.t_interval([summarize(r)[col] for r in by_seed.values()
+                             if num(summarize(r)[col]) is not None])
+      if iv.estimate is not None and math.isfinite(iv.estimate):
+        means[method] = iv
+    if means:
+      method = min(means, key=lambda m: means[m].estimate)
+      return (f'Best method: `{method}` (lowest mean {COLUMNS[col]} over its '
+              f'{means[method].n} seeds, {means[method].format(".4f")}).')
+  return None
+
+
 def render_markdown(title: str, rows: list[dict], runs: list[Run]) -> str:
-  best = _best(rows)
+  seeded = _best_method(runs)
+  best = _best(rows) if len(rows) > 1 and seeded is None else None
   lines = [f'# Report: {title}', '',
            f'{len(rows)} run{"s" * (len(rows) != 1)}. Final values come from summary.json '
            'when the run wrote one, else from the last logged step.', '',
@@ -103,7 +125,9 @@ def render_markdown(title: str, rows: list[dict], runs: list[Run]) -> str:
             '[^val]: target tokens in each evaluation (the same tokens every time; '
             'train.eval_batches=all: the whole validation split).', '']
   lines += seed_table(runs)
-  if best:
+  if seeded:
+    lines += [seeded, '']
+  elif best:
     i, col = best
     lines += [f'Best run: `{rows[i]["run"]}` (lowest {COLUMNS[col]}, '
               f'{_FORMAT[col](rows[i][col])}).', '']
@@ -122,9 +146,11 @@ def seed_table(runs: list[Run]) -> list[str]:
   groups = group_seeds(runs)
   if max(len(g) for g in groups.values()) < 2:
     return []
+  ns = sorted({len(g) for g in groups.values() if len(g) >= 2})
+  tq = '; '.join(f'n = {n}: t = {stats.t_quantile(n):.3f}' for n in ns)
   lines = ['## Over seeds', '',
            f'Mean ± {100 * stats.CONFIDENCE:.0f}% CI over seeds ({stats.T_METHOD}: mean ± '
-           't_(0.975, n-1) s / sqrt(n); n = 3: t = 4.303). Runs `<method>/seed<k>`; seed k '
+           f't_(0.975, n-1) s / sqrt(n); {tq}). Runs `<method>/seed<k>`; seed k '
            'of every method shares its data order.', '',
            '| method | seeds | completed | final train loss | final val loss |',
            '|:---|---:|---:|---:|---:|']
@@ -185,6 +211,7 @@ def write_report(path: str | os.PathLike, baseline: str | None = None) -> pathli
         '\n![val loss vs FLOPs](val_loss_vs_flops.png)\n'
   # weight_stats.png, spectral.png, the val loss by position: if logged
   text += diagnostics_sections(runs, root, baseline if pairing is None else None)
+  text += '\n' + provenance.section(runs)
   out = root / 'report.md'
   out.write_text(text)
   return out

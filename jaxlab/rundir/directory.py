@@ -41,7 +41,7 @@ from typing import Any
 
 from jaxlab.config.loading import HISTORY_KEY, flatten, read_config_file
 from jaxlab.config.types import Config, ConfigError
-from jaxlab.rundir import records
+from jaxlab.rundir import provenance, records
 from jaxlab.rundir.layout import CONFIG_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
 
 LOCATION_KEYS = ('name', 'train.workdir')
@@ -259,6 +259,12 @@ class RunDir:
       self._metrics = open(self.metrics_path, 'a')
     self._metrics.write(records.line(record))
     self._metrics.flush()
+
+  def write_provenance(self, origin):
+    """provenance.json for a fresh start (jaxlab.rundir.provenance); without an origin
+    (a run directory continued by path) the one already there is kept."""
+    if self.writer and (origin is not None or provenance.read(self.path) is None):
+      provenance.write(self.path, origin)
 
   # ----------------------------------------------------------------------- summary
   def read_summary(self) -> dict | None:

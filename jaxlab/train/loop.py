@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from jaxlab.config.types import Config
 from jaxlab.parallel import initialize_distributed
+from jaxlab.rundir.provenance import Origin
 from jaxlab.train.hooks import Diverged
 from jaxlab.train.runnable import resolve
 from jaxlab.train.stop import Preempted, StopAgreement
@@ -19,12 +20,13 @@ from jaxlab.train.trainer import Trainer
 __all__ = ['Diverged', 'Preempted', 'train']
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, origin: Origin | None = None) -> dict:
   """Runs (or resumes) one training run; returns its summary. Raises Diverged or
   Preempted after writing the summary, ConfigError (exit 2 at the CLI) for a bad input
-  or a storage failure."""
+  or a storage failure. origin: the experiment file and overrides that made cfg, which a
+  fresh start records in provenance.json (jaxlab.rundir.provenance)."""
   cfg = resolve(cfg)
   initialize_distributed(cfg.mesh)  # before anything touches a device
   with StopAgreement() as stop, QuietStorageNoise() as quiet, \
-      Trainer(cfg, stop, quiet) as trainer:
+      Trainer(cfg, stop, quiet, origin) as trainer:
     return trainer.run()

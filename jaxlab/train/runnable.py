@@ -15,6 +15,10 @@ function of fields it does not write.
 """
 from __future__ import annotations
 
+import json
+import sys
+
+from jaxlab import config as config_lib
 from jaxlab.config.checks import validate
 from jaxlab.config.types import Config
 from jaxlab.kernels import dispatch
@@ -34,3 +38,22 @@ def resolve(cfg: Config) -> Config:
   if cfg.train.trainable:
     trainable.parse(cfg.train.trainable)
   return step_law.resolve(cfg)
+
+
+def rebuild(requests: list[dict]) -> list[dict]:
+  """[{'experiment': path, 'overrides': [...]}] -> [{'config': config.json's dict} or
+  {'error': one line}]: what each experiment file gives today (the report's drift check,
+  jaxlab.report.provenance, runs this in a process of its own: `python -m
+  jaxlab.train.runnable`, requests as JSON on stdin, answers on stdout)."""
+  out = []
+  for req in requests:
+    try:
+      cfg = resolve(config_lib.load(req['experiment'], req.get('overrides', [])))
+      out.append({'config': json.loads(json.dumps(cfg.to_dict()))})
+    except Exception as err:   # noqa: BLE001 -- any failure is the answer for this request
+      out.append({'error': f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'})
+  return out
+
+
+if __name__ == '__main__':
+  print(json.dumps(rebuild(json.load(sys.stdin))))

@@ -25,6 +25,7 @@ from jaxlab.config.types import Config, ConfigError
 from jaxlab.parallel import batch_sharding, make_mesh
 from jaxlab.models import flops
 from jaxlab.rundir.layout import run_dir_of
+from jaxlab.rundir.provenance import Origin
 from jaxlab.rundir.directory import RunDir
 from jaxlab.train import hooks as hooks_lib
 from jaxlab.train.program import Program, build_program
@@ -48,8 +49,9 @@ def _agree(ok: bool) -> bool:
 class Trainer:
   """Use as `with Trainer(cfg, stop, quiet) as t: summary = t.run()`."""
 
-  def __init__(self, cfg: Config, stop: StopAgreement, quiet: QuietStorageNoise):
-    self.cfg, self.stop, self.quiet = cfg, stop, quiet
+  def __init__(self, cfg: Config, stop: StopAgreement, quiet: QuietStorageNoise,
+               origin: Origin | None = None):
+    self.cfg, self.stop, self.quiet, self.origin = cfg, stop, quiet, origin
     self.total_steps = cfg.train.steps
     self.t_start = time.time()
     self.run_dir: RunDir | None = None
@@ -206,6 +208,7 @@ class Trainer:
       self.program = self.program_at(0)
       self.state = self.program.init_state()
       self.run_dir.start_fresh()
+      self.run_dir.write_provenance(self.origin)
     else:
       self.state, self.step = restored.state, restored.step
       self.tokens, self.flops = int(restored.meta['tokens']), float(restored.meta['flops'])
