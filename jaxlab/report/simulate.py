@@ -5,8 +5,8 @@ docs/statistics.md).
 Curves. A val-loss curve is L(t) = E + A * S(t)^-alpha in the training step t, S the
 learning rate summed up to t (jaxlab's warmup + cosine or linear decay to 10% of the
 peak, or a constant rate: a power law), normalised by the steps; a loss curve follows the
-area under its lr schedule to a good approximation (Tissue et al. 2024, "Scaling Law with
-Learning Rate Annealing"). A method with true saving s has the same law with its summed
+area under its lr schedule to a good approximation (Tissue, Wang and Wang, "Scaling Law
+with Learning Rate Annealing", NeurIPS 2025: L0 + A S1^-alpha - C S2; here C = 0). A method with true saving s has the same law with its summed
 lr scaled by k = S(T) / S((1 - s) T): its own schedule, as effective as the baseline's
 at (1 - s) T steps, so its curve reaches the baseline's final loss L(T) at exactly
 (1 - s) T and keeps falling after. Both are read at the evaluation grid of a study.
