@@ -263,3 +263,26 @@ def test_paired_differences_in_one_config_key_by_hand():
   assert '| adamp_lr0.001 | adamw_lr0.001 | 3 | -0.1000 ± 0.1242 (not resolved) |' in text
   with pytest.raises(ValueError, match=r'no run has optim.name in \{lion\}'):
     paired.pair_rows(runs, 'optim.name', ('lion',))
+
+
+def test_paired_report_is_holm_adjusted_over_its_pairs():
+  """Two pairs (AdamP - AdamW at two lrs): each Δ column is Holm-adjusted over the two,
+  at the levels `stats.holm` gives for their paired t-tests' p-values."""
+  from scipy import stats as scipy_stats
+  from jaxlab.report import paired
+  finals = {('adamw', 1e-3): [2.1, 2.25, 2.05], ('adamp', 1e-3): [2.0, 2.2, 1.9],
+            ('adamw', 3e-3): [2.0, 2.1, 2.0], ('adamp', 3e-3): [1.7, 1.82, 1.69]}
+  runs = [_opt_run(name, lr, k, [3.0, 2.6, 2.3, f]) for (name, lr), fs in finals.items()
+          for k, f in enumerate(fs)]
+  rows = {r['run']: r for r in paired.pair_rows(runs, 'optim.name', ('adamw',))}
+  diffs = {lr: [a - b for a, b in zip(finals[('adamp', lr)], finals[('adamw', lr)])]
+           for lr in (1e-3, 3e-3)}
+  p = [float(scipy_stats.ttest_1samp(diffs[lr], 0.0).pvalue) for lr in (1e-3, 3e-3)]
+  levels = [level for _, level in stats.holm(p)]
+  for (lr, label), level in zip(((1e-3, 'adamp_lr0.001'), (3e-3, 'adamp_lr0.003')), levels):
+    d = rows[label]['delta_final_val_loss']
+    assert d.half == pytest.approx(stats.t_interval(diffs[lr], level).half, rel=1e-12)
+    assert rows[label]['delta_final_val_loss_unadjusted'].half == pytest.approx(
+        stats.t_interval(diffs[lr]).half, rel=1e-12)
+  text = paired.render(list(rows.values()), 'optim.name', ('adamw',))
+  assert 'Holm-adjusted over them' in text

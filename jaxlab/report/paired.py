@@ -6,8 +6,8 @@ is matched with the method whose config is the same in every other key (seeds, n
 workdir aside) and whose `key` is one of them: e.g. AdamP at lr 3e-3 and weight decay
 0.1 with AdamW at the same lr and weight decay. For each pair: the final val loss and
 the mean of the last TAIL evaluations, method minus baseline, seed by seed (seed k of
-both shares its data order), with a t-interval (jaxlab.report.stats); "not resolved" when the
-CI includes 0.
+both shares its data order), with a t-interval (jaxlab.report.stats), Holm-adjusted over
+the pairs when there are several; "not resolved" when the CI includes 0.
 """
 from __future__ import annotations
 
@@ -65,10 +65,30 @@ def pair_rows(runs: list[Run], key: str, values: tuple[str, ...]) -> list[dict]:
     row = {'run': method, 'baseline': base, 'n': len(groups[method])}
     if base is not None:
       (final, tail), (b_final, b_tail) = _per_seed(groups[method]), _per_seed(groups[base])
-      row['delta_final_val_loss'] = stats.t_interval(stats.paired_differences(final, b_final))
-      row['delta_tail_val_loss'] = stats.t_interval(stats.paired_differences(tail, b_tail))
+      row['_final'] = stats.paired_differences(final, b_final)
+      row['_tail'] = stats.paired_differences(tail, b_tail)
+      row['delta_final_val_loss'] = stats.t_interval(row['_final'])
+      row['delta_tail_val_loss'] = stats.t_interval(row['_tail'])
     rows.append(row)
+  _holm(rows)
+  for row in rows:
+    row.pop('_final', None)
+    row.pop('_tail', None)
   return rows
+
+
+def _holm(rows: list[dict]) -> None:
+  """With k > 1 pairs, each Δ's interval is Holm-adjusted over the k pairs (its family:
+  the final or the tail Δs); the unadjusted one is kept as '<name>_unadjusted'."""
+  paired_rows = [r for r in rows if r['baseline'] is not None]
+  if len(paired_rows) < 2:
+    return
+  for name, key in (('delta_final_val_loss', '_final'), ('delta_tail_val_loss', '_tail')):
+    p_values = [stats.t_pvalue(r[key]) for r in paired_rows]
+    for row, (p_adj, level) in zip(paired_rows, stats.holm(p_values)):
+      row[f'{name}_unadjusted'] = row[name]
+      row[name] = stats.t_interval(row[key], level)
+      row[f'holm_p_{name[len("delta_"):]}'] = p_adj
 
 
 def render(rows: list[dict], key: str, values: tuple[str, ...]) -> str:
@@ -81,7 +101,11 @@ def render(rows: list[dict], key: str, values: tuple[str, ...]) -> str:
            f'seed by seed (seed k of both shares its data order): mean ± '
            f'{100 * stats.CONFIDENCE:.0f}% CI ({stats.T_METHOD}); negative: lower loss than '
            f'the baseline. Tail: the mean of the last {TAIL} evaluations. "not resolved": the '
-           'CI includes 0.', '',
+           'CI includes 0.' + (f' With {sum(r["baseline"] is not None for r in rows)} pairs, '
+                               'each column\'s intervals are Holm-adjusted over them '
+                               '(paired.csv also has the unadjusted ones).'
+                               if sum(r['baseline'] is not None for r in rows) > 1 else ''),
+           '',
            '| run | baseline | seeds | Δ final val loss | Δ tail val loss |',
            '|---|---|---|---|---|']
   for r in rows:
