@@ -1,6 +1,7 @@
 """First contact with the command line: every command in --help on one line, a wrong
 experiment name answered with the experiments, and a CPU run that prints a header, no
 TPU noise (libtpu is installed in the test environment) and rounded figures."""
+import os
 import pathlib
 import re
 import subprocess
@@ -14,6 +15,9 @@ COMMANDS = ('run', 'sweep', 'grow', 'export', 'submit', 'compile', 'report', 'co
 
 
 def launch(*args, **kw):
+  """launch.py as a user starts it: without the JAX_PLATFORMS=cpu that conftest sets for
+  the test process (the command line must keep an absent TPU quiet by itself)."""
+  kw.setdefault('env', {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'})
   return subprocess.run([sys.executable, str(ROOT / 'launch.py'), *args], capture_output=True,
                         text=True, cwd=ROOT, timeout=300, **kw)
 
@@ -63,3 +67,17 @@ def test_an_absent_tpu_is_not_started():
   assert platforms.skip_absent_tpu(env) == 'cpu' and env == {'JAX_PLATFORMS': 'cpu'}
   env = {'JAX_PLATFORMS': 'tpu,cpu'}
   assert platforms.skip_absent_tpu(env) is None and env == {'JAX_PLATFORMS': 'tpu,cpu'}
+
+
+def test_a_compile_error_is_one_line_with_no_libtpu_log_after_it(tmp_path):
+  """A call the chosen kernel cannot run, found while compiling (in `run` and in
+  `compile --target tpu:...`): one line on stderr, exit 2, nothing of libtpu's log before
+  or after it."""
+  bad = ['model.attention=splash', 'train.batch_size=8', 'model.d_model=96', 'model.n_heads=3',
+         'model.n_kv_heads=3', f'train.workdir={tmp_path}']
+  for argv in (['run', 'tiny', 'train.steps=1', *bad],
+               ['compile', 'tiny', '--target', 'tpu:v5e-8', *bad]):
+    proc = launch(*argv)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, (argv[0], proc.stderr[-2000:])
+    assert err[0].startswith('error: ') and 'T=32 must be a multiple of 128' in err[0], err

@@ -1,7 +1,8 @@
 import dataclasses
+import os
+import pathlib
 import subprocess
 import sys
-import pathlib
 
 import pytest
 
@@ -20,7 +21,8 @@ def test_override_parses_each_type():
   assert cfg.model.tie_embeddings is True
   assert cfg.model.remat == 'save_dots'
   assert cfg.train.steps == 2000
-  assert cfg.data.files == ('a.txt', 'b.txt')
+  # data paths are made absolute once, against the directory the config is loaded in
+  assert cfg.data.files == tuple(os.path.abspath(f) for f in ('a.txt', 'b.txt'))
   assert cfg.name == 'tiny'  # defaults to the experiment file's stem
 
 

@@ -351,3 +351,16 @@ def test_two_seeds_state_their_t_and_the_best_method_by_its_mean(tmp_path):
   assert 'n = 2: t = 12.706' in md and 'n = 3' not in md
   assert 'Best method: `b` (lowest mean final val loss over its 2 seeds, 1.5500' in md
   assert 'Best run' not in md
+
+
+def test_sweep_jobs_exits_non_zero_naming_the_failed_points(tmp_path, capsys):
+  """A point that fails in its process (splash needs T % 128 == 0: tiny's T is 32) makes
+  `sweep --jobs` exit 1 and name it; the other point completes."""
+  from jaxlab.launch import cli
+  args = ['sweep', 'tiny', '--grid', 'model.attention=xla,splash', '--jobs', '2',
+          'train.steps=2', 'train.eval_every=0', 'train.checkpoint_every=0',
+          f'train.workdir={tmp_path}']
+  assert cli.main(args) == 1
+  captured = capsys.readouterr()
+  assert '1 completed, 1 failed (exit 2)' in captured.out
+  assert 'error: 1 point(s) failed: model.attention=splash' in captured.err

@@ -13,6 +13,7 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import traceback
 import types
@@ -142,12 +143,27 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
   if cfg.model.init:   # the architecture comes from the checkpoint (jaxlab.config.hf)
     check_type('', cfg, Config)
     cfg = hf.resolve_init(cfg, explicit)
+  cfg = _absolute_data_paths(cfg)
   if steps_set is not None and cfg.train.batch_rule == 'steplaw':
     raise ConfigError(f"train.steps={steps_set} cannot be set under train.batch_rule='steplaw' "
                       '(steps = train.tokens / (batch_size x data.seq_len)); set train.tokens, '
                       'or train.batch_size=N for a fixed batch')
   validate(cfg)
   return cfg
+
+
+def _absolute_data_paths(cfg: Config) -> Config:
+  """data.files, a tokenizer path and data.data_dir made absolute (against the current
+  directory, once: config.json records them so, and a run resumed from elsewhere reads
+  the same files)."""
+  def absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+  d = cfg.data
+  data = dataclasses.replace(
+      d, files=tuple(absolute(f) for f in d.files),
+      tokenizer=d.tokenizer if d.tokenizer == 'byte' else absolute(d.tokenizer),
+      data_dir=absolute(d.data_dir) if d.data_dir else '')
+  return cfg if data == d else dataclasses.replace(cfg, data=data)
 
 
 # ----------------------------------------------------------------------------- loading

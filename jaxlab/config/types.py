@@ -116,6 +116,9 @@ class DataConfig:
                                    #   shuffled); lanes: batch_size contiguous document streams
                                    #   (jaxlab.data.lanes), what growth.seq_lens always uses
   data_dir: str = ''               # '' -> $JAXLAB_DATA_DIR or ~/.cache/jaxlab/tensorflow_datasets
+  accept_changes: bool = False     # resume although data.files (or the tokenizer) changed since
+                                   #   the run started: the change is recorded in config.json's
+                                   #   history, and the run trains on the data as it is now
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class GrowthConfig:
   levels: int = 1                  # 'vcycle': coarse levels below the model (recursive V-cycle)
   alpha: float = 0.25              # 'vcycle': interpolation weight of the de-coalesced model
   grouping: Literal['stride', 'adjacent'] = 'stride'   # 'vcycle': which units merge
+  source: str = ''                 # set by launch.py grow: the command that grew this run's
+                                   #   first checkpoint (it never starts from random init)
   depth_grouping: Literal['adjacent', 'stride'] = 'adjacent'   # 'vcycle': which layers merge:
                                    #   i*k..i*k+k-1, or i, i+L_small, ... (the authors' scripts)
   # Context-length growth (jaxlab.growth.plan, jaxlab.data.lanes): the sequence length of

@@ -11,9 +11,13 @@ an error naming the file and the line (1-based) or row (0-based) number.
 Tokenisation runs in batches through the tokenizer's encode_batch (threads outside the
 GIL for SentencePiece and Hugging Face tokenizers) and is cached: a file's token ids are
 written once to <data dir>/tokenized/<key>/ (tokens.npy, offsets.npy, meta.json; written
-to a temporary directory and renamed, under a lock, so concurrent processes share one
-build) and memory-mapped afterwards. The key hashes the file's path, size and mtime, the
-tokenizer's fingerprint, data.text_field and data.val_fraction, so any change re-tokenises.
+to a temporary directory `.tmp-<host>-<pid>-*` and renamed, under a lock, so concurrent
+processes share one build) and memory-mapped afterwards. The key hashes the file's
+content (SHA-256, jaxlab.data.identity), the tokenizer's fingerprint, data.text_field and
+data.val_fraction: an edit that keeps the size and the modification time (cp -p,
+rsync -t) still re-tokenises. A temporary directory whose process is gone (killed while
+tokenising) is removed by the next build on that host. A data dir that is full or
+read-only is one line naming it.
 """
 from __future__ import annotations
 
@@ -23,17 +27,18 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from jaxlab.config.types import DataConfig
-from jaxlab.data import corpus
+from jaxlab.data import corpus, identity
 
 FORMATS = ('.txt', '.jsonl', '.jsonl.gz', '.parquet')
 _BATCH = 1024          # documents per encode_batch call
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2   # 2: keyed by the file's content
 
 
 def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
@@ -161,10 +166,30 @@ class ChainedDocs(Sequence):
 
 
 def _key(path: str, cfg: DataConfig, tokenizer) -> str:
-  st = os.stat(path)
-  text = json.dumps([_CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns,
-                     tokenizer.fingerprint, cfg.text_field, cfg.val_fraction])
+  text = json.dumps([_CACHE_VERSION, identity.file_sha256(path), tokenizer.fingerprint,
+                     cfg.text_field, cfg.val_fraction])
   return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _remove_dead_builds(root: pathlib.Path) -> None:
+  """Temporary build directories of this host's processes that are gone (a kill while
+  tokenising); called under the cache lock, so no live build of this host is touched."""
+  prefix = f'.tmp-{socket.gethostname()}-'
+  for entry in root.iterdir():
+    if entry.name.startswith(prefix):
+      pid = entry.name[len(prefix):].split('-', 1)[0]
+      if pid.isdigit() and not _alive(int(pid)):
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def _tokenize(path: str, cfg: DataConfig, tokenizer, out: pathlib.Path):
@@ -193,6 +218,21 @@ def _tokenize(path: str, cfg: DataConfig, tokenizer, out: pathlib.Path):
                                              'tokenizer': tokenizer.fingerprint}))
 
 
+def _build(path: str, cfg: DataConfig, tokenizer, root: pathlib.Path, entry: pathlib.Path):
+  root.mkdir(parents=True, exist_ok=True)
+  with corpus.file_lock(str(root / '.lock')):
+    _remove_dead_builds(root)
+    if (entry / 'meta.json').is_file():
+      return
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-',
+                                        dir=root))
+    try:
+      _tokenize(path, cfg, tokenizer, tmp)
+      os.replace(tmp, entry)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
 def tokenized(path: str, cfg: DataConfig, tokenizer) -> tuple[TokenDocs, TokenDocs]:
   """(train, validation) documents of one file, tokenised (from the cache when there)."""
   if not os.path.isfile(path):
@@ -200,15 +240,12 @@ def tokenized(path: str, cfg: DataConfig, tokenizer) -> tuple[TokenDocs, TokenDo
   root = pathlib.Path(corpus.default_data_dir(cfg.data_dir)) / 'tokenized'
   entry = root / _key(path, cfg, tokenizer)
   if not (entry / 'meta.json').is_file():
-    root.mkdir(parents=True, exist_ok=True)
-    with corpus.file_lock(str(root / '.lock')):
-      if not (entry / 'meta.json').is_file():
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix='.tmp-', dir=root))
-        try:
-          _tokenize(path, cfg, tokenizer, tmp)
-          os.replace(tmp, entry)
-        finally:
-          shutil.rmtree(tmp, ignore_errors=True)
+    try:
+      _build(path, cfg, tokenizer, root, entry)
+    except OSError as err:   # full or read-only: the data dir, not the run, is at fault
+      raise ValueError(f'data.data_dir: cannot write the token cache of {path} in {root} '
+                       f'({err.strerror or err}); free space there or set data.data_dir to a '
+                       'writable directory') from None
   meta = json.loads((entry / 'meta.json').read_text())
   tokens = np.load(entry / 'tokens.npy', mmap_mode='r')
   offsets = np.load(entry / 'offsets.npy')

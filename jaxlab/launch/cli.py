@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help='--from hf:DIR: the experiment whose config (data, optim, train) the '
                     'grown run takes (default: the Config defaults)')
   grow.add_argument('--out', required=True, metavar='RUN_DIR2')
+  grow.add_argument('--overwrite', action='store_true',
+                    help='replace a non-empty --out (never the source); the old folder goes '
+                    'only once the grown run is complete')
   grow.add_argument('overrides', nargs='*',
                     help='overrides for the grown run, e.g. train.steps=2000 model.d_model=256')
   grow.set_defaults(func=_cmd_grow)
@@ -186,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
   export.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   export.add_argument('--format', default='hf', choices=['hf'])
   export.add_argument('--out', required=True, metavar='DIR')
+  export.add_argument('--overwrite', action='store_true',
+                      help='replace a non-empty --out (never the run\'s own source); the old '
+                      'folder goes only once the new one is complete')
   export.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
   export.add_argument('--max-shard-size', default='5GB', metavar='SIZE',
                       help='one safetensors file up to this size, then shards + index (5GB)')

@@ -17,11 +17,15 @@ from __future__ import annotations
 import pathlib
 import shutil
 
+import jax
+
 from jaxlab import data as data_lib
 from jaxlab import growth
 from jaxlab.config import load_run_dir
+from jaxlab.config.hf import init_dir
 from jaxlab.config.types import ConfigError
 from jaxlab.interop import hf
+from jaxlab.launch import outputs
 from jaxlab.parallel import make_mesh
 from jaxlab.rundir.checkpoint import Checkpointer, Unverified, checkpoint_dir
 from jaxlab.train.program import build_program
@@ -57,14 +61,30 @@ def _check_foldable(cfg, phases, k: int, step: int):
         f'{phase.start_step + g.ramp_steps}')
 
 
+def _sources(cfg, run_dir: pathlib.Path) -> list:
+  """What an export reads: the run, the Hugging Face folder it was initialised from, the
+  tokenizer's folder. None of them may be its --out."""
+  out = [run_dir]
+  if cfg.model.init:
+    out.append(init_dir(cfg.model.init))
+  tok = cfg.data.tokenizer
+  if tok != 'byte':
+    out.append(pathlib.Path(tok) if pathlib.Path(tok).is_dir() else pathlib.Path(tok).parent)
+  return out
+
+
 def export_run(run_dir: str | pathlib.Path, out: str | pathlib.Path, *, step: int | None = None,
                dtype: str = 'float32', max_shard_bytes: int = 5 * 10**9,
-               max_positions: int | None = None) -> tuple[int, list[str]]:
-  """Writes the run's checkpoint at `step` (default: newest) to `out`; (step, files)."""
+               max_positions: int | None = None, overwrite: bool = False
+               ) -> tuple[int, list[str]]:
+  """Writes the run's checkpoint at `step` (default: newest) to `out`, whole or not at all
+  (jaxlab.launch.outputs); (step, files)."""
   run_dir, out = pathlib.Path(run_dir), pathlib.Path(out)
   if not (run_dir / 'config.json').is_file():
     raise ConfigError(f'{run_dir}: no config.json there (not a jaxlab run directory)')
   cfg = resolve(load_run_dir(run_dir))
+  sources = _sources(cfg, run_dir)
+  outputs.check_out(out, option='--out', overwrite=overwrite, sources=sources)
   if dtype not in hf.DTYPES:
     raise ConfigError(f'--dtype {dtype!r}: allowed: {", ".join(hf.DTYPES)}')
   ckpt_dir = checkpoint_dir(cfg, run_dir)
@@ -92,16 +112,19 @@ def export_run(run_dir: str | pathlib.Path, out: str | pathlib.Path, *, step: in
                       f'(steps: {steps})') from None
   finally:
     manager.close()
-  files = hf.save(params, program.model.cfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                  max_positions=max_positions or cfg.data.seq_len, bos_id=tokenizer.bos_id,
-                  eos_id=getattr(tokenizer, 'eos_id', None))
-  if isinstance(tokenizer, data_lib.HFTokenizer) and files:
-    shutil.copyfile(tokenizer.path, out / 'tokenizer.json')
-    for name in TOKENIZER_FILES[1:]:
-      if (tokenizer.dir / name).is_file():
-        shutil.copyfile(tokenizer.dir / name, out / name)
-        files.append(name)
-    files.append('tokenizer.json')
+  with outputs.atomic_dir(out, option='--out', overwrite=overwrite, sources=sources,
+                          writer=jax.process_index() == 0) as tmp:
+    files = hf.save(params, program.model.cfg, tmp, dtype=dtype,
+                    max_shard_bytes=max_shard_bytes,
+                    max_positions=max_positions or cfg.data.seq_len, bos_id=tokenizer.bos_id,
+                    eos_id=getattr(tokenizer, 'eos_id', None))
+    if isinstance(tokenizer, data_lib.HFTokenizer) and files:
+      shutil.copyfile(tokenizer.path, tmp / 'tokenizer.json')
+      for name in TOKENIZER_FILES[1:]:
+        if (tokenizer.dir / name).is_file():
+          shutil.copyfile(tokenizer.dir / name, tmp / name)
+          files.append(name)
+      files.append('tokenizer.json')
   return step, files
 
 
@@ -110,6 +133,7 @@ def main(args) -> int:
   if args.max_positions is not None and args.max_positions < 1:
     raise ConfigError(f'--max-positions {args.max_positions} must be >= 1')
   step, files = export_run(args.run_dir, args.out, step=args.step, dtype=args.dtype,
-                           max_shard_bytes=size, max_positions=args.max_positions)
+                           max_shard_bytes=size, max_positions=args.max_positions,
+                           overwrite=args.overwrite)
   print(f'wrote {args.out} from {args.run_dir} step {step}: {", ".join(files)}')
   return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shlex
 
 import jax
 
@@ -22,7 +23,7 @@ from jaxlab.config.hf import init_dir, model_config
 from jaxlab.config.types import Config, ConfigError, GrowthConfig
 from jaxlab.growth import plan as plan_lib
 from jaxlab.growth.depth import insert_every
-from jaxlab.launch import grow_hf
+from jaxlab.launch import grow_hf, outputs
 from jaxlab.parallel import make_mesh
 from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.rundir.directory import RunDir, growth_event
@@ -67,12 +68,14 @@ def grown_config(src_cfg: Config, out_dir: pathlib.Path, step: int, method: str,
 
 def grow_checkpoint(src_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, method: str,
                     factor: int = 4, step: int | None = None,
-                    overrides: list[str] = ()) -> Config:
-  """Writes `out_dir` (config.json, metrics.jsonl, checkpoints/<step>); returns its config."""
+                    overrides: list[str] = (), overwrite: bool = False) -> Config:
+  """Writes `out_dir` (config.json, metrics.jsonl, checkpoints/<step>), whole or not at
+  all; returns its config."""
   src_dir, out_dir = pathlib.Path(src_dir), pathlib.Path(out_dir)
   if method in plan_lib.DEPTH_METHODS and method != 'layers' and factor < 2:
     raise ConfigError(f'--factor {factor} is not valid: the target has source layers x factor '
                       'layers, so --factor must be an integer >= 2')
+  outputs.check_out(out_dir, option='--out', overwrite=overwrite, sources=[src_dir])
   src_run = RunDir(src_dir, writer=False)
   found = src_run.read_config()
   if found is None:
@@ -87,42 +90,31 @@ def grow_checkpoint(src_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
   if step not in steps:
     raise ConfigError(f'--step {step}: {src_dir} has checkpoints at steps {steps}')
   cfg = grown_config(src_cfg, out_dir, step, method, factor, list(overrides))
-  out_ckpt_dir = checkpoint_dir(cfg, out_dir)
-  if out_ckpt_dir.exists() and any(out_ckpt_dir.iterdir()):
-    raise ConfigError(f'--out {out_dir} already holds checkpoints ({out_ckpt_dir}); pick a new '
-                      'directory')
-  out_run = RunDir(out_dir, writer=jax.process_index() == 0)
-  out_run.create()
-  out_run.lock()
-  try:
-    mesh = make_mesh(cfg.mesh)
-    src_program = build_program(src_cfg, mesh)
-    out_program = build_program(cfg, mesh, 1)
-    tokenizer = data_lib.make_tokenizer(cfg.data)
-    batch = cfg.train.batch_size // jax.process_count()
-    proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=batch, **proc)
-    restored = src_ckpt.restore(step, src_program.abstract_state, iterator)
-    src_ckpt.close()
-    state = out_program.enter(restored.state)
-
-    # The source run's records up to the checkpoint, then the growth event.
-    out_run.write_config(cfg)
-    out_run.start_fresh()
-    for rec in src_run.read_lines():
-      if 'event' not in rec and rec.get('step', 0) <= step:
-        out_run.append(rec)
-    out_run.append(growth_event(
-        event='grow', step=step, tokens=restored.meta['tokens'], flops=restored.meta['flops'],
-        method=method, optimizer=cfg.growth.optimizer, src=plan_lib.describe(src_cfg.model),
-        dst=plan_lib.describe(cfg.model), from_run=str(src_dir)))
-    out_ckpt = Checkpointer(out_ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
-    out_ckpt.save(step, state, iterator, {'tokens': restored.meta['tokens'],
-                                          'flops': restored.meta['flops']})
-    out_ckpt.wait()
-    out_ckpt.close()
-  finally:
-    out_run.close()
+  command = shlex.join(['launch.py', 'grow', '--from', str(src_dir), '--step', str(step),
+                        '--method', method, '--factor', str(factor), '--out', str(out_dir),
+                        *overrides])
+  cfg = dataclasses.replace(cfg, growth=dataclasses.replace(cfg.growth, source=command))
+  outputs.external_checkpoints(cfg, out_dir)
+  mesh = make_mesh(cfg.mesh)
+  src_program = build_program(src_cfg, mesh)
+  out_program = build_program(cfg, mesh, 1)
+  tokenizer = data_lib.make_tokenizer(cfg.data)
+  batch = cfg.train.batch_size // jax.process_count()
+  proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=batch, **proc)
+  restored = src_ckpt.restore(step, src_program.abstract_state, iterator)
+  src_ckpt.close()
+  state = out_program.enter(restored.state)
+  # The source run's records up to the checkpoint, then the growth event.
+  lines = [rec for rec in src_run.read_lines() if 'event' not in rec and rec.get('step', 0) <= step]
+  lines.append(growth_event(
+      event='grow', step=step, tokens=restored.meta['tokens'], flops=restored.meta['flops'],
+      method=method, optimizer=cfg.growth.optimizer, src=plan_lib.describe(src_cfg.model),
+      dst=plan_lib.describe(cfg.model), from_run=str(src_dir)))
+  outputs.write_grown_run(out_dir, cfg, lines, step, state, iterator,
+                          {'tokens': restored.meta['tokens'], 'flops': restored.meta['flops']},
+                          overwrite=overwrite, sources=[src_dir],
+                          writer=jax.process_index() == 0)
   return cfg
 
 
@@ -154,7 +146,8 @@ def main(args) -> int:
     n_src = model_config(init_dir(args.source)).n_layers
     cfg = grow_hf.grow_from_hf(args.source, out, method=args.method,
                                layers=_growth_layers(args, n_src), factor=args.factor,
-                               experiment=args.experiment, overrides=args.overrides)
+                               experiment=args.experiment, overrides=args.overrides,
+                               overwrite=args.overwrite)
     print(f'wrote {out}: {args.method} growth of {args.source} ({cfg.model.n_layers} layers'
           f'{", trainable: " + cfg.train.trainable if cfg.train.trainable else ""}); continue '
           f'it with: python launch.py run {out}')
@@ -170,7 +163,7 @@ def main(args) -> int:
     overrides = [f'growth.layers={",".join(map(str, layers))}',
                  f'model.n_layers={len(layers)}'] + overrides
   cfg = grow_checkpoint(args.source, out, method=args.method, factor=args.factor,
-                        step=args.step, overrides=overrides)
+                        step=args.step, overrides=overrides, overwrite=args.overwrite)
   g = cfg.growth
   print(f'wrote {out}: {g.method} growth of {args.source} at step '
         f'{g.at_tokens // (cfg.train.batch_size * cfg.data.seq_len)}; continue it with: '

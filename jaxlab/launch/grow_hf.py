@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shlex
 
 import jax
 
@@ -33,10 +34,10 @@ from jaxlab.config import hf as hf_config
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.growth import depth, plan
 from jaxlab.interop import hf
+from jaxlab.launch import outputs
 from jaxlab.optim import trainable as trainable_lib
 from jaxlab.parallel import make_mesh
-from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
-from jaxlab.rundir.directory import RunDir, growth_event
+from jaxlab.rundir.directory import growth_event
 from jaxlab.train.program import build_program
 from jaxlab.train.runnable import resolve
 from jaxlab.train.state import init_state_from
@@ -94,18 +95,27 @@ def grown_config(hf_dir: pathlib.Path, out_dir: pathlib.Path, method: str,
   return resolve(dataclasses.replace(cfg, train=train)), src, new
 
 
+def _command(source: str, out_dir: pathlib.Path, method: str, layers, factor: int,
+             experiment: str | None, overrides: list[str]) -> str:
+  """The grow, as the command that makes it (growth.source of the grown run)."""
+  parts = ['launch.py', 'grow', '--from', source, '--method', method]
+  parts += ['--layers', ','.join(map(str, layers))] if layers else ['--factor', str(factor)]
+  parts += ['--experiment', experiment] if experiment else []
+  return shlex.join(parts + ['--out', str(out_dir), *overrides])
+
+
 def grow_from_hf(source: str, out_dir: str | pathlib.Path, *, method: str,
                  layers: list[int] | None = None, factor: int = 4, experiment: str | None = None,
-                 overrides: list[str] = ()) -> Config:
-  """Writes the grown run directory `out_dir`; returns its config."""
+                 overrides: list[str] = (), overwrite: bool = False) -> Config:
+  """Writes the grown run directory `out_dir`, whole or not at all; returns its config."""
   hf_dir = hf_config.init_dir(source)
   out_dir = pathlib.Path(out_dir)
+  outputs.check_out(out_dir, option='--out', overwrite=overwrite, sources=[hf_dir])
   cfg, src, new = grown_config(hf_dir, out_dir, method, layers, factor, experiment,
                                list(overrides))
-  ckpt_dir = checkpoint_dir(cfg, out_dir)
-  if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-    raise ConfigError(f'--out {out_dir} already holds checkpoints ({ckpt_dir}); pick a new '
-                      'directory')
+  cfg = dataclasses.replace(cfg, growth=dataclasses.replace(cfg.growth, source=_command(
+      source, out_dir, method, layers, factor, experiment, list(overrides))))
+  outputs.external_checkpoints(cfg, out_dir)
   try:
     tokenizer = data_lib.make_tokenizer(cfg.data)
   except ValueError as err:
@@ -127,24 +137,14 @@ def grow_from_hf(source: str, out_dir: str | pathlib.Path, *, method: str,
     iterator = data_lib.make_train_iterator(cfg.data, tokenizer, batch_size=batch, **proc)
   except ValueError as err:
     raise ConfigError(str(err)) from None
-
-  out_run = RunDir(out_dir, writer=jax.process_index() == 0)
-  out_run.create()
-  out_run.lock()
-  try:
-    out_run.write_config(cfg)
-    out_run.start_fresh()
-    out_run.append(growth_event(
-        event='grow', step=0, tokens=0, flops=0.0, method=method,
-        optimizer='reset', src=plan.describe(src), dst=plan.describe(cfg.model),
-        from_hf=str(hf_dir),
-        layers=depth.layer_map(plan.depth_method_for(method), src.n_layers, cfg.model.n_layers,
-                               layers),
-        new_layers=[i for i, flag in enumerate(new) if flag]))
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints, async_save=False)
-    ckpt.save(0, state, iterator, {'tokens': 0, 'flops': 0.0})
-    ckpt.wait()
-    ckpt.close()
-  finally:
-    out_run.close()
+  event = growth_event(
+      event='grow', step=0, tokens=0, flops=0.0, method=method,
+      optimizer='reset', src=plan.describe(src), dst=plan.describe(cfg.model),
+      from_hf=str(hf_dir),
+      layers=depth.layer_map(plan.depth_method_for(method), src.n_layers, cfg.model.n_layers,
+                             layers),
+      new_layers=[i for i, flag in enumerate(new) if flag])
+  outputs.write_grown_run(out_dir, cfg, [event], 0, state, iterator, {'tokens': 0, 'flops': 0.0},
+                          overwrite=overwrite, sources=[hf_dir],
+                          writer=jax.process_index() == 0)
   return cfg

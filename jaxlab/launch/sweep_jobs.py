@@ -94,10 +94,17 @@ def run_parallel(argv: list[str], sweep_dir: pathlib.Path, points: list, total: 
         proc.wait()
       return 128 + stop.signum
   print(outcome_line(sweep_dir, outcome), flush=True)
+  failed = [label for label, status in outcome.items() if status.startswith('failed')]
+  if failed:
+    print(f'error: {len(failed)} point(s) failed: {", ".join(failed)} (their launch.log says '
+          'why; rerun the sweep to retry them)', file=sys.stderr, flush=True)
+    return 1
   return 0
 
 
 def outcome_line(sweep_dir: pathlib.Path, outcome: dict[str, str]) -> str:
-  """'sweep DIR: 5 completed, 1 diverged' from {label: status}."""
+  """'sweep DIR: 5 completed, 1 diverged' from {label: status}. A diverged point is a
+  result (a learning rate too high, say); a failed one (a crash, a bad input) makes the
+  sweep exit non-zero."""
   counts = {s: sum(v == s for v in outcome.values()) for s in sorted(set(outcome.values()))}
   return f'sweep {sweep_dir}: ' + ', '.join(f'{n} {s}' for s, n in counts.items())

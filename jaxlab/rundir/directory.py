@@ -42,12 +42,14 @@ from typing import Any
 from jaxlab.config.loading import HISTORY_KEY, flatten, read_config_file
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.rundir import provenance, records
-from jaxlab.rundir.layout import CONFIG_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
+from jaxlab.rundir.layout import CONFIG_FILE, DATA_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
 
 LOCATION_KEYS = ('name', 'train.workdir')
 FREE_KEYS = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'train.async_checkpoint', 'train.spectral_every',
-             'train.weight_stats')
+             'train.weight_stats',
+             'data.accept_changes')   # itself no change: the data change it lets through is
+                                      # recorded in the history by the trainer
 FREE_PREFIXES = ('mesh.',)   # checkpoints restore onto any mesh
 EVAL_KEYS = ('train.eval_batches',)
 AFTER_DIVERGENCE_KEYS = ('optim.lr', 'optim.warmup_steps', 'optim.grad_clip')
@@ -259,6 +261,14 @@ class RunDir:
       self._metrics = open(self.metrics_path, 'a')
     self._metrics.write(records.line(record))
     self._metrics.flush()
+
+  def read_data_identity(self) -> dict | None:
+    """data.json: what the run trains on, as recorded when it started (jaxlab.data.identity)."""
+    return records.read_json_object(self.path / DATA_FILE)
+
+  def write_data_identity(self, identity: dict):
+    if self.writer:
+      self._write_json(self.path / DATA_FILE, identity)
 
   def write_provenance(self, origin):
     """provenance.json for a fresh start (jaxlab.rundir.provenance); without an origin

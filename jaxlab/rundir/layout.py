@@ -9,6 +9,8 @@ reads a run directory takes these names from here.
     metrics.jsonl              one JSON object per logged step, and {"event": ...} lines
                                (jaxlab.rundir.records)
     summary.json               written when a session ends
+    data.json                  what the run trains on (jaxlab.data.identity)
+    provenance.json            where the run came from (jaxlab.rundir.provenance)
     .lock                      flock'd by process 0 while a session runs
     checkpoints/               orbax steps (jaxlab.rundir.checkpoint), unless
                                train.checkpoint_dir puts them elsewhere
@@ -28,13 +30,14 @@ from jaxlab.config.types import Config
 
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
+DATA_FILE = 'data.json'
 LOCK_FILE = '.lock'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
 LAUNCH_LOG = 'launch.log'
 COMPILE_FILE = 'compile.json'
 
-__all__ = ['CHECKPOINTS', 'COMPILE_FILE', 'CONFIG_FILE', 'LAUNCH_LOG', 'LOCK_FILE',
+__all__ = ['CHECKPOINTS', 'COMPILE_FILE', 'CONFIG_FILE', 'DATA_FILE', 'LAUNCH_LOG', 'LOCK_FILE',
            'METRICS_FILE', 'SEED_KEYS', 'SUMMARY_FILE', 'TENSORBOARD',
            'method_and_seed', 'run_dir_of', 'seed_run']
 

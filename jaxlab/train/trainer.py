@@ -13,12 +13,14 @@ host stops here, and when any hook is due syncs the metrics since the last sync
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
 from jaxlab import data as data_lib
+from jaxlab.data import identity
 from jaxlab import growth
 from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config.types import Config, ConfigError
@@ -129,6 +131,41 @@ class Trainer:
       return self.run_dir.check_config(self.cfg, has_checkpoints,
                                        diverged=previous.get('status') == 'diverged')
     self.changes = self._on_process_0('resume its run directory', guard)
+    if self.cfg.growth.source and not has_checkpoints:
+      raise self._grown_without_checkpoint()
+    self.has_checkpoints = has_checkpoints
+
+  def _check_data(self, tokenizer):
+    """A resumed run trains on what it started with (jaxlab.data.identity): checked before
+    anything compiles. A change is refused, naming the file and what changed, unless
+    data.accept_changes, which records it in config.json's history."""
+    cfg = self.cfg
+
+    def check():
+      recorded = self.run_dir.read_data_identity()
+      if recorded is None or not self.has_checkpoints:
+        return None
+      changed = identity.differences(recorded, cfg.data, tokenizer)
+      if changed and not cfg.data.accept_changes:
+        raise ConfigError(
+            f'{self.run_dir.path} was trained on other data: {"; ".join(changed)}. Restore '
+            'the data as it was to resume, or start a new run (name=...); to go on with the '
+            'data as it is now, rerun with data.accept_changes=true (recorded in the run\'s '
+            'config history)')
+      return changed
+    changed = self._on_process_0('check the data the run trains on', check)
+    if changed and self.changes is not None:
+      print(f'warning: data.accept_changes: going on with changed data ({"; ".join(changed)})',
+            file=sys.stderr, flush=True)
+      self.changes.changes['data'] = ('as data.json recorded it', '; '.join(changed))
+
+  def _grown_without_checkpoint(self) -> ConfigError:
+    """A grown run (launch.py grow) starts from its grown checkpoint, never from random
+    init: without one, the grow is to be done again."""
+    return ConfigError(f'{self.run_dir.path} was made by `{self.cfg.growth.source}`, and its '
+                       f'first checkpoint is missing or unreadable ({self.ckpt.directory}): '
+                       'run that command again (with --overwrite) to grow it anew; it never '
+                       'trains from random weights')
 
   def program_at(self, step: int) -> Program:
     k = growth.phase_index(self.phases, step)
@@ -198,12 +235,15 @@ class Trainer:
     self._preflight(tokenizer)
     self.phases = growth.phases(cfg)   # the growth plan's own checks (sizes, timing)
     self._open_run_dir()
+    self._check_data(tokenizer)
     self._check_shapes()
     val_batches = self._data(tokenizer)
     self._stop_if_signalled()
 
     restored, self.iterator = self.ckpt.restore_latest(
         lambda s: self.program_at(s).abstract_state, self.make_iterator)
+    if restored is None and cfg.growth.source:
+      raise self._grown_without_checkpoint()
     if restored is None:
       self.program = self.program_at(0)
       self.state = self.program.init_state()
@@ -217,6 +257,9 @@ class Trainer:
       self.run_dir.resume_metrics(self.step, restored.record)
       print(f'resuming {self.run_dir.path} from step {self.step}', flush=True)
     self.run_dir.write_config(cfg, self.changes, fresh=restored is None, step=self.step)
+    if restored is None or (self.changes and self.changes.changes.get('data')) or \
+        self.run_dir.read_data_identity() is None:   # a fresh start, an accepted change
+      self.run_dir.write_data_identity(identity.describe(cfg.data, tokenizer))
     self._stop_if_signalled()
 
     self.device_kind = jax.devices()[0].device_kind
