@@ -14,8 +14,8 @@ tokens. Three seeds is the least that gives a usable interval (t_{0.975, 2} = 4.
 seeds would give 12.7). At 420 steps the first pair of runs took 6.5 minutes on an idle
 machine (about 20 for all six, two at a time); 240 steps brings `make demo` to 11
 minutes (3 pairs of about 3.7 minutes, and the report). It read "not resolved at this scale
-(saving +16.5% ± 17.7%)", with G_stack's final val loss lower by a resolved paired
--0.092 ± 0.042 over the last three evaluations.
+(saving +13.6% [-inf, 45.6%])", with G_stack's val loss lower by a resolved paired
+-0.092 ± 0.042 over the last three evaluations (docs/results/demo.md).
 
 Validation: 16 batches (32k tokens) every 30 steps, the same tokens each time, about
 8-10% of the run (the whole split every 30 steps would cost about half of it).

@@ -181,15 +181,27 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _remove_dead_builds(root: pathlib.Path) -> None:
-  """Temporary build directories of this host's processes that are gone (a kill while
-  tokenising); called under the cache lock, so no live build of this host is touched."""
-  prefix = f'.tmp-{socket.gethostname()}-'
-  for entry in root.iterdir():
+def left_by_dead_processes(parent: pathlib.Path, prefix: str) -> list[pathlib.Path]:
+  """The entries of `parent` named `<prefix><pid>[-...]` whose process (on this host: the
+  prefix names the host) is gone: what a killed build or command left behind."""
+  try:
+    entries = list(parent.iterdir())
+  except OSError:
+    return []
+  out = []
+  for entry in entries:
     if entry.name.startswith(prefix):
       pid = entry.name[len(prefix):].split('-', 1)[0]
       if pid.isdigit() and not _alive(int(pid)):
-        shutil.rmtree(entry, ignore_errors=True)
+        out.append(entry)
+  return out
+
+
+def _remove_dead_builds(root: pathlib.Path) -> None:
+  """Temporary build directories of this host's processes that are gone (a kill while
+  tokenising); called under the cache lock, so no live build of this host is touched."""
+  for entry in left_by_dead_processes(root, f'.tmp-{socket.gethostname()}-'):
+    shutil.rmtree(entry, ignore_errors=True)
 
 
 def _tokenize(path: str, cfg: DataConfig, tokenizer, out: pathlib.Path):

@@ -23,22 +23,13 @@ import shutil
 import socket
 
 from jaxlab.config.types import ConfigError
+from jaxlab.data.files import left_by_dead_processes
 from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.rundir.directory import RunDir
 from jaxlab.rundir.provenance import Origin
 
 _PARTIAL = '.partial-'
 _REPLACED = '.replaced-'
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def _what(path: pathlib.Path) -> str:
@@ -56,16 +47,8 @@ def remove_dead_partials(out: pathlib.Path) -> None:
   siblings are removed; a folder that --overwrite had set aside is put back when the new
   one never arrived (killed between the two renames), else removed."""
   host = socket.gethostname()
-  try:
-    siblings = list(out.parent.iterdir())
-  except OSError:
-    return
-  for sibling in siblings:
-    for kind in (_PARTIAL, _REPLACED):
-      prefix = f'.{out.name}{kind}{host}-'
-      pid = sibling.name[len(prefix):]
-      if not sibling.name.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
-        continue
+  for kind in (_PARTIAL, _REPLACED):
+    for sibling in left_by_dead_processes(out.parent, f'.{out.name}{kind}{host}-'):
       if kind == _REPLACED and not out.exists():
         sibling.rename(out)
       else:
