@@ -148,7 +148,7 @@ def test_study_runs_spend_the_baseline_flops(experiment):
     budgets[label] = sum((end - p.start_step) * tps * flops_per_token(p.model, cfg.data.seq_len)
                          for p, end in zip(phases, ends))
     big_step = tps * flops_per_token(cfg.model, cfg.data.seq_len)
-  base = budgets[runs[0][0]]
+  base = budgets[runs[0].label]
   assert len(budgets) >= 3
   for label, b in budgets.items():
     assert abs(b - base) <= 0.5 * big_step, (label, b, base)

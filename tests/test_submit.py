@@ -191,7 +191,7 @@ def test_sweep_point_selects_and_trains_only_that_point(capsys, monkeypatch, tmp
   assert code == 2 and '--point 3 is out of range: this sweep has 3 points, 0 to 2' in err
   import jaxlab.train
   trained = []
-  monkeypatch.setattr(jaxlab.train, 'train', lambda cfg: trained.append(cfg))
+  monkeypatch.setattr(jaxlab.train, 'train', lambda cfg, origin=None: trained.append(cfg))
   code, _, err = run_cli(capsys, *grid, '--point', '2')
   assert code == 0, err
   assert [(c.name, c.train.steps) for c in trained] == [('train.steps=7', 7)]
