@@ -5,13 +5,11 @@ writes the same bytes; a grown run knows where its weights came from and never t
 from random init."""
 import hashlib
 import json
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import hf_models as H
@@ -22,6 +20,19 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _tree_digest(path: pathlib.Path) -> dict:
   return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(path.rglob('*')) if p.is_file()}
+
+
+class _Done:
+  def __init__(self, returncode, stderr):
+    self.returncode, self.stderr = returncode, stderr
+
+
+def _here(argv, capsys):
+  """launch.py's code in this process (no fault to inject: saves a process start)."""
+  from jaxlab.launch.cli import main
+  capsys.readouterr()
+  code = main(argv)
+  return _Done(code, capsys.readouterr().err)
 
 
 def _launch(argv, env_code=''):
@@ -69,18 +80,19 @@ KILL_AFTER = {
 }
 
 
-def test_export_refuses_its_source_and_a_full_folder_and_is_atomic(pretrained, trained, tmp_path):
+def test_export_refuses_its_source_and_a_full_folder_and_is_atomic(pretrained, trained, tmp_path,
+                                                                   capsys):
   source_before = _tree_digest(pretrained)
   # Into the folder the run was initialised from: refused, even with --overwrite.
   for extra in ([], ['--overwrite']):
-    proc = _launch(['export', str(trained), '--format', 'hf', '--out', str(pretrained), *extra])
+    proc = _here(['export', str(trained), '--format', 'hf', '--out', str(pretrained), *extra], capsys)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "is this command's source" in err[0], \
         proc.stderr
   assert _tree_digest(pretrained) == source_before
   # The uninterrupted export, the reference.
   ref = tmp_path / 'ref'
-  assert _launch(['export', str(trained), '--format', 'hf', '--out', str(ref)]).returncode == 0
+  assert _here(['export', str(trained), '--format', 'hf', '--out', str(ref)], capsys).returncode == 0
   want = _tree_digest(ref)
   assert 'tokenizer.json' in want and 'config.json' in want
   # A non-empty folder (an older export with another tokenizer): refused, named.
@@ -89,17 +101,17 @@ def test_export_refuses_its_source_and_a_full_folder_and_is_atomic(pretrained, t
   H.make_tokenizer(old, vocab_size=600)
   (old / 'config.json').write_text('{}')
   (old / 'model.safetensors').write_bytes(b'x')
-  proc = _launch(['export', str(trained), '--format', 'hf', '--out', str(old)])
+  proc = _here(['export', str(trained), '--format', 'hf', '--out', str(old)], capsys)
   assert proc.returncode == 2 and f'--out {old} holds a Hugging Face model' in proc.stderr
   assert 'add --overwrite' in proc.stderr
   # --overwrite replaces it whole: no file of the old folder survives.
-  assert _launch(['export', str(trained), '--format', 'hf', '--out', str(old),
-                  '--overwrite']).returncode == 0
+  assert _here(['export', str(trained), '--format', 'hf', '--out', str(old), '--overwrite'],
+               capsys).returncode == 0
   assert _tree_digest(old) == want
   # kill -9 after each write: --out stays absent (or whole), the rerun is byte-identical.
   sharded = tmp_path / 'sharded_ref'
-  assert _launch(['export', str(trained), '--format', 'hf', '--out', str(sharded),
-                  '--max-shard-size', '20KB']).returncode == 0
+  assert _here(['export', str(trained), '--format', 'hf', '--out', str(sharded),
+                '--max-shard-size', '20KB'], capsys).returncode == 0
   want = _tree_digest(sharded)
   assert len([n for n in want if n.endswith('.safetensors')]) > 1      # several shards
   for point, code in KILL_AFTER.items():
@@ -111,21 +123,21 @@ def test_export_refuses_its_source_and_a_full_folder_and_is_atomic(pretrained, t
       assert _tree_digest(out) == want
     else:
       assert not out.exists(), point
-    proc = _launch(['export', str(trained), '--format', 'hf', '--out', str(out),
-                    '--max-shard-size', '20KB', '--overwrite'])
+    proc = _here(['export', str(trained), '--format', 'hf', '--out', str(out),
+                  '--max-shard-size', '20KB', '--overwrite'], capsys)
     assert proc.returncode == 0, (point, proc.stderr)
     assert _tree_digest(out) == want, point
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(f'.{out.name}.')], point
   assert _tree_digest(pretrained) == source_before
 
 
-def test_export_to_a_folder_that_cannot_be_written_is_one_line(trained, tmp_path):
+def test_export_to_a_folder_that_cannot_be_written_is_one_line(trained, tmp_path, capsys):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  proc = _launch(['export', str(trained), '--format', 'hf', '--out', str(blocker / 'x')])
+  proc = _here(['export', str(trained), '--format', 'hf', '--out', str(blocker / 'x')], capsys)
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(err) == 1 and f'--out {blocker / "x"}' in err[0], proc.stderr
-  proc = _launch(['export', str(trained), '--format', 'hf', '--out', str(blocker)])
+  proc = _here(['export', str(trained), '--format', 'hf', '--out', str(blocker)], capsys)
   assert proc.returncode == 2 and 'is a file, not a directory' in proc.stderr
 
 
@@ -161,36 +173,37 @@ def _grown_digest(run: pathlib.Path, named: pathlib.Path) -> dict:
   return digest
 
 
-def test_grow_from_hf_is_atomic_refuses_models_and_knows_its_origin(pretrained, trained, tmp_path):
+def test_grow_from_hf_is_atomic_refuses_models_and_knows_its_origin(pretrained, trained, tmp_path,
+                                                                    capsys):
   source_before = _tree_digest(pretrained)
   argv = ['grow', '--from', f'hf:{pretrained}', '--method', 'zero', '--insert-every', '1',
           '--experiment', 'tiny', 'data.seq_len=32', 'train.batch_size=4', 'train.steps=3']
   # An existing Hugging Face folder as --out: refused, untouched.
-  proc = _launch(argv + ['--out', str(pretrained)])
+  proc = _here(argv + ['--out', str(pretrained)], capsys)
   assert proc.returncode == 2 and "is this command's source" in proc.stderr
   other = tmp_path / 'other_model'
   H.make_model(other, vocab_size=288, hidden_size=32, intermediate_size=64,
                num_attention_heads=2, num_key_value_heads=1)
   other_before = _tree_digest(other)
-  proc = _launch(argv + ['--out', str(other)])
+  proc = _here(argv + ['--out', str(other)], capsys)
   assert proc.returncode == 2 and 'holds a Hugging Face model' in proc.stderr
   assert _tree_digest(other) == other_before
   # kill -9 before, during and after the writes: --out absent, or whole after the rename;
   # the same command again gives what an uninterrupted grow gives.
   ref = tmp_path / 'grown_ref'
-  assert _launch(argv + ['--out', str(ref)]).returncode == 0
-  want = _grown_digest(ref, ref)
+  assert _launch(argv + ['--out', str(ref)]).returncode == 0   # provenance records argv:
+  want = _grown_digest(ref, ref)                                # as a user's process
   for point, code in GROW_KILLS.items():
     out = tmp_path / f'grown_{point.replace(" ", "_")}'
     proc = _launch(argv + ['--out', str(out)], code)
     assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-500:])
     if point == 'rename':                   # whole; the same command now finds it
       assert _grown_digest(out, ref) == want
-      proc = _launch(argv + ['--out', str(out)])
+      proc = _here(argv + ['--out', str(out)], capsys)
       assert proc.returncode == 2 and 'holds a jaxlab run' in proc.stderr, proc.stderr
       continue
     assert not out.exists(), point
-    proc = _launch(['run', str(out)])       # nothing that `run` would start afresh
+    proc = _here(['run', str(out)], capsys)       # nothing that `run` would start afresh
     assert proc.returncode == 2 and 'not found' in proc.stderr, point
     proc = _launch(argv + ['--out', str(out)])
     assert proc.returncode == 0, (point, proc.stderr[-500:])
@@ -201,7 +214,7 @@ def test_grow_from_hf_is_atomic_refuses_models_and_knows_its_origin(pretrained, 
   # The grown run's checkpoint gone: refused, naming the command; never random init.
   import shutil
   shutil.rmtree(out / 'checkpoints')
-  proc = _launch(['run', str(out)])
+  proc = _here(['run', str(out)], capsys)
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(err) == 1 and 'launch.py grow --from hf:' in err[0] and \
       'never trains from random weights' in err[0], proc.stderr
