@@ -140,9 +140,10 @@ def test_savings_over_seeds_by_hand():
   assert flat['stack']['saving_resolved'] is True
 
 
-def test_crossing_interval_against_a_brute_force_t_test():
-  """The inverted interval equals scanning candidate FLOPs with scipy's one-sample
-  t-test (an outside implementation) on the paired differences."""
+def test_crossing_interval_against_scipy_t_interval():
+  """The calibration interval equals scanning candidate FLOPs for where the seed-mean
+  paired difference lies within the half-width of scipy's one-sample t confidence
+  interval (an outside implementation) at the estimate."""
   from scipy import stats as scipy_stats
   from jaxlab.report import crossing
   rng = np.random.default_rng(3)
@@ -153,12 +154,14 @@ def test_crossing_interval_against_a_brute_force_t_test():
   est, lo, hi = crossing.crossing_interval(flops, M, b, stats.t_quantile(4))
   grid = np.linspace(x[0], x[-1], 3001)
   D = M @ crossing.interpolation_weights(x, grid).T - b[:, None]
-  ok = scipy_stats.ttest_1samp(D, 0.0, axis=0).pvalue >= 0.05
-  accepted = np.exp(grid[ok])
+  at = np.argmin(np.abs(grid - np.log(est)))
+  ci = scipy_stats.ttest_1samp(D[:, at], 0.0).confidence_interval(0.95)
+  half = (ci.high - ci.low) / 2
+  accepted = np.exp(grid[np.abs(D.mean(axis=0)) <= half])
   assert accepted.min() == pytest.approx(lo, rel=2e-3)
   assert accepted.max() == pytest.approx(hi, rel=2e-3)
   assert lo < est < hi
-  # Where the accepted candidates reach the last evaluation, the bound is open.
+  # Where the interval reaches the last evaluation, the bound is open.
   est, lo, hi = crossing.crossing_interval(flops, M, b - 0.3, stats.t_quantile(4))
   assert hi == math.inf and lo < est
 
