@@ -10,8 +10,8 @@ import sys
 from jaxlab.config import loading
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-COMMANDS = ('run', 'sweep', 'grow', 'export', 'submit', 'compile', 'report', 'coordcheck',
-            'steplaw')
+COMMANDS = ('run', 'sweep', 'grow', 'export', 'submit', 'compile', 'report', 'fit',
+            'coordcheck', 'steplaw')
 
 
 def launch(*args, **kw):

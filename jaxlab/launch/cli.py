@@ -7,6 +7,7 @@
   submit      run an experiment on a Cloud TPU slice or a SLURM GPU cluster
   compile     compile every phase of a run for a TPU slice from this machine
   report      report.md, tables and plots of a run or sweep directory
+  fit         a scaling law fitted to a sweep's runs (jaxlab.scaling)
   coordcheck  the muP coordinate check
   steplaw     Step Law's lr and batch for N params and D tokens
 
@@ -33,6 +34,7 @@ from jaxlab.config.types import ConfigError
 from jaxlab.launch import platforms
 from jaxlab.launch.submit import options as submit_options
 from jaxlab.report import write_report
+from jaxlab.scaling import LAWS, MissingData, write_fit
 from jaxlab.rundir.layout import SEED_KEYS
 
 DESCRIPTION = ('jaxlab: train, grow, sweep, compile and report LLaMA-style models in JAX. '
@@ -81,6 +83,16 @@ def _cmd_report(args) -> int:
   try:
     path = write_report(pathlib.Path(args.dir), baseline=args.baseline)
   except ValueError as err:
+    raise ConfigError(str(err)) from None
+  print(f'wrote {path}')
+  return 0
+
+
+def _cmd_fit(args) -> int:
+  try:
+    path = write_fit(pathlib.Path(args.dir), args.law, method=args.method, count=args.params,
+                     predict=args.predict, bootstrap=args.bootstrap)
+  except MissingData as err:
     raise ConfigError(str(err)) from None
   print(f'wrote {path}')
   return 0
@@ -215,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
                       'run\'s paired differences against the run that differs only in KEY '
                       '(e.g. optim.name=adamw,sgd)')
   report.set_defaults(func=_cmd_report)
+  fit = sub.add_parser('fit', help='fit a scaling law to a sweep\'s finished runs',
+                       description='Fit a scaling law to the finished runs under DIR; writes '
+                       'DIR/fit_<law>.md and its plots (docs/scaling.md).')
+  fit.add_argument('dir')
+  fit.add_argument('--law', required=True, choices=LAWS)
+  fit.add_argument('--method', default='none', metavar='M',
+                   help="the runs' growth.method ('none', the default: from scratch); for "
+                   "--law multiplier the growth method compared with scratch")
+  fit.add_argument('--params', default=None, choices=['all', 'non_embedding'],
+                   help='how N is counted (default: all, as Chinchilla; hparams: '
+                   'non_embedding, as Step Law)')
+  fit.add_argument('--predict', default=None, metavar='N=..,D=..|C=..',
+                   help='also predict there, with an interval (chinchilla, hparams: N and D; '
+                   'isoflop, frontier, multiplier: C)')
+  fit.add_argument('--bootstrap', type=int, default=200, metavar='B',
+                   help='bootstrap refits for the intervals (default 200)')
+  fit.set_defaults(func=_cmd_fit)
   coord = sub.add_parser('coordcheck', help='the muP coordinate check over widths',
                          description='muP coordinate check: mean |activation| of every sublayer '
                          'vs width over the first steps; writes a plot and a slope table.')

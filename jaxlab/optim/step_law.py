@@ -12,7 +12,8 @@ values 1.63e-3 and 1.11e6 in docs/scaling_rules.md). The fit's five-digit consta
 (exp(0.58631), -0.71292, 0.30749; exp(-0.54354), 0.57094) give lr 1.662e-3 there, 2% higher -- well inside the law's own
 scatter, and not what the check values were computed from.
 
-`resolve(cfg)` applies the rules optim.lr_rule / train.batch_rule = 'steplaw' to a
+The constants and `steplaw` itself live in jaxlab.config.step_law (no jax), so the fitted
+laws of jaxlab.scaling print beside them. `resolve(cfg)` applies the rules optim.lr_rule / train.batch_rule = 'steplaw' to a
 Config (jaxlab.train.runnable.resolve calls it, so every run, sweep point, compile and grown run
 is resolved before anything compiles); it writes the predictions into optim.lr, train.batch_size and
 train.steps, so config.json records both the rule and the values it gave.
@@ -22,26 +23,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from jaxlab.config.step_law import steplaw
 from jaxlab.config.types import Config, ConfigError, ModelConfig
 from jaxlab.models import schema
 
-LR_COEF = 1.79
-LR_N_EXP = -0.713
-LR_D_EXP = 0.307
-BATCH_COEF = 0.58
-BATCH_D_EXP = 0.571
-
-
-def steplaw(n_params: float, n_tokens: float) -> tuple[float, float]:
-  """(learning_rate, batch_tokens) for `n_params` non-embedding parameters trained on
-  `n_tokens` tokens. The batch is in tokens and not rounded: divide by the sequence
-  length for sequences (`batch_sequences`)."""
-  for name, value in (('n_params', n_params), ('n_tokens', n_tokens)):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0):
-      raise ValueError(f'steplaw: {name}={value!r} must be a finite number > 0')
-  n, d = float(n_params), float(n_tokens)
-  return LR_COEF * n ** LR_N_EXP * d ** LR_D_EXP, BATCH_COEF * d ** BATCH_D_EXP
+__all__ = ['steplaw', 'batch_sequences', 'non_embedding_params', 'resolve']
 
 
 def batch_sequences(batch_tokens: float, seq_len: int) -> int:

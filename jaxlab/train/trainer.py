@@ -26,6 +26,7 @@ from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.parallel import batch_sharding, make_mesh
 from jaxlab.models import flops
+from jaxlab.optim import non_embedding_params
 from jaxlab.rundir.layout import run_dir_of
 from jaxlab.rundir.provenance import Origin
 from jaxlab.rundir.directory import RunDir
@@ -295,7 +296,9 @@ class Trainer:
   def _measure_model(self):
     self.n_params = flops.count_params(self.state.params)
     self.fpt = flops.flops_per_token(self.program.model.cfg, self.program.seq_len)
-    self.summary.update(name=self.cfg.name, n_params=self.n_params, flops_per_token=self.fpt,
+    self.summary.update(name=self.cfg.name, n_params=self.n_params,
+                        n_params_non_embedding=non_embedding_params(self.program.model.cfg),
+                        flops_per_token=self.fpt,
                         device_kind=self.device_kind, n_devices=jax.device_count())
 
   def enter_phase(self, step: int):

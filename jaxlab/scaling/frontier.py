@@ -1,0 +1,165 @@
+"""The compute frontier L(C) = E + A / C^gamma of one family's ladder, and growth's
+effective compute multiplier against it.
+
+`fit_frontier_curves` (what `launch.py fit` uses) builds the envelope as Hoffmann et
+al.'s approach 1 does: at `ENVELOPE_POINTS` log-spaced FLOPs values across the runs, the
+lowest val loss any run's evaluation curve reaches there (interpolated in log C between
+its evaluations), and fits the law to it with the machinery of jaxlab.scaling.laws
+(log-sum-exp, Huber 1e-3, grid starts). The envelope's points are not independent, so
+its interval is a bootstrap over runs: the runs are resampled with replacement and the
+envelope rebuilt and refitted. `fit_frontier` fits points directly (envelope=True keeps
+the Pareto front of (C, L): no point with at most its FLOPs has a lower loss), with a
+bootstrap over points.
+
+`compute_multiplier(scratch, method, flops)`: the FLOPs scratch's frontier needs to reach
+the loss the method's frontier reaches at C, over C. Above 1: the method saves compute
+(1.25 = scratch needs 25% more). Its interval refits both frontiers on each bootstrap
+resample of the runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from jaxlab.scaling import laws
+
+
+def frontier_points(flops: Sequence[float], loss: Sequence[float]) -> list[int]:
+  """Indices of the points on the lower envelope of (flops, loss), by FLOPs."""
+  order = sorted(range(len(flops)), key=lambda i: (flops[i], loss[i]))
+  out, best = [], math.inf
+  for i in order:
+    if loss[i] < best:
+      out.append(i)
+      best = loss[i]
+  return out
+
+
+def _inverse(theta: np.ndarray, loss: float) -> float:
+  """C at which E + A / C^gamma = loss (nan at or below E, or for gamma <= 0)."""
+  a, gamma, e = (float(v) for v in theta)
+  if gamma <= 0 or loss <= math.exp(e):
+    return math.nan
+  return math.exp((a - math.log(loss - math.exp(e))) / gamma)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierFit:
+  """L(C) = E + A / C^gamma through `n_points` points of the envelope."""
+  E: float
+  A: float
+  gamma: float
+  n_points: int
+  residual_sd: float
+  theta: np.ndarray = dataclasses.field(repr=False, compare=False)
+  boot: laws.Bootstrap | None = dataclasses.field(default=None, repr=False, compare=False)
+
+  def predict(self, flops: float) -> float:
+    return float(math.exp(laws.predict_log(self.theta, np.log([[flops]]))[0]))
+
+  def flops_for(self, loss: float) -> float:
+    """The FLOPs at which the frontier reaches `loss` (nan if it never does)."""
+    return _inverse(self.theta, loss)
+
+  def interval(self, name: str) -> tuple[float, float]:
+    get = {'E': lambda t: math.exp(t[2]), 'A': lambda t: math.exp(t[0]),
+           'gamma': lambda t: float(t[1])}
+    if name not in get:
+      raise ValueError(f'{name!r}: expected one of E, A, gamma')
+    return self.boot.interval(get[name]) if self.boot else (math.nan, math.nan)
+
+  def predict_interval(self, flops: float) -> tuple[float, float]:
+    if not self.boot:
+      return math.nan, math.nan
+    return self.boot.interval(lambda t: math.exp(laws.predict_log(t, np.log([[flops]]))[0]))
+
+
+def fit_frontier(flops: Sequence[float], loss: Sequence[float], *,
+                 bootstrap: int = laws.BOOTSTRAP, seed: int = 0,
+                 envelope: bool = True) -> FrontierFit:
+  """Fits L(C) = E + A / C^gamma to the envelope of the points (all points with
+  envelope=False). Raises ValueError when fewer than 4 points remain."""
+  c = laws.check_points('flops', flops)
+  y = laws.check_points('loss', loss)
+  if len(c) != len(y):
+    raise ValueError(f'flops and loss differ in length ({len(c)}, {len(y)})')
+  keep = frontier_points(list(c), list(y)) if envelope else list(range(len(c)))
+  if len(keep) < 4:
+    raise ValueError(f'the frontier has 3 parameters: it needs at least 4 points on the '
+                     f'lower envelope of loss vs FLOPs (got {len(keep)} of {len(c)} runs)')
+  log_x, log_y = np.log(c[keep])[:, None], np.log(y[keep])
+  best = laws.fit_theta(log_x, log_y, laws.grid(1), keep=1 + laws.REFIT_STARTS)
+  theta = best[0][1]
+  boot = None
+  if bootstrap:
+    boot = laws.bootstrap(log_x, log_y, theta, [t for _, t in best[1:]], reps=bootstrap, seed=seed)
+  res = log_y - laws.predict_log(theta, log_x)
+  return FrontierFit(E=math.exp(theta[2]), A=math.exp(theta[0]), gamma=float(theta[1]),
+                     n_points=len(keep), residual_sd=float(np.std(res, ddof=1)), theta=theta,
+                     boot=boot)
+
+
+ENVELOPE_POINTS = 30
+
+
+def envelope(curves: Sequence[tuple[Sequence[float], Sequence[float]]],
+             points: int = ENVELOPE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+  """(C, L) at `points` log-spaced FLOPs from the smallest last evaluation of a run to the
+  largest: the lowest loss of any curve that spans C there."""
+  cs = [np.asarray(c, float) for c, _ in curves]
+  ls = [np.asarray(l, float) for _, l in curves]
+  grid_c = np.geomspace(min(c[-1] for c in cs), max(c[-1] for c in cs), points)
+  best = np.full(points, np.inf)
+  for c, l in zip(cs, ls):
+    inside = (grid_c >= c[0]) & (grid_c <= c[-1])
+    best[inside] = np.minimum(best[inside], np.interp(np.log(grid_c[inside]), np.log(c), l))
+  keep = np.isfinite(best)
+  return grid_c[keep], best[keep]
+
+
+def fit_frontier_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]], *,
+                        bootstrap: int = laws.BOOTSTRAP, seed: int = 0) -> FrontierFit:
+  """The frontier through the envelope of runs' (FLOPs, val loss) curves (each with
+  increasing FLOPs), its interval a bootstrap over runs."""
+  curves = [(c, l) for c, l in curves if len(c)]
+  if len(curves) < 2:
+    raise ValueError(f'a frontier needs the curves of at least 2 runs (got {len(curves)})')
+  c, y = envelope(curves)
+  fit = fit_frontier(c, y, bootstrap=0, envelope=False)
+  if not bootstrap:
+    return fit
+  rng = np.random.default_rng(seed)
+  thetas = []
+  for _ in range(bootstrap):
+    pick = rng.integers(0, len(curves), len(curves))
+    bc, by = envelope([curves[i] for i in pick])
+    if len(bc) < 4:
+      continue
+    thetas.append(laws.fit_theta(np.log(bc)[:, None], np.log(by), [fit.theta])[0][1])
+  return dataclasses.replace(fit, boot=laws.Bootstrap(np.array(thetas)))
+
+
+def _multiplier(scratch_theta, method_theta, flops: float) -> float:
+  reached = math.exp(laws.predict_log(method_theta, np.log([[flops]]))[0])
+  return _inverse(scratch_theta, reached) / flops
+
+
+def compute_multiplier(scratch: FrontierFit, method: FrontierFit,
+                       flops: float) -> tuple[float, float, float]:
+  """(multiplier, low, high) at `flops`: scratch's FLOPs to reach the method's loss at
+  `flops`, over `flops`. The interval pairs the b-th refit of each frontier: both
+  bootstraps use the same seed, so they pick the same positions among each method's runs
+  (sorted by label), which pairs the runs of a ladder whose methods share rungs and
+  seeds. inf where the method's loss lies below scratch's irreducible loss E (scratch
+  never reaches it)."""
+  est = _multiplier(scratch.theta, method.theta, flops)
+  if not (scratch.boot and method.boot):
+    return est, math.nan, math.nan
+  vals = np.array([_multiplier(s, m, flops)
+                   for s, m in zip(scratch.boot.thetas, method.boot.thetas)])
+  vals = np.where(np.isnan(vals), math.inf, vals)   # never reached: an unbounded saving
+  q = 100 * (1 - laws.CONFIDENCE) / 2
+  return est, float(np.percentile(vals, q)), float(np.percentile(vals, 100 - q))

@@ -1,0 +1,294 @@
+"""`launch.py fit DIR --law L`: a law fitted to a sweep's finished runs -> DIR/fit_<law>.md
+(parameters with 95% intervals, goodness of fit, an optional prediction) and its plots.
+
+  chinchilla  L(N, D) = E + A/N^alpha + B/D^beta, and the compute-optimal allocation
+  isoflop     per budget a parabola in log N, then N_opt = G C^a, D_opt = C/(6 N_opt)
+  frontier    L(C) = E + A/C^gamma through the envelope of the runs' val loss curves
+  hparams     lr*(N, D) = a N^alpha D^beta (and B*(D) = b D^gamma when batch is swept)
+  multiplier  growth's compute multiplier against scratch, both frontiers fitted
+
+`--method M` picks the runs of one growth method (growth.method; 'none', the default, is
+training from scratch); the multiplier compares `--method` (default: the one growth
+method present) with 'none'.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+
+import numpy as np
+
+from jaxlab.scaling import chinchilla, frontier, hparams, isoflop
+from jaxlab.scaling.points import MissingData, Point, read_points
+
+LAWS = ('chinchilla', 'isoflop', 'frontier', 'hparams', 'multiplier')
+_COUNT_TEXT = {'all': 'all parameters (Chinchilla\'s N)',
+               'non_embedding': 'parameters without the token embedding and output head'}
+
+
+def _g(v: float) -> str:
+  return '—' if v is None or (isinstance(v, float) and math.isnan(v)) else (
+      'inf' if math.isinf(v) else f'{v:.4g}')
+
+
+def _ci(lo: float, hi: float) -> str:
+  return '—' if math.isnan(lo) else f'[{_g(lo)}, {_g(hi)}]'
+
+
+def parse_predict(text: str | None, keys: tuple[str, ...]) -> dict[str, float]:
+  """'N=1e7,D=2e8' -> {'N': 1e7, 'D': 2e8}; MissingData naming what is wrong."""
+  if not text:
+    return {}
+  out = {}
+  for part in text.split(','):
+    key, _, value = part.partition('=')
+    try:
+      out[key.strip()] = float(value)
+    except ValueError:
+      raise MissingData(f'--predict {text!r}: {part!r} is not KEY=NUMBER') from None
+  if set(out) != set(keys) or not all(v > 0 and math.isfinite(v) for v in out.values()):
+    raise MissingData(f'--predict {text!r}: this law predicts from '
+                      f'{",".join(k + "=<number > 0>" for k in keys)}')
+  return out
+
+
+def _figure():
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(7, 4.5), dpi=120)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
+def _select(points: list[Point], method: str) -> list[Point]:
+  chosen = [p for p in points if p.method == method]
+  if not chosen:
+    have = sorted({p.method for p in points})
+    raise MissingData(f'no finished runs with growth.method={method!r} (the runs have '
+                      f'{", ".join(have)})')
+  return chosen
+
+
+def _chinchilla(points, out: pathlib.Path, predict, boot: int) -> list[str]:
+  try:
+    fit = chinchilla.fit_chinchilla([p.n_params for p in points], [p.n_tokens for p in points],
+                                    [p.loss for p in points], bootstrap=boot)
+  except ValueError as e:
+    raise MissingData(str(e)) from None
+  lines = ['| parameter | estimate | 95% CI |', '|---|---|---|']
+  lines += [f'| {k} | {_g(getattr(fit, k))} | {_ci(*fit.interval(k))} |'
+            for k in ('E', 'A', 'B', 'alpha', 'beta')]
+  c = max(p.flops for p in points)
+  lines += ['', f'Compute-optimal allocation at C = {c:.3g} FLOPs (the largest run; C = 6 N D):', '',
+            '| quantity | estimate | 95% CI |', '|---|---|---|']
+  lines += [f'| {k} | {_g(v)} | {_ci(lo, hi)} |' for k, (v, lo, hi) in fit.allocation(c).items()]
+  lines += ['', f'Goodness of fit: {fit.n_points} runs, SD of the log residuals '
+            f'{fit.residual_sd:.4f} (Huber delta {fit.huber_delta:g}).']
+  if predict:
+    est, flo, fhi, rlo, rhi = fit.prediction(predict['N'], predict['D'])
+    lines += ['', f'Prediction at N = {predict["N"]:.4g}, D = {predict["D"]:.4g}: L = {est:.4f}, '
+              f'95% interval of the law {_ci(flo, fhi)}, of one new run {_ci(rlo, rhi)}.']
+  fig, ax = _figure()
+  sizes = sorted({p.n_params for p in points})
+  for n in sizes:
+    mine = sorted((p for p in points if p.n_params == n), key=lambda p: p.n_tokens)
+    line = ax.plot([p.flops for p in mine], [p.loss for p in mine], 'o', label=f'N={n:.3g}')
+    ds = np.geomspace(min(p.n_tokens for p in mine), max(p.n_tokens for p in mine), 30)
+    ratio = np.mean([p.flops / p.n_tokens for p in mine])
+    ax.plot(ds * ratio, [fit.predict(n, d) for d in ds], '-', color=line[0].get_color())
+  ax.set_xscale('log')
+  ax.set_xlabel('FLOPs')
+  ax.set_ylabel('final val loss')
+  ax.set_title('L(N, D) fit (lines) and runs (points)')
+  ax.legend(fontsize=7)
+  fig.savefig(out / 'fit_chinchilla.png')
+  fig, ax = _figure()
+  ax.axhline(0, color='grey', lw=0.5)
+  ax.plot([p.n_params for p in points], fit.residuals, 'o')
+  ax.set_xscale('log')
+  ax.set_xlabel('N')
+  ax.set_ylabel('log L - log L_hat')
+  ax.set_title('residuals')
+  fig.savefig(out / 'fit_chinchilla_residuals.png')
+  return lines + ['', '![fit](fit_chinchilla.png)', '![residuals](fit_chinchilla_residuals.png)']
+
+
+def _law_rows(law, names) -> list[str]:
+  rows = ['| parameter | estimate | 95% CI |', '|---|---|---|',
+          f'| coefficient | {_g(law.coef)} | {_ci(*law.coef_ci)} |']
+  rows += [f'| exponent of {n} | {_g(e)} | {_ci(*ci)} |'
+           for n, e, ci in zip(names, law.exponents, law.exponent_ci)]
+  return rows + ['', f'{law.dof} residual degree(s) of freedom; SD of the log residuals '
+                 f'{_g(law.residual_sd)}.']
+
+
+def _isoflop(points, out: pathlib.Path, predict, boot: int) -> list[str]:
+  try:
+    fit = isoflop.fit_isoflop([p.flops for p in points], [p.n_params for p in points],
+                              [p.loss for p in points])
+  except ValueError as e:
+    raise MissingData(str(e)) from None
+  lines = ['| budget (FLOPs) | sizes | N_opt | note |', '|---|---|---|---|']
+  lines += [f'| {pr.flops:.3g} | {len(pr.n_params)} | {_g(pr.n_opt)} | {pr.why} |'
+            for pr in fit.profiles]
+  lines += ['', 'N_opt = G C^a:', ''] + _law_rows(fit.n_law, ['C'])
+  lines += ['', 'D_opt = C / (6 N_opt):', ''] + _law_rows(fit.d_law, ['C'])
+  if predict:
+    alloc = fit.allocation(predict['C'])
+    lines += ['', f'Prediction at C = {predict["C"]:.4g}: ' + ', '.join(
+        f'{k} = {_g(v)} {_ci(lo, hi)}' for k, (v, lo, hi) in alloc.items()) + '.']
+  fig, ax = _figure()
+  for pr in fit.profiles:
+    line = ax.plot(pr.n_params, pr.loss, 'o', label=f'C={pr.flops:.3g}')
+    if not math.isnan(pr.coeffs[0]):
+      ns = np.geomspace(min(pr.n_params), max(pr.n_params), 40)
+      ax.plot(ns, [pr.curve(n) for n in ns], '-', color=line[0].get_color())
+    if pr.n_opt:
+      ax.plot([pr.n_opt], [pr.curve(pr.n_opt)], '*', ms=12, color=line[0].get_color())
+  ax.set_xscale('log')
+  ax.set_xlabel('N')
+  ax.set_ylabel('final val loss')
+  ax.set_title('isoFLOP profiles (stars: N_opt)')
+  ax.legend(fontsize=7)
+  fig.savefig(out / 'fit_isoflop.png')
+  return lines + ['', '![isoflop](fit_isoflop.png)']
+
+
+def _frontier_lines(name: str, fit) -> list[str]:
+  return [f'| {name} | {_g(fit.E)} {_ci(*fit.interval("E"))} | {_g(fit.A)} {_ci(*fit.interval("A"))} '
+          f'| {_g(fit.gamma)} {_ci(*fit.interval("gamma"))} | {fit.n_points} | {fit.residual_sd:.4f} |']
+
+
+_FRONTIER_HEAD = ['| runs | E [95% CI] | A [95% CI] | gamma [95% CI] | envelope points | SD log residual |',
+                  '|---|---|---|---|---|---|']
+
+
+def _fit_frontier(points, boot):
+  try:
+    return frontier.fit_frontier_curves([p.curve for p in points], bootstrap=boot)
+  except ValueError as e:
+    raise MissingData(f'growth.method={points[0].method}: {e}') from None
+
+
+def _plot_frontier(ax, points, fit, label):
+  line = None
+  for p in points:
+    line = ax.plot(*p.curve, '-', lw=0.6, alpha=0.35,
+                   **({'color': line[0].get_color()} if line else {'label': label}))
+  cs = np.geomspace(min(p.flops for p in points), max(p.flops for p in points), 50)
+  ax.plot(cs, [fit.predict(c) for c in cs], '-', color=line[0].get_color())
+
+
+def _frontier(points, out: pathlib.Path, predict, boot: int) -> list[str]:
+  fit = _fit_frontier(points, boot)
+  lines = _FRONTIER_HEAD + _frontier_lines(points[0].method, fit)
+  if predict:
+    lines += ['', f'Prediction at C = {predict["C"]:.4g}: L = {fit.predict(predict["C"]):.4f} '
+              f'{_ci(*fit.predict_interval(predict["C"]))}.']
+  fig, ax = _figure()
+  _plot_frontier(ax, points, fit, points[0].method)
+  ax.set_xscale('log')
+  ax.set_xlabel('FLOPs')
+  ax.set_ylabel('final val loss')
+  ax.set_title('L(C) = E + A / C^gamma through the envelope of the runs\' curves')
+  fig.savefig(out / 'fit_frontier.png')
+  return lines + ['', '![frontier](fit_frontier.png)']
+
+
+def _multiplier(all_points, method, out: pathlib.Path, predict, boot: int) -> list[str]:
+  scratch = _select(all_points, 'none')
+  if method == 'none':
+    grown = sorted({p.method for p in all_points} - {'none'})
+    if len(grown) != 1:
+      raise MissingData(f'--law multiplier compares one growth method with scratch: name it with '
+                        f'--method (the runs have {", ".join(grown) or "no growth method"})')
+    method = grown[0]
+  mine = _select(all_points, method)
+  fs, fm = _fit_frontier(scratch, boot), _fit_frontier(mine, boot)
+  lines = _FRONTIER_HEAD + _frontier_lines('none', fs) + _frontier_lines(method, fm)
+  budgets = sorted({round(p.flops, -int(math.floor(math.log10(p.flops))) + 2) for p in mine})
+  if predict:
+    budgets.append(predict['C'])
+  lines += ['', f'Compute multiplier of {method}: the FLOPs scratch\'s frontier needs for the '
+            f'loss {method}\'s frontier reaches at C, over C (above 1: {method} saves compute).',
+            '', '| C (FLOPs) | multiplier | 95% CI |', '|---|---|---|']
+  for c in budgets:
+    m, lo, hi = frontier.compute_multiplier(fs, fm, c)
+    lines.append(f'| {c:.3g} | {_g(m)} | {_ci(lo, hi)} |')
+  fig, ax = _figure()
+  _plot_frontier(ax, scratch, fs, 'none (scratch)')
+  _plot_frontier(ax, mine, fm, method)
+  ax.set_xscale('log')
+  ax.set_xlabel('FLOPs')
+  ax.set_ylabel('final val loss')
+  ax.legend(fontsize=7)
+  ax.set_title('frontiers')
+  fig.savefig(out / 'fit_multiplier.png')
+  return lines + ['', '![frontiers](fit_multiplier.png)']
+
+
+def _hparams(points, out: pathlib.Path, predict, boot: int) -> list[str]:
+  lines = []
+  fits = []
+  for swept in ('lr', 'batch'):
+    usable = [hparams.HparamPoint(p.n_params, p.n_tokens, p.lr, p.batch, p.seed, p.loss)
+              for p in points if p.lr and p.batch]
+    try:
+      fits.append(hparams.fit_hparams(usable, swept))
+    except ValueError as e:
+      if swept == 'lr':
+        raise MissingData(str(e)) from None
+  for fit in fits:
+    names = ['N', 'D'] if fit.swept == 'lr' else ['D']
+    coef, exps = fit.published
+    lines += ['', f'{fit.swept}* = c ' + ' '.join(f'{n}^e' for n in names) + ':', '']
+    lines += ['| cell (N, D) | seeds | optimum |', '|---|---|---|']
+    lines += [f'| {c.n_params:.3g}, {c.n_tokens:.3g} | {c.seeds} | '
+              f'{_g(c.optimum) if c.optimum else "at the grid edge (left out)"} |' for c in fit.cells]
+    lines += [''] + _law_rows(fit.law, names)
+    lines += ['', f'Step Law (Li et al. 2025, non-embedding N): coefficient {coef}, exponents '
+              + ', '.join(f'{n} {e}' for n, e in zip(names, exps)) + '.']
+    if predict and fit.swept == 'lr':
+      x = (predict['N'], predict['D'])
+      lines += ['', f'Prediction at N = {x[0]:.4g}, D = {x[1]:.4g}: lr* = {fit.law.predict(*x):.4g} '
+                f'{_ci(*fit.law.predict_interval(*x, new=True))}.']
+  fig, ax = _figure()
+  lr_fit = fits[0]
+  good = [c for c in lr_fit.cells if c.optimum]
+  ax.plot([c.n_params for c in good], [c.optimum for c in good], 'o', label='optimum per cell')
+  ax.plot([c.n_params for c in good], [lr_fit.law.predict(c.n_params, c.n_tokens) for c in good],
+          'x', label='fitted law')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('N')
+  ax.set_ylabel('lr*')
+  ax.legend(fontsize=7)
+  fig.savefig(out / 'fit_hparams.png')
+  return lines + ['', '![lr*](fit_hparams.png)']
+
+
+def write_fit(path: str | os.PathLike, law: str, *, method: str = 'none', count: str | None = None,
+              predict: str | None = None, bootstrap: int = 200) -> pathlib.Path:
+  """Fits `law` to the runs under `path`; writes fit_<law>.md and plots there. Raises
+  MissingData (one line) when the runs cannot support it."""
+  if law not in LAWS:
+    raise MissingData(f'--law {law!r}: expected one of {", ".join(LAWS)}')
+  count = count or ('non_embedding' if law == 'hparams' else 'all')
+  keys = {'chinchilla': ('N', 'D'), 'hparams': ('N', 'D')}.get(law, ('C',))
+  wanted = parse_predict(predict, keys)
+  root = pathlib.Path(path)
+  points = read_points(root, count)
+  if law == 'multiplier':
+    body = _multiplier(points, method, root, wanted, bootstrap)
+  else:
+    chosen = _select(points, method)
+    body = {'chinchilla': _chinchilla, 'isoflop': _isoflop, 'frontier': _frontier,
+            'hparams': _hparams}[law](chosen, root, wanted, bootstrap)
+  head = [f'# {law} fit: {root}', '',
+          f'{len(points)} finished run(s); N counts {_COUNT_TEXT[count]}; FLOPs are the runs\' own '
+          'accounting (summary.json); loss is the final val loss. Intervals: 95%, '
+          'docs/scaling.md says how each is made and what its coverage is.', '']
+  out = root / f'fit_{law}.md'
+  out.write_text('\n'.join(head + body) + '\n')
+  return out
