@@ -335,6 +335,18 @@ def test_provenance_and_config_drift(tmp_path):
   md = report.write_report(run_dir).read_text()
   assert '**Warning: config drift.**' in md
   assert "model.d_ff: ran with 64, gives 128 today" in md
+  # A field added to Config after the run started (absent from its config.json) and at its
+  # default today is no drift; the same field at another value is.
+  exp.write_text(exp.read_text().replace('d_ff=128', 'd_ff=64'))
+  saved = json.loads((run_dir / 'config.json').read_text())
+  cfg = dict(saved)
+  cfg['data'] = {k: v for k, v in saved['data'].items() if k != 'accept_changes'}
+  (run_dir / 'config.json').write_text(json.dumps(cfg))
+  assert "Every run's config is what its experiment file" in report.write_report(run_dir).read_text()
+  cfg['model'] = {k: v for k, v in saved['model'].items() if k != 'd_ff'}
+  (run_dir / 'config.json').write_text(json.dumps(cfg))
+  assert 'model.d_ff: ran with None, gives 64 today' in report.write_report(run_dir).read_text()
+  (run_dir / 'config.json').write_text(json.dumps(saved))
   # Continuing the run directory by path keeps the provenance of the first start.
   assert cli.main(['run', str(run_dir)]) == 0
   assert json.loads((run_dir / 'provenance.json').read_text()) == prov

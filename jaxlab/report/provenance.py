@@ -9,11 +9,13 @@ of its own (`python -m jaxlab.train.runnable`), so the report itself still loads
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 from jaxlab.config.loading import flatten
+from jaxlab.config.types import Config
 from jaxlab.rundir import provenance
 from jaxlab.rundir.layout import method_and_seed
 from jaxlab.rundir.read import Run
@@ -35,9 +37,17 @@ def _today(requests: list[dict]) -> list[dict]:
     return [{'error': 'the experiment files could not be evaluated'} for _ in requests]
 
 
+def _added_since(old: dict, new: dict) -> set[str]:
+  """Keys the run's config.json lacks and today's config holds at their default: fields
+  added to Config after the run started, which the run used as that default."""
+  default = flatten(dataclasses.asdict(Config()))
+  return {k for k in set(new) - set(old) if k in default and new[k] == default[k]}
+
+
 def drift(runs: list[Run]) -> dict[str, str]:
   """{run label: what differs from its experiment file today} for the runs that differ
-  (or whose experiment cannot be evaluated)."""
+  (or whose experiment cannot be evaluated). A field added to Config after the run
+  started, at its default today, is not a difference."""
   known = [(r, provenance.read(r.dir)) for r in runs]
   known = [(r, p) for r, p in known if p and p.get('experiment')]
   answers = _today([{'experiment': str(provenance.experiment_path(p['experiment'])),
@@ -49,7 +59,8 @@ def drift(runs: list[Run]) -> dict[str, str]:
       continue
     old = {k: v for k, v in flatten(run.config).items() if not k.startswith(PLACE_KEYS)}
     new = {k: v for k, v in flatten(answer['config']).items() if not k.startswith(PLACE_KEYS)}
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    added = _added_since(old, new)
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in added]
     if diff:
       more = f' and {len(diff) - SHOWN} more' if len(diff) > SHOWN else ''
       out[run.label] = ', '.join(f'{k}: ran with {old.get(k)!r}, gives {new.get(k)!r} today'
