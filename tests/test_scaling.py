@@ -227,11 +227,11 @@ def test_hparams_without_a_sweep_is_an_error():
 # ------------------------------------------------------------------ launch.py fit
 
 def _run(root: pathlib.Path, label: str, *, n, d, loss, method='none', status='completed',
-         curve=None):
+         curve=None, lr=1e-3):
   run = root / label
   run.mkdir(parents=True)
   run.joinpath('config.json').write_text(json.dumps({
-      'name': label.split('/')[-1], 'growth': {'method': method}, 'optim': {'lr': 1e-3},
+      'name': label.split('/')[-1], 'growth': {'method': method}, 'optim': {'lr': lr},
       'train': {'batch_size': 8}, 'data': {'seq_len': 64}}))
   curve = curve or [(1.0, loss)]
   run.joinpath('metrics.jsonl').write_text(''.join(
@@ -279,6 +279,32 @@ def test_fit_command_says_what_is_missing(tmp_path, capsys, make, needle):
   assert cli.main(['fit', str(tmp_path), '--law', 'chinchilla']) == 2
   err = capsys.readouterr().err.strip()
   assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_fit_command_fits_the_lr_law_of_an_lr_sweep(tmp_path):
+  """An lr sweep at 2 x 2 (N, D) cells whose optimum follows Step Law exactly: the page
+  gives Step Law's exponents back beside its published constants."""
+  for n in (1e6, 8e6):
+    for d in (1e8, 1.6e9):
+      opt = math.log2(1.79 * (0.8 * n) ** -0.713 * d ** 0.307)   # N: non-embedding (0.8 n)
+      for k in range(-2, 3):
+        lr = 2.0 ** (round(opt) + k)
+        _run(tmp_path, f'n{n:.0e}_d{d:.0e}_lr{k}/seed0', n=n, d=d, lr=lr,
+             loss=3.0 + 0.05 * (math.log2(lr) - opt) ** 2)
+  _run(tmp_path, 'extra/seed0', n=3e6, d=4e8, lr=1e-3, loss=3.5)   # not a sweep: ignored
+  assert cli.main(['fit', str(tmp_path), '--law', 'hparams', '--predict', 'N=1e7,D=1e10']) == 0
+  page = (tmp_path / 'fit_hparams.md').read_text()
+  assert 'N counts parameters without the token embedding' in page
+  assert '| exponent of N | -0.713 |' in page and '| exponent of D | 0.307 |' in page
+  assert 'Step Law (Li et al. 2025, non-embedding N): coefficient 1.79' in page
+
+
+def test_isoflop_with_one_budget_says_so(tmp_path, capsys):
+  _sweep(tmp_path, budgets=(1e14,))
+  assert cli.main(['fit', str(tmp_path), '--law', 'isoflop']) == 2
+  err = capsys.readouterr().err.strip()
+  assert 'isoFLOP needs at least 2 budgets with a bracketed optimum' in err
+  assert len(err.splitlines()) == 1
 
 
 def test_fit_command_rejects_a_bad_prediction_point(tmp_path, capsys):
