@@ -69,6 +69,7 @@ def grown(tmp_path_factory):
 def test_growth_inside_a_run_keeps_counters_and_saves_the_big_model(grown):
   from jaxlab.config import ModelConfig
   from jaxlab.models.flops import flops_per_token
+  from jaxlab.optim import non_embedding_params
   recs = steps_of(grown)
   assert [r['step'] for r in recs] == list(range(1, 21))
   small = flops_per_token(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64), 32)
@@ -87,6 +88,11 @@ def test_growth_inside_a_run_keeps_counters_and_saves_the_big_model(grown):
   assert layer_count(grown, 5) == 2 and layer_count(grown, 8) == 4 and layer_count(grown, 20) == 4
   summary = json.loads((grown / 'summary.json').read_text())
   assert summary['flops_per_token'] == big and summary['flops'] == recs[-1]['flops']
+  # N both ways, of the grown (final) model: all parameters, and without the embedding and
+  # head (vocab x d each, untied), as launch.py fit reads them.
+  target = ModelConfig(d_model=32, n_layers=4, n_heads=2, d_ff=64)
+  assert summary['n_params_non_embedding'] == non_embedding_params(target)
+  assert summary['n_params'] - summary['n_params_non_embedding'] == 2 * target.vocab_size * 32
   # optimizer=reset restarts the lr warmup (2 steps): lr at step 9 (first big step) is 0.
   assert recs[8]['lr'] == 0.0 and recs[9]['lr'] > 0
 
