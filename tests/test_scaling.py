@@ -281,6 +281,17 @@ def test_fit_command_says_what_is_missing(tmp_path, capsys, make, needle):
   assert needle in err and len(err.splitlines()) == 1, err
 
 
+def test_a_growth_methods_fit_has_its_own_page(tmp_path):
+  _sweep(tmp_path, methods=('none', 'stack'))
+  assert cli.main(['fit', str(tmp_path), '--law', 'chinchilla', '--bootstrap', '0']) == 0
+  scratch = (tmp_path / 'fit_chinchilla.md').read_text()
+  assert cli.main(['fit', str(tmp_path), '--law', 'chinchilla', '--bootstrap', '0',
+                   '--method', 'stack']) == 0
+  assert (tmp_path / 'fit_chinchilla.md').read_text() == scratch
+  assert 'growth.method=stack' in (tmp_path / 'fit_chinchilla_stack.md').read_text()
+  assert (tmp_path / 'fit_chinchilla_stack.png').is_file()
+
+
 def test_fit_command_fits_the_lr_law_of_an_lr_sweep(tmp_path):
   """An lr sweep at 2 x 2 (N, D) cells whose optimum follows Step Law exactly: the page
   gives Step Law's exponents back beside its published constants."""

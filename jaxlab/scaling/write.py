@@ -61,6 +61,13 @@ def _figure():
   return fig, fig.add_subplot()
 
 
+def _save(fig, prefix: pathlib.Path, suffix: str = '') -> str:
+  """Saves `fig` as <prefix><suffix>.png beside the page; returns the file name."""
+  name = f'{prefix.name}{suffix}.png'
+  fig.savefig(prefix.with_name(name))
+  return name
+
+
 def _select(points: list[Point], method: str) -> list[Point]:
   chosen = [p for p in points if p.method == method]
   if not chosen:
@@ -102,7 +109,7 @@ def _chinchilla(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   ax.set_ylabel('final val loss')
   ax.set_title('L(N, D) fit (lines) and runs (points)')
   ax.legend(fontsize=7)
-  fig.savefig(out / 'fit_chinchilla.png')
+  curves = _save(fig, out)
   fig, ax = _figure()
   ax.axhline(0, color='grey', lw=0.5)
   ax.plot([p.n_params for p in points], fit.residuals, 'o')
@@ -110,8 +117,8 @@ def _chinchilla(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   ax.set_xlabel('N')
   ax.set_ylabel('log L - log L_hat')
   ax.set_title('residuals')
-  fig.savefig(out / 'fit_chinchilla_residuals.png')
-  return lines + ['', '![fit](fit_chinchilla.png)', '![residuals](fit_chinchilla_residuals.png)']
+  residuals = _save(fig, out, '_residuals')
+  return lines + ['', f'![fit]({curves})', f'![residuals]({residuals})']
 
 
 def _law_rows(law, names) -> list[str]:
@@ -151,8 +158,7 @@ def _isoflop(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   ax.set_ylabel('final val loss')
   ax.set_title('isoFLOP profiles (stars: N_opt)')
   ax.legend(fontsize=7)
-  fig.savefig(out / 'fit_isoflop.png')
-  return lines + ['', '![isoflop](fit_isoflop.png)']
+  return lines + ['', f'![isoflop]({_save(fig, out)})']
 
 
 def _frontier_lines(name: str, fit) -> list[str]:
@@ -192,8 +198,7 @@ def _frontier(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   ax.set_xlabel('FLOPs')
   ax.set_ylabel('final val loss')
   ax.set_title('L(C) = E + A / C^gamma through the envelope of the runs\' curves')
-  fig.savefig(out / 'fit_frontier.png')
-  return lines + ['', '![frontier](fit_frontier.png)']
+  return lines + ['', f'![frontier]({_save(fig, out)})']
 
 
 def _multiplier(all_points, method, out: pathlib.Path, predict, boot: int) -> list[str]:
@@ -224,8 +229,7 @@ def _multiplier(all_points, method, out: pathlib.Path, predict, boot: int) -> li
   ax.set_ylabel('final val loss')
   ax.legend(fontsize=7)
   ax.set_title('frontiers')
-  fig.savefig(out / 'fit_multiplier.png')
-  return lines + ['', '![frontiers](fit_multiplier.png)']
+  return lines + ['', f'![frontiers]({_save(fig, out)})']
 
 
 def _hparams(points, out: pathlib.Path, predict, boot: int) -> list[str]:
@@ -264,13 +268,13 @@ def _hparams(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   ax.set_xlabel('N')
   ax.set_ylabel('lr*')
   ax.legend(fontsize=7)
-  fig.savefig(out / 'fit_hparams.png')
-  return lines + ['', '![lr*](fit_hparams.png)']
+  return lines + ['', f'![lr*]({_save(fig, out)})']
 
 
 def write_fit(path: str | os.PathLike, law: str, *, method: str = 'none', count: str | None = None,
               predict: str | None = None, bootstrap: int = 200) -> pathlib.Path:
-  """Fits `law` to the runs under `path`; writes fit_<law>.md and plots there. Raises
+  """Fits `law` to the runs under `path`; writes fit_<law>.md (fit_<law>_<method>.md for
+  a growth method's runs) and plots there. Raises
   MissingData (one line) when the runs cannot support it."""
   if law not in LAWS:
     raise MissingData(f'--law {law!r}: expected one of {", ".join(LAWS)}')
@@ -279,16 +283,20 @@ def write_fit(path: str | os.PathLike, law: str, *, method: str = 'none', count:
   wanted = parse_predict(predict, keys)
   root = pathlib.Path(path)
   points = read_points(root, count)
+  # fit_<law>.md, fit_<law>_<method>.md for a growth method's runs (plots alike).
+  prefix = root / (f'fit_{law}' if method == 'none' or law == 'multiplier' else f'fit_{law}_{method}')
   if law == 'multiplier':
-    body = _multiplier(points, method, root, wanted, bootstrap)
+    body = _multiplier(points, method, prefix, wanted, bootstrap)
   else:
     chosen = _select(points, method)
     body = {'chinchilla': _chinchilla, 'isoflop': _isoflop, 'frontier': _frontier,
-            'hparams': _hparams}[law](chosen, root, wanted, bootstrap)
+            'hparams': _hparams}[law](chosen, prefix, wanted, bootstrap)
   head = [f'# {law} fit: {root}', '',
-          f'{len(points)} finished run(s); N counts {_COUNT_TEXT[count]}; FLOPs are the runs\' own '
+          f'{len(points)} finished run(s)' + ('' if law == 'multiplier' else
+                                              f', those with growth.method={method} fitted') +
+          f'; N counts {_COUNT_TEXT[count]}; FLOPs are the runs\' own '
           'accounting (summary.json); loss is the final val loss. Intervals: 95%, '
           'docs/scaling.md says how each is made and what its coverage is.', '']
-  out = root / f'fit_{law}.md'
+  out = prefix.with_name(prefix.name + '.md')
   out.write_text('\n'.join(head + body) + '\n')
   return out
