@@ -212,7 +212,9 @@ def _multiplier(all_points, method, out: pathlib.Path, predict, boot: int) -> li
   mine = _select(all_points, method)
   fs, fm = _fit_frontier(scratch, boot), _fit_frontier(mine, boot)
   lines = _FRONTIER_HEAD + _frontier_lines('none', fs) + _frontier_lines(method, fm)
-  budgets = sorted({round(p.flops, -int(math.floor(math.log10(p.flops))) + 2) for p in mine})
+  groups = isoflop.budgets([p.flops for p in mine])   # one row per budget: its runs' mean FLOPs
+  budgets = [float(np.mean([p.flops for p, g in zip(mine, groups) if g == b]))
+             for b in sorted(set(groups))]
   if predict:
     budgets.append(predict['C'])
   lines += ['', f'Compute multiplier of {method}: the FLOPs scratch\'s frontier needs for the '
