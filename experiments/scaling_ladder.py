@@ -8,7 +8,7 @@ budget, committed before the run that tests it (experiments/scaling_ladder_predi
   python launch.py fit runs/scaling_ladder --law multiplier --method stack --predict C=3e12
   python launch.py fit runs/scaling_ladder --law isoflop
 
-The family: 4 layers, 4 heads (2 KV heads), d_model in SIZES (24 to 96; 56k to 456k
+The family: 4 layers, 4 heads (2 KV heads), d_model in SIZES (24 to 96; 38k to 456k
 parameters with the byte vocabulary's embedding and head), sequences of 128 tokens,
 batches of 8. Each size trains for each FLOPs budget in BUDGETS (1e11, 3e11, 1e12; the
 runs' own FLOPs accounting, attention included), so D = C / FLOPs-per-token: 15 (N, D)
@@ -19,7 +19,8 @@ per run, which gives the frontier its curves.
 
 G_stack: the 2-layer source (growth.factor 2) trained for 20% of scratch's tokens (the
 demo's growth time), stacked to 4 layers and trained for the FLOPs that remain, so both
-methods spend the same FLOPs at every rung (experiments/gstack_vs_scratch.py `matched`).
+methods spend the same FLOPs at every rung (experiments/gstack_vs_scratch.py `matched`;
+as run, G_stack spent 4-5% more: docs/results/scaling_ladder.md says why).
 
 Seeds: 2 paired seeds (SEEDS; seed k of both methods shares its data order). Three would
 cost about 30 minutes more than the study's 90 on two CPU cores.

@@ -131,6 +131,9 @@ def fit_frontier_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]
   fit = fit_frontier(c, y, bootstrap=0, envelope=False)
   if not bootstrap:
     return fit
+  # Refits start from the fit and from the grid's runner-up optimum, as fit_frontier's do.
+  runners = laws.fit_theta(np.log(c)[:, None], np.log(y), laws.grid(1), keep=1 + laws.REFIT_STARTS)
+  starts = [fit.theta, *[t for _, t in runners[1:]]]
   rng = np.random.default_rng(seed)
   thetas = []
   for _ in range(bootstrap):
@@ -138,7 +141,7 @@ def fit_frontier_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]
     bc, by = envelope([curves[i] for i in pick])
     if len(bc) < 4:
       continue
-    thetas.append(laws.fit_theta(np.log(bc)[:, None], np.log(by), [fit.theta])[0][1])
+    thetas.append(laws.fit_theta(np.log(bc)[:, None], np.log(by), starts)[0][1])
   return dataclasses.replace(fit, boot=laws.Bootstrap(np.array(thetas)))
 
 

@@ -61,6 +61,20 @@ def _figure():
   return fig, fig.add_subplot()
 
 
+E_UNDETERMINED = 1e-6   # E below this (in loss units) is the fit sending it to 0
+
+
+def _e_note(e: float) -> list[str]:
+  """A line for a fit whose irreducible loss went to 0: the runs do not determine it, and
+  its interval (every refit starts near 0 and stays there) means nothing."""
+  if e >= E_UNDETERMINED:
+    return []
+  return ['', f'E went to 0 ({e:.2g}): these runs do not determine an irreducible loss (their '
+          'losses span too little of the curve), so E\'s interval is not an interval, the '
+          'power-law terms carry all of the loss, and an extrapolation assumes the loss falls '
+          'as a pure power law.']
+
+
 def _save(fig, prefix: pathlib.Path, suffix: str = '') -> str:
   """Saves `fig` as <prefix><suffix>.png beside the page; returns the file name."""
   name = f'{prefix.name}{suffix}.png'
@@ -91,7 +105,7 @@ def _chinchilla(points, out: pathlib.Path, predict, boot: int) -> list[str]:
             '| quantity | estimate | 95% CI |', '|---|---|---|']
   lines += [f'| {k} | {_g(v)} | {_ci(lo, hi)} |' for k, (v, lo, hi) in fit.allocation(c).items()]
   lines += ['', f'Goodness of fit: {fit.n_points} runs, SD of the log residuals '
-            f'{fit.residual_sd:.4f} (Huber delta {fit.huber_delta:g}).']
+            f'{fit.residual_sd:.4f} (Huber delta {fit.huber_delta:g}).'] + _e_note(fit.E)
   if predict:
     est, flo, fhi, rlo, rhi = fit.prediction(predict['N'], predict['D'])
     lines += ['', f'Prediction at N = {predict["N"]:.4g}, D = {predict["D"]:.4g}: L = {est:.4f}, '
@@ -188,7 +202,7 @@ def _plot_frontier(ax, points, fit, label):
 
 def _frontier(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   fit = _fit_frontier(points, boot)
-  lines = _FRONTIER_HEAD + _frontier_lines(points[0].method, fit)
+  lines = _FRONTIER_HEAD + _frontier_lines(points[0].method, fit) + _e_note(fit.E)
   if predict:
     lines += ['', f'Prediction at C = {predict["C"]:.4g}: L = {fit.predict(predict["C"]):.4f} '
               f'{_ci(*fit.predict_interval(predict["C"]))}.']
@@ -212,6 +226,7 @@ def _multiplier(all_points, method, out: pathlib.Path, predict, boot: int) -> li
   mine = _select(all_points, method)
   fs, fm = _fit_frontier(scratch, boot), _fit_frontier(mine, boot)
   lines = _FRONTIER_HEAD + _frontier_lines('none', fs) + _frontier_lines(method, fm)
+  lines += _e_note(min(fs.E, fm.E))
   groups = isoflop.budgets([p.flops for p in mine])   # one row per budget: its runs' mean FLOPs
   budgets = [float(np.mean([p.flops for p, g in zip(mine, groups) if g == b]))
              for b in sorted(set(groups))]
