@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxlab.config import (Config, DataConfig, GrowthConfig, ModelConfig, OptimConfig,
-                           TrainConfig)
+from jaxlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxlab.growth import plan
 from jaxlab.models.flops import flops_per_token
 
@@ -57,7 +56,9 @@ def matched(cfg: Config, method: str, fraction: float, *extra: str) -> list[str]
   the target for the rest of scratch's FLOPs budget."""
   tps = cfg.train.batch_size * cfg.data.seq_len
   at_step = max(1, round(fraction * cfg.train.steps))
-  probe = dataclasses.replace(cfg, growth=GrowthConfig(method=method, at_tokens=at_step * tps))
+  # The experiment's own growth settings (factor, source sizes) with this method and time.
+  probe = dataclasses.replace(cfg, growth=dataclasses.replace(
+      cfg.growth, method=method, at_tokens=at_step * tps))
   small, big = plan.source_model(probe), cfg.model
   budget = cfg.train.steps * tps * flops_per_token(big, cfg.data.seq_len)
   spent = at_step * tps * flops_per_token(small, cfg.data.seq_len)
