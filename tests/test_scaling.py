@@ -99,7 +99,7 @@ def test_noisy_points_recover_the_exponents_and_the_intervals_hold_them():
   n, d = _ladder()
   rng = np.random.default_rng(7)
   loss = _hoffmann(n, d) * np.exp(rng.normal(0, 0.01, len(n)))
-  fit = fit_chinchilla(n, d, loss, bootstrap=60, seed=1)
+  fit = fit_chinchilla(n, d, loss, bootstrap=40, seed=1)
   assert abs(fit.alpha - 0.34) < 0.05 and abs(fit.beta - 0.28) < 0.05
   for k in ('alpha', 'beta', 'E'):
     lo, hi = fit.interval(k)
@@ -259,7 +259,7 @@ def test_fit_command_writes_the_page_and_plots(tmp_path, law, capsys):
   _sweep(tmp_path, methods=('none', 'stack'))
   extra = {'chinchilla': ['--predict', 'N=3e7,D=1e9'], 'frontier': ['--predict', 'C=1e16'],
            'multiplier': ['--method', 'stack']}.get(law, [])
-  assert cli.main(['fit', str(tmp_path), '--law', law, '--bootstrap', '20', *extra]) == 0
+  assert cli.main(['fit', str(tmp_path), '--law', law, '--bootstrap', '4', *extra]) == 0
   page = (tmp_path / f'fit_{law}.md').read_text()
   assert '95% CI' in page or law == 'isoflop'
   assert list(tmp_path.glob(f'fit_{law}*.png'))
