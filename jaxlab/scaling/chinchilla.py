@@ -91,8 +91,7 @@ class ChinchillaFit:
     return est, float(fit[0]), float(fit[1]), float(run[0]), float(run[1])
 
   def _boot(self, f) -> tuple[float, float]:
-    return laws.Bootstrap(np.empty((0, 5))).interval(f) if self.boot is None \
-        else self.boot.interval(f)
+    return (math.nan, math.nan) if self.boot is None else self.boot.interval(f)
 
 
 def fit_chinchilla(n_params: Sequence[float], n_tokens: Sequence[float],

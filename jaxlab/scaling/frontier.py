@@ -56,6 +56,8 @@ class FrontierFit:
   residual_sd: float
   theta: np.ndarray = dataclasses.field(repr=False, compare=False)
   boot: laws.Bootstrap | None = dataclasses.field(default=None, repr=False, compare=False)
+  # The grid's runner-up optima: where bootstrap refits start, besides theta.
+  refit_starts: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
   def predict(self, flops: float) -> float:
     return float(math.exp(laws.predict_log(self.theta, np.log([[flops]]))[0]))
@@ -93,13 +95,14 @@ def fit_frontier(flops: Sequence[float], loss: Sequence[float], *,
   log_x, log_y = np.log(c[keep])[:, None], np.log(y[keep])
   best = laws.fit_theta(log_x, log_y, laws.grid(1), keep=1 + laws.REFIT_STARTS)
   theta = best[0][1]
+  runners = tuple(t for _, t in best[1:])
   boot = None
   if bootstrap:
-    boot = laws.bootstrap(log_x, log_y, theta, [t for _, t in best[1:]], reps=bootstrap, seed=seed)
+    boot = laws.bootstrap(log_x, log_y, theta, runners, reps=bootstrap, seed=seed)
   res = log_y - laws.predict_log(theta, log_x)
   return FrontierFit(E=math.exp(theta[2]), A=math.exp(theta[0]), gamma=float(theta[1]),
                      n_points=len(keep), residual_sd=float(np.std(res, ddof=1)), theta=theta,
-                     boot=boot)
+                     boot=boot, refit_starts=runners)
 
 
 ENVELOPE_POINTS = 30
@@ -131,9 +134,7 @@ def fit_frontier_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]
   fit = fit_frontier(c, y, bootstrap=0, envelope=False)
   if not bootstrap:
     return fit
-  # Refits start from the fit and from the grid's runner-up optimum, as fit_frontier's do.
-  runners = laws.fit_theta(np.log(c)[:, None], np.log(y), laws.grid(1), keep=1 + laws.REFIT_STARTS)
-  starts = [fit.theta, *[t for _, t in runners[1:]]]
+  starts = [fit.theta, *fit.refit_starts]   # as fit_frontier's own refits start
   rng = np.random.default_rng(seed)
   thetas = []
   for _ in range(bootstrap):

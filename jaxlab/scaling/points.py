@@ -13,6 +13,7 @@ one line and exits 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from jaxlab.rundir.layout import method_and_seed
@@ -69,7 +70,7 @@ def point(run: Run, count: str = 'all') -> Point:
 def _curve(run: Run) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """The run's evaluations as (FLOPs, val loss), FLOPs > 0 and increasing, finite losses."""
   xs, ys = run.series('val_loss', 'flops')
-  pairs = [(x, y) for x, y in zip(xs, ys) if x > 0 and y == y and y != float('inf')]
+  pairs = [(x, y) for x, y in zip(xs, ys) if x > 0 and math.isfinite(y)]
   return tuple(x for x, _ in pairs), tuple(y for _, y in pairs)
 
 

@@ -82,6 +82,20 @@ def _save(fig, prefix: pathlib.Path, suffix: str = '') -> str:
   return name
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str = '', *, legend: bool = True,
+            logy: bool = False) -> None:
+  """The axes every fit plot shares: log x (and y), labels, title, a small legend."""
+  ax.set_xscale('log')
+  if logy:
+    ax.set_yscale('log')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  if legend:
+    ax.legend(fontsize=7)
+
+
 def _select(points: list[Point], method: str) -> list[Point]:
   chosen = [p for p in points if p.method == method]
   if not chosen:
@@ -118,19 +132,12 @@ def _chinchilla(points, out: pathlib.Path, predict, boot: int) -> list[str]:
     ds = np.geomspace(min(p.n_tokens for p in mine), max(p.n_tokens for p in mine), 30)
     ratio = np.mean([p.flops / p.n_tokens for p in mine])
     ax.plot(ds * ratio, [fit.predict(n, d) for d in ds], '-', color=line[0].get_color())
-  ax.set_xscale('log')
-  ax.set_xlabel('FLOPs')
-  ax.set_ylabel('final val loss')
-  ax.set_title('L(N, D) fit (lines) and runs (points)')
-  ax.legend(fontsize=7)
+  _finish(ax, 'FLOPs', 'final val loss', 'L(N, D) fit (lines) and runs (points)')
   curves = _save(fig, out)
   fig, ax = _figure()
   ax.axhline(0, color='grey', lw=0.5)
   ax.plot([p.n_params for p in points], fit.residuals, 'o')
-  ax.set_xscale('log')
-  ax.set_xlabel('N')
-  ax.set_ylabel('log L - log L_hat')
-  ax.set_title('residuals')
+  _finish(ax, 'N', 'log L - log L_hat', 'residuals', legend=False)
   residuals = _save(fig, out, '_residuals')
   return lines + ['', f'![fit]({curves})', f'![residuals]({residuals})']
 
@@ -167,11 +174,7 @@ def _isoflop(points, out: pathlib.Path, predict, boot: int) -> list[str]:
       ax.plot(ns, [pr.curve(n) for n in ns], '-', color=line[0].get_color())
     if pr.n_opt:
       ax.plot([pr.n_opt], [pr.curve(pr.n_opt)], '*', ms=12, color=line[0].get_color())
-  ax.set_xscale('log')
-  ax.set_xlabel('N')
-  ax.set_ylabel('final val loss')
-  ax.set_title('isoFLOP profiles (stars: N_opt)')
-  ax.legend(fontsize=7)
+  _finish(ax, 'N', 'final val loss', 'isoFLOP profiles (stars: N_opt)')
   return lines + ['', f'![isoflop]({_save(fig, out)})']
 
 
@@ -208,10 +211,8 @@ def _frontier(points, out: pathlib.Path, predict, boot: int) -> list[str]:
               f'{_ci(*fit.predict_interval(predict["C"]))}.']
   fig, ax = _figure()
   _plot_frontier(ax, points, fit, points[0].method)
-  ax.set_xscale('log')
-  ax.set_xlabel('FLOPs')
-  ax.set_ylabel('final val loss')
-  ax.set_title('L(C) = E + A / C^gamma through the envelope of the runs\' curves')
+  _finish(ax, 'FLOPs', 'final val loss',
+          'L(C) = E + A / C^gamma through the envelope of the runs\' curves', legend=False)
   return lines + ['', f'![frontier]({_save(fig, out)})']
 
 
@@ -241,20 +242,16 @@ def _multiplier(all_points, method, out: pathlib.Path, predict, boot: int) -> li
   fig, ax = _figure()
   _plot_frontier(ax, scratch, fs, 'none (scratch)')
   _plot_frontier(ax, mine, fm, method)
-  ax.set_xscale('log')
-  ax.set_xlabel('FLOPs')
-  ax.set_ylabel('final val loss')
-  ax.legend(fontsize=7)
-  ax.set_title('frontiers')
+  _finish(ax, 'FLOPs', 'final val loss', 'frontiers')
   return lines + ['', f'![frontiers]({_save(fig, out)})']
 
 
 def _hparams(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   lines = []
   fits = []
+  usable = [hparams.HparamPoint(p.n_params, p.n_tokens, p.lr, p.batch, p.seed, p.loss)
+            for p in points if p.lr and p.batch]
   for swept in ('lr', 'batch'):
-    usable = [hparams.HparamPoint(p.n_params, p.n_tokens, p.lr, p.batch, p.seed, p.loss)
-              for p in points if p.lr and p.batch]
     try:
       fits.append(hparams.fit_hparams(usable, swept))
     except ValueError as e:
@@ -280,11 +277,7 @@ def _hparams(points, out: pathlib.Path, predict, boot: int) -> list[str]:
   ax.plot([c.n_params for c in good], [c.optimum for c in good], 'o', label='optimum per cell')
   ax.plot([c.n_params for c in good], [lr_fit.law.predict(c.n_params, c.n_tokens) for c in good],
           'x', label='fitted law')
-  ax.set_xscale('log')
-  ax.set_yscale('log')
-  ax.set_xlabel('N')
-  ax.set_ylabel('lr*')
-  ax.legend(fontsize=7)
+  _finish(ax, 'N', 'lr*', logy=True)
   return lines + ['', f'![lr*]({_save(fig, out)})']
 
 
