@@ -1,10 +1,11 @@
-"""The run that tests scaling_ladder's committed prediction: the next rung up (d_model
-128, 853k parameters) at 3e12 FLOPs, scratch and G_stack, the ladder's 2 paired seeds.
+"""The run that tests scaling_ladder's committed prediction: a rung above the ladder
+(d_model 160, 1.25M parameters) at 3e12 FLOPs, scratch and G_stack, the ladder's 3
+paired seeds.
 Run it only after docs/results/scaling_ladder.md records the prediction (the commit
 that does is named there):
 
   python launch.py sweep scaling_ladder_predict --jobs 2
-  python launch.py report runs/scaling_ladder_predict --baseline d128_c3e+12_scratch
+  python launch.py report runs/scaling_ladder_predict --baseline d160_c3e+12_scratch
 """
 from __future__ import annotations
 
