@@ -1,60 +1,16 @@
-"""Growth as an event inside a run, growth from a checkpoint, and V-cycles, end to end
-through the CLI on the tiny experiment (d_model 32, 2 -> 4 layers, 20 steps)."""
+"""Growth as an event inside a run, growth from a checkpoint, end to end through the
+CLI on the tiny experiment (d_model 32, 2 -> 4 layers, 20 steps); V-cycles in
+tests/test_vcycle_run.py."""
 import json
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TOKENS_PER_STEP = 4 * 32                    # tiny: batch 4 x seq_len 32
+from cli_runs import TOKENS_PER_STEP, copy_keeping, events_of, launch, layer_count, steps_of, trajectory
+
 GROW = ['model.n_layers=4', 'growth.method=stack', 'growth.factor=2',
         f'growth.at_tokens={8 * TOKENS_PER_STEP}', 'train.log_every=1',
         'train.keep_checkpoints=10']
-
-
-def launch(*args, workdir=None):
-  cmd = [sys.executable, 'launch.py', *args]
-  if workdir is not None:
-    cmd.append(f'train.workdir={workdir}')
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def lines(run_dir):
-  return [json.loads(l) for l in (run_dir / 'metrics.jsonl').read_text().splitlines()]
-
-
-def steps_of(run_dir):
-  return [r for r in lines(run_dir) if 'event' not in r]
-
-
-def events_of(run_dir):
-  return [r for r in lines(run_dir) if 'event' in r]
-
-
-def trajectory(run_dir):
-  keep = ('step', 'tokens', 'flops', 'loss', 'val_loss', 'lr', 'grad_norm', 'param_norm')
-  return [{k: r[k] for k in keep if k in r} for r in steps_of(run_dir)]
-
-
-def layer_count(run_dir, step):
-  """n_layers of the model saved in a checkpoint, from the stored array's shape."""
-  import orbax.checkpoint as ocp
-  meta = ocp.StandardCheckpointer().metadata(run_dir / 'checkpoints' / str(step) / 'state')
-  tree = getattr(meta, 'item_metadata', meta)
-  return tree['params']['layers']['attn']['wq'].shape[0]
-
-
-def copy_keeping(run_dir, dest, step):
-  """A copy of a run dir with only the checkpoint at `step` and no summary: rerunning it
-  resumes from that step."""
-  shutil.copytree(run_dir, dest)
-  for p in (dest / 'checkpoints').iterdir():
-    if int(p.name) != step:
-      shutil.rmtree(p)
-  (dest / 'summary.json').unlink(missing_ok=True)
 
 
 @pytest.fixture(scope='module')
@@ -158,46 +114,28 @@ def test_grown_optimizer_state_continues_the_schedule(grown, tmp_path):
 
 
 def test_grow_from_checkpoint_equals_growing_in_the_run(grown, tmp_path):
+  # The small model alone, with `grown`'s schedule (20 steps) and a checkpoint at step 8,
+  # where `grown` grows inside its run.
   src = ['run', 'tiny', 'train.log_every=1', 'train.keep_checkpoints=10',
-         f'train.workdir={tmp_path}']
+         'train.checkpoint_every=8', f'train.workdir={tmp_path}']
   proc = launch(*src)
   assert proc.returncode == 0, proc.stderr
-  # Take the small run's step-10 checkpoint (it ran on for 20 steps, with the same
-  # schedule as the in-run growth's first phase) and grow it 2x in depth.
   out = tmp_path / 'big'
-  proc = launch('grow', '--from', str(tmp_path / 'tiny'), '--step', '10', '--method', 'stack',
+  proc = launch('grow', '--from', str(tmp_path / 'tiny'), '--step', '8', '--method', 'stack',
                 '--factor', '2', '--out', str(out), 'train.log_every=1',
                 'train.keep_checkpoints=10')
   assert proc.returncode == 0, proc.stderr
-  assert layer_count(out, 10) == 4
+  assert layer_count(out, 8) == 4
   proc = launch('run', str(out))
   assert proc.returncode == 0, proc.stderr
-  assert 'resuming' in proc.stdout and 'from step 10' in proc.stdout
-  inrun = tmp_path / 'inrun'
-  proc = launch('run', 'tiny', *GROW, f'growth.at_tokens={10 * TOKENS_PER_STEP}',
-                f'train.workdir={inrun}')
-  assert proc.returncode == 0, proc.stderr
-  assert trajectory(out) == trajectory(inrun / 'tiny')
+  assert 'resuming' in proc.stdout and 'from step 8' in proc.stdout
+  expected = trajectory(grown)
+  # The only difference: growing inside a run evaluates the small model right before it
+  # grows (step 8); the source run evaluates on tiny's schedule only (steps 10 and 20).
+  assert 'val_loss' in expected[7] and 'val_loss' not in trajectory(out)[7]
+  del expected[7]['val_loss']
+  assert trajectory(out) == expected
   assert [e['event'] for e in events_of(out)] == ['grow']
-
-
-def test_vcycle_in_a_run_resumes_inside_the_coarse_phase(tmp_path):
-  vc = ['model.d_model=64', 'model.n_heads=4', 'model.d_ff=128', 'model.n_layers=4',
-        'growth.method=vcycle', 'growth.factor=2', f'growth.at_tokens={4 * TOKENS_PER_STEP}',
-        f'growth.small_tokens={8 * TOKENS_PER_STEP}', 'train.keep_checkpoints=10',
-        'train.log_every=1']
-  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'a')
-  assert proc.returncode == 0, proc.stderr
-  run_dir = tmp_path / 'a' / 'tiny'
-  assert [(e['event'], e['step'], e['to']) for e in events_of(run_dir)] == [
-      ('coalesce', 4, 'd32 L2 H2/2 F64'), ('interpolate', 12, 'd64 L4 H4/4 F128')]
-  assert layer_count(run_dir, 10) == 2 and layer_count(run_dir, 15) == 4
-  # Resume from step 10: inside the coarse phase, the big model is stashed in the state.
-  copy = tmp_path / 'b' / 'tiny'
-  copy_keeping(run_dir, copy, 10)
-  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
-  assert proc.returncode == 0, proc.stderr
-  assert trajectory(copy) == trajectory(run_dir)
 
 
 def test_growth_config_errors_are_clear():
@@ -208,25 +146,6 @@ def test_growth_config_errors_are_clear():
   assert proc.returncode == 2 and 'growth.at_tokens=999999 must be in (0, 2560)' in proc.stderr
   proc = launch('run', 'tiny', 'growth.method=stakc')
   assert proc.returncode == 2 and "did you mean 'stack'" in proc.stderr
-
-
-def test_two_level_vcycle_stashes_every_finer_level(tmp_path):
-  vc = ['model.d_model=64', 'model.n_heads=4', 'model.d_ff=128', 'model.n_layers=4',
-        'growth.method=vcycle', 'growth.factor=2', 'growth.levels=2',
-        f'growth.at_tokens={2 * TOKENS_PER_STEP}', f'growth.small_tokens={4 * TOKENS_PER_STEP}',
-        'train.keep_checkpoints=10', 'train.log_every=1']
-  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'a')
-  assert proc.returncode == 0, proc.stderr
-  run_dir = tmp_path / 'a' / 'tiny'
-  assert [(e['event'], e['step'], e['to']) for e in events_of(run_dir)] == [
-      ('coalesce', 2, 'd32 L2 H2/2 F64'), ('coalesce', 4, 'd16 L1 H1/1 F32'),
-      ('interpolate', 8, 'd32 L2 H2/2 F64'), ('interpolate', 10, 'd64 L4 H4/4 F128')]
-  # Step 5 is on the coarsest level: the state stashes levels 0 and 1.
-  copy = tmp_path / 'b' / 'tiny'
-  copy_keeping(run_dir, copy, 5)
-  proc = launch('run', 'tiny', *vc, workdir=tmp_path / 'b')
-  assert proc.returncode == 0, proc.stderr
-  assert trajectory(copy) == trajectory(run_dir)
 
 
 def test_report_with_a_baseline_tabulates_the_compute_saved(grown, tmp_path):

@@ -1,0 +1,108 @@
+"""Coverage of the frontier's and the compute multiplier's bootstrap intervals, measured:
+ladders of val curves drawn from a known law with the seed noise of
+experiments/scaling_ladder's own runs, fitted as `launch.py fit --law multiplier` fits
+them (jaxlab.scaling.fit_frontier_curves on each method, compute_multiplier between
+them), and the fraction of 95% intervals that hold the truth. Prints a table
+(docs/scaling.md quotes it).
+
+  python bench/frontier_coverage.py --sims 100 --reps 100 --k 1.3
+  python bench/frontier_coverage.py --sims 100 --reps 100 --k 1.0   # no saving
+
+The ladder: 5 sizes x 3 FLOPs budgets x SEEDS seeds per method, as in the study (N from
+its 37,896 to 455,712 parameters, budgets 1e11 / 3e11 / 1e12, C = 6 N D, six evaluations
+per run). The truth is the study's scratch fit L(N, D) = A / N^alpha + B / D^beta (the
+first ladder's Chinchilla fit: E not determined, so 0) along each run's tokens; the growth
+method's curve at C is scratch's at k C, so its compute multiplier is k at every C.
+
+The noise is the first ladder's, measured from its two seeds per cell: a per-run offset
+in log loss (SD 0.013), shared with the other method's run of the same seed and cell at
+correlation 0.47 (they read the same data order), and independent noise on each
+evaluation (SD 0.0135).
+
+What an interval should hold: the multiplier of the two frontiers fitted to the
+noiseless ladder (the estimand; its distance from k, the frontier form's approximation
+error, is printed beside it), and the noiseless frontier's exponent gamma.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from jaxlab.scaling import compute_multiplier, fit_frontier_curves
+
+LAW = {'A': 615.0, 'B': 29.4, 'alpha': 0.626, 'beta': 0.210}   # docs/results/scaling_ladder.md
+SIZES = (37_896, 78_176, 126_480, 230_080, 455_712)
+BUDGETS = (1e11, 3e11, 1e12)
+EVALS = 6
+RUN_SD, EVAL_SD, PAIRED = 0.013, 0.0135, 0.47
+AT = (1e11, 3e11, 1e12)
+
+
+def clean_curve(n: float, budget: float, k: float) -> tuple[np.ndarray, np.ndarray]:
+  c = budget * np.arange(1, EVALS + 1) / EVALS
+  d = k * c / (6 * n)
+  return c, LAW['A'] / n ** LAW['alpha'] + LAW['B'] / d ** LAW['beta']
+
+
+def ladder(k: float, seeds: int, rng=None) -> tuple[list, list]:
+  """(scratch curves, method curves), one per (size, budget, seed) in the same order."""
+  scratch, method = [], []
+  for n in SIZES:
+    for b in BUDGETS:
+      for _ in range(seeds):
+        cs, ls = clean_curve(n, b, 1.0)
+        cm, lm = clean_curve(n, b, k)
+        if rng is not None:
+          shared = rng.normal()
+          own = rng.normal(size=2)
+          off = RUN_SD * (math.sqrt(PAIRED) * shared + math.sqrt(1 - PAIRED) * own)
+          ls = ls * np.exp(off[0] + rng.normal(0, EVAL_SD, EVALS))
+          lm = lm * np.exp(off[1] + rng.normal(0, EVAL_SD, EVALS))
+        scratch.append((cs, ls))
+        method.append((cm, lm))
+  return scratch, method
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--sims', type=int, default=100)
+  ap.add_argument('--reps', type=int, default=100)
+  ap.add_argument('--k', type=float, default=1.3, help="the method's true compute multiplier")
+  ap.add_argument('--seeds', type=int, default=3)
+  ap.add_argument('--seed', type=int, default=0)
+  args = ap.parse_args()
+  s0, m0 = ladder(args.k, args.seeds)
+  fs0 = fit_frontier_curves(s0, bootstrap=0)
+  fm0 = fit_frontier_curves(m0, bootstrap=0)
+  truth = {f'multiplier at {c:.0e}': compute_multiplier(fs0, fm0, c)[0] for c in AT}
+  truth['gamma (scratch)'] = fs0.gamma
+  hits = {name: 0 for name in truth}
+  widths = {name: [] for name in truth}
+  rng = np.random.default_rng(args.seed)
+  start = time.time()
+  for i in range(args.sims):
+    s, m = ladder(args.k, args.seeds, rng)
+    fs = fit_frontier_curves(s, bootstrap=args.reps, seed=i)
+    fm = fit_frontier_curves(m, bootstrap=args.reps, seed=i)
+    cis = {f'multiplier at {c:.0e}': compute_multiplier(fs, fm, c)[1:] for c in AT}
+    cis['gamma (scratch)'] = fs.interval('gamma')
+    for name, (lo, hi) in cis.items():
+      hits[name] += lo <= truth[name] <= hi
+      widths[name].append(hi - lo)
+  print(f'{args.sims} simulated ladders ({len(SIZES)} sizes x {len(BUDGETS)} budgets x '
+        f'{args.seeds} seeds per method), true multiplier k = {args.k}, {args.reps} bootstrap '
+        f'refits each; {time.time() - start:.0f} s')
+  print('| quantity | estimand (noiseless fit) | coverage of the 95% interval | Monte Carlo SE '
+        '| median width |')
+  print('|---|---|---|---|---|')
+  for name in truth:
+    p = hits[name] / args.sims
+    print(f'| {name} | {truth[name]:.4g} | {100 * p:.1f}% | '
+          f'{100 * math.sqrt(p * (1 - p) / args.sims):.1f}% | {np.median(widths[name]):.3g} |')
+
+
+if __name__ == '__main__':
+  main()
