@@ -23,7 +23,7 @@ import math
 import statistics
 from typing import Sequence
 
-from scipy import stats as scipy_stats
+from scipy import special
 
 CONFIDENCE = 0.95
 T_METHOD = 'Student t-interval over seeds'
@@ -79,7 +79,7 @@ class Interval:
 
 def t_quantile(n: int, confidence: float = CONFIDENCE) -> float:
   """t_{(1+c)/2, n-1}: 4.303 for n = 3 at 95%."""
-  return float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1))
+  return float(special.stdtrit(n - 1, 0.5 + confidence / 2))
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
@@ -104,7 +104,7 @@ def t_pvalue(values: Sequence[float]) -> float:
   if sd == 0:
     return 0.0 if statistics.fmean(xs) != 0 else 1.0
   t = abs(statistics.fmean(xs)) / (sd / math.sqrt(len(xs)))
-  return float(2 * scipy_stats.t.sf(t, len(xs) - 1))
+  return float(2 * special.stdtr(len(xs) - 1, -t))
 
 
 def holm(p_values: Sequence[float], confidence: float = CONFIDENCE) -> list[tuple[float, float]]:

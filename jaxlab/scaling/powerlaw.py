@@ -10,7 +10,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
+from scipy import special
 
 from jaxlab.scaling import laws
 
@@ -37,7 +37,7 @@ class PowerLaw:
       return math.nan, math.nan
     row = np.array([1.0, *map(math.log, x)])
     var = row @ self.cov @ row + (self.residual_sd ** 2 if new else 0.0)
-    half = scipy_stats.t.ppf((1 + laws.CONFIDENCE) / 2, self.dof) * math.sqrt(var)
+    half = special.stdtrit(self.dof, (1 + laws.CONFIDENCE) / 2) * math.sqrt(var)
     mid = self.beta @ row
     return math.exp(mid - half), math.exp(mid + half)
 
@@ -63,7 +63,7 @@ def fit_power(y: Sequence[float], *x: Sequence[float], names: Sequence[str] = ()
   if dof > 0:
     s2 = float(res @ res) / dof
     cov = s2 * np.linalg.inv(design.T @ design)
-    t = scipy_stats.t.ppf((1 + laws.CONFIDENCE) / 2, dof)
+    t = special.stdtrit(dof, (1 + laws.CONFIDENCE) / 2)
     half = t * np.sqrt(np.diag(cov))
   else:
     s2, cov, half = math.nan, np.full((p, p), math.nan), np.full(p, math.nan)
