@@ -7,6 +7,7 @@ them), and the fraction of 95% intervals that hold the truth. Prints a table
 
   python bench/frontier_coverage.py --sims 100 --reps 100 --k 1.3
   python bench/frontier_coverage.py --sims 100 --reps 100 --k 1.0   # no saving
+  python bench/frontier_coverage.py --interval runs ...             # the old interval
 
 The ladder: 5 sizes x 3 FLOPs budgets x SEEDS seeds per method, as in the study (N from
 its 37,896 to 455,712 parameters, budgets 1e11 / 3e11 / 1e12, C = 6 N D, six evaluations
@@ -47,9 +48,10 @@ def clean_curve(n: float, budget: float, k: float) -> tuple[np.ndarray, np.ndarr
   return c, LAW['A'] / n ** LAW['alpha'] + LAW['B'] / d ** LAW['beta']
 
 
-def ladder(k: float, seeds: int, rng=None) -> tuple[list, list]:
-  """(scratch curves, method curves), one per (size, budget, seed) in the same order."""
-  scratch, method = [], []
+def ladder(k: float, seeds: int, rng=None) -> tuple[list, list, list]:
+  """(scratch curves, method curves, cell of each), one per (size, budget, seed) in the
+  same order."""
+  scratch, method, cells = [], [], []
   for n in SIZES:
     for b in BUDGETS:
       for _ in range(seeds):
@@ -63,7 +65,8 @@ def ladder(k: float, seeds: int, rng=None) -> tuple[list, list]:
           lm = lm * np.exp(off[1] + rng.normal(0, EVAL_SD, EVALS))
         scratch.append((cs, ls))
         method.append((cm, lm))
-  return scratch, method
+        cells.append((n, b))
+  return scratch, method, cells
 
 
 def main() -> None:
@@ -73,10 +76,15 @@ def main() -> None:
   ap.add_argument('--k', type=float, default=1.3, help="the method's true compute multiplier")
   ap.add_argument('--seeds', type=int, default=3)
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--interval', choices=['cells', 'runs'], default='cells',
+                  help="cells: the seeds' mean curve per cell, a bootstrap over seeds within "
+                       "cells (what launch.py fit does with seeds); runs: the envelope of "
+                       "every run, a bootstrap over runs (what it did before)")
   args = ap.parse_args()
-  s0, m0 = ladder(args.k, args.seeds)
-  fs0 = fit_frontier_curves(s0, bootstrap=0)
-  fm0 = fit_frontier_curves(m0, bootstrap=0)
+  s0, m0, cells = ladder(args.k, args.seeds)
+  groups = cells if args.interval == 'cells' else None
+  fs0 = fit_frontier_curves(s0, groups=groups, bootstrap=0)
+  fm0 = fit_frontier_curves(m0, groups=groups, bootstrap=0)
   truth = {f'multiplier at {c:.0e}': compute_multiplier(fs0, fm0, c)[0] for c in AT}
   truth['gamma (scratch)'] = fs0.gamma
   hits = {name: 0 for name in truth}
@@ -84,17 +92,17 @@ def main() -> None:
   rng = np.random.default_rng(args.seed)
   start = time.time()
   for i in range(args.sims):
-    s, m = ladder(args.k, args.seeds, rng)
-    fs = fit_frontier_curves(s, bootstrap=args.reps, seed=i)
-    fm = fit_frontier_curves(m, bootstrap=args.reps, seed=i)
+    s, m, _ = ladder(args.k, args.seeds, rng)
+    fs = fit_frontier_curves(s, groups=groups, bootstrap=args.reps, seed=i)
+    fm = fit_frontier_curves(m, groups=groups, bootstrap=args.reps, seed=i)
     cis = {f'multiplier at {c:.0e}': compute_multiplier(fs, fm, c)[1:] for c in AT}
     cis['gamma (scratch)'] = fs.interval('gamma')
     for name, (lo, hi) in cis.items():
       hits[name] += lo <= truth[name] <= hi
       widths[name].append(hi - lo)
   print(f'{args.sims} simulated ladders ({len(SIZES)} sizes x {len(BUDGETS)} budgets x '
-        f'{args.seeds} seeds per method), true multiplier k = {args.k}, {args.reps} bootstrap '
-        f'refits each; {time.time() - start:.0f} s')
+        f'{args.seeds} seeds per method), true multiplier k = {args.k}, interval {args.interval}, '
+        f'{args.reps} bootstrap refits each; {time.time() - start:.0f} s')
   print('| quantity | estimand (noiseless fit) | coverage of the 95% interval | Monte Carlo SE '
         '| median width |')
   print('|---|---|---|---|---|')

@@ -145,6 +145,32 @@ def test_frontier_of_curves_is_the_envelope_of_the_runs():
   assert fit.boot is not None and len(fit.boot.thetas) == 10
 
 
+def test_frontier_with_seeds_fits_cell_means_and_resamples_seeds_within_cells():
+  """3 seeds per cell: the fit is that of the cells' mean curves, and each quantity's
+  refit spread is widened by sqrt(3/2) around the fit's value."""
+  rng = np.random.default_rng(3)
+  sizes, seeds = np.geomspace(1e7, 1e9, 4), 3
+  curves, groups, means = [], [], []
+  for n in sizes:
+    d = np.geomspace(1e8, 1e11, 8)
+    runs = [_hoffmann(n, d) * np.exp(rng.normal(0, 0.01) + rng.normal(0, 0.005, 8))
+            for _ in range(seeds)]
+    curves += [(6 * n * d, l) for l in runs]
+    groups += [f'n{n:.0e}'] * seeds
+    means.append((6 * n * d, np.mean(runs, axis=0)))
+  fit = fit_frontier_curves(curves, groups=groups, bootstrap=30, seed=5)
+  direct = fit_frontier_curves(means, bootstrap=0)
+  assert np.array_equal(fit.theta, direct.theta)
+  assert fit.boot.widen == pytest.approx(math.sqrt(1.5), rel=1e-15)
+  raw = np.array([t[1] for t in fit.boot.thetas])
+  widened = fit.gamma + math.sqrt(1.5) * (raw - fit.gamma)
+  assert fit.interval('gamma') == pytest.approx(
+      (np.percentile(widened, 2.5), np.percentile(widened, 97.5)), rel=1e-12)
+  # Without groups (or one run per cell) it is the envelope of every run, refits over runs.
+  assert fit_frontier_curves(curves, bootstrap=3).boot.widen == 1.0
+  assert fit_frontier_curves(curves, groups=list(range(len(curves))), bootstrap=3).boot.widen == 1.0
+
+
 def test_multiplier_of_a_method_that_needs_a_fixed_fraction_of_the_compute():
   """A method whose loss at C is scratch's at 1.5 C has multiplier 1.5 at every C."""
   c = np.geomspace(1e15, 1e19, 6)

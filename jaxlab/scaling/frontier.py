@@ -11,10 +11,15 @@ envelope rebuilt and refitted. `fit_frontier` fits points directly (envelope=Tru
 the Pareto front of (C, L): no point with at most its FLOPs has a lower loss), with a
 bootstrap over points.
 
+With seeds, the envelope is that of each cell's seed-mean curve and the bootstrap resamples
+seeds within cells (`fit_frontier_curves`): a bootstrap over whole runs covered the
+multiplier in 81-91% and gamma in 57% of simulated ladders at nominal 95%
+(bench/frontier_coverage.py, docs/scaling.md).
+
 `compute_multiplier(scratch, method, flops)`: the FLOPs scratch's frontier needs to reach
 the loss the method's frontier reaches at C, over C. Above 1: the method saves compute
 (1.25 = scratch needs 25% more). Its interval refits both frontiers on each bootstrap
-resample of the runs.
+resample.
 """
 from __future__ import annotations
 
@@ -123,27 +128,61 @@ def envelope(curves: Sequence[tuple[Sequence[float], Sequence[float]]],
   return grid_c[keep], best[keep]
 
 
+def _cells(curves, groups) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Per cell (the runs sharing a group label, in order of first appearance): the first
+  run's evaluation FLOPs within the span every run of the cell covers, and the runs'
+  losses there (runs x evaluations, interpolated in log C)."""
+  members: dict = {}
+  for (c, l), g in zip(curves, groups):
+    members.setdefault(g, []).append((np.asarray(c, float), np.asarray(l, float)))
+  out = []
+  for runs in members.values():
+    lo, hi = max(c[0] for c, _ in runs), min(c[-1] for c, _ in runs)
+    grid = runs[0][0][(runs[0][0] >= lo) & (runs[0][0] <= hi)]
+    out.append((grid, np.array([np.interp(np.log(grid), np.log(c), l) for c, l in runs])))
+  return out
+
+
 def fit_frontier_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]], *,
-                        bootstrap: int = laws.BOOTSTRAP, seed: int = 0) -> FrontierFit:
+                        groups: Sequence | None = None, bootstrap: int = laws.BOOTSTRAP,
+                        seed: int = 0) -> FrontierFit:
   """The frontier through the envelope of runs' (FLOPs, val loss) curves (each with
-  increasing FLOPs), its interval a bootstrap over runs."""
+  increasing FLOPs).
+
+  `groups` labels the runs of one cell (one config over seeds). When every cell has at
+  least 2 runs, the envelope is that of the cells' seed-mean curves, and the interval a
+  bootstrap stratified by cell: each refit resamples the seeds within every cell, so
+  every (size, budget) cell is in every refit, and the spread of every derived quantity
+  (E, gamma, a prediction, the multiplier) around the fit's value is widened by
+  sqrt(n / (n - 1)) for n seeds per cell (a resample of n values has (n - 1)/n of their
+  variance). Otherwise (no seeds) the bootstrap resamples whole runs. The
+  coverage of both is measured in bench/frontier_coverage.py (docs/scaling.md)."""
   curves = [(c, l) for c, l in curves if len(c)]
   if len(curves) < 2:
     raise ValueError(f'a frontier needs the curves of at least 2 runs (got {len(curves)})')
-  c, y = envelope(curves)
-  fit = fit_frontier(c, y, bootstrap=0, envelope=False)
+  cells = _cells(curves, groups) if groups is not None else []
+  seeded = bool(cells) and min(len(l) for _, l in cells) >= 2
+  if seeded:
+    fit = fit_frontier(*envelope([(g, l.mean(axis=0)) for g, l in cells]), bootstrap=0,
+                       envelope=False)
+  else:
+    fit = fit_frontier(*envelope(curves), bootstrap=0, envelope=False)
   if not bootstrap:
     return fit
   starts = [fit.theta, *fit.refit_starts]   # as fit_frontier's own refits start
   rng = np.random.default_rng(seed)
   thetas = []
   for _ in range(bootstrap):
-    pick = rng.integers(0, len(curves), len(curves))
-    bc, by = envelope([curves[i] for i in pick])
+    if seeded:
+      bc, by = envelope([(g, l[rng.integers(0, len(l), len(l))].mean(axis=0)) for g, l in cells])
+    else:
+      bc, by = envelope([curves[i] for i in rng.integers(0, len(curves), len(curves))])
     if len(bc) < 4:
       continue
     thetas.append(laws.fit_theta(np.log(bc)[:, None], np.log(by), starts)[0][1])
-  return dataclasses.replace(fit, boot=laws.Bootstrap(np.array(thetas)))
+  n = min(len(l) for _, l in cells) if seeded else 0
+  widen = math.sqrt(n / (n - 1)) if seeded else 1.0
+  return dataclasses.replace(fit, boot=laws.Bootstrap(np.array(thetas), widen, fit.theta))
 
 
 def _multiplier(scratch_theta, method_theta, flops: float) -> float:
@@ -155,9 +194,9 @@ def compute_multiplier(scratch: FrontierFit, method: FrontierFit,
                        flops: float) -> tuple[float, float, float]:
   """(multiplier, low, high) at `flops`: scratch's FLOPs to reach the method's loss at
   `flops`, over `flops`. The interval pairs the b-th refit of each frontier: both
-  bootstraps use the same seed, so they pick the same positions among each method's runs
-  (sorted by label), which pairs the runs of a ladder whose methods share rungs and
-  seeds. inf where the method's loss lies below scratch's irreducible loss E (scratch
+  bootstraps use the same seed, so they pick the same seeds in the same cells (or the
+  same positions among the runs, sorted by label), which pairs the runs of a ladder whose
+  methods share rungs and seeds. inf where the method's loss lies below scratch's irreducible loss E (scratch
   never reaches it)."""
   est = _multiplier(scratch.theta, method.theta, flops)
   if not (scratch.boot and method.boot):
@@ -165,5 +204,7 @@ def compute_multiplier(scratch: FrontierFit, method: FrontierFit,
   vals = np.array([_multiplier(s, m, flops)
                    for s, m in zip(scratch.boot.thetas, method.boot.thetas)])
   vals = np.where(np.isnan(vals), math.inf, vals)   # never reached: an unbounded saving
+  with np.errstate(invalid='ignore'):               # inf stays inf
+    vals = scratch.boot.spread(vals, est)
   q = 100 * (1 - laws.CONFIDENCE) / 2
   return est, float(np.percentile(vals, q)), float(np.percentile(vals, 100 - q))

@@ -24,7 +24,6 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import optimize
 
 HUBER_DELTA = 1e-3
 CONFIDENCE = 0.95
@@ -63,6 +62,9 @@ def objective(theta: np.ndarray, log_x: np.ndarray, log_y: np.ndarray, delta: fl
 
 
 def _minimise(start, log_x, log_y, delta):
+  # Imported here: scipy.optimize takes about a second to import, and every launch.py
+  # command imports this package (for `fit`'s choices), `show` and `run` included.
+  from scipy import optimize
   # Scaled by 1/delta so that the objective is O(residuals) and the tolerance bites.
   res = optimize.minimize(lambda t: tuple(v / delta for v in objective(t, log_x, log_y, delta)),
                           np.asarray(start, float), jac=True, method=METHOD,
@@ -101,8 +103,16 @@ def fit_theta(log_x: np.ndarray, log_y: np.ndarray, starts: Sequence[np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Bootstrap:
-  """Refits on resampled points: `thetas[b]` the b-th refit's parameters."""
+  """Refits on resampled points: `thetas[b]` the b-th refit's parameters. `widen` > 1
+  stretches every derived quantity's refit values away from its value at `center` (the
+  fit) by that factor before the percentiles are read: the small-sample correction of a
+  resample of n seeds, sqrt(n / (n - 1)) (jaxlab.scaling.frontier)."""
   thetas: np.ndarray
+  widen: float = 1.0
+  center: np.ndarray | None = None
+
+  def spread(self, vals: np.ndarray, at_center: float) -> np.ndarray:
+    return vals if self.widen == 1.0 else at_center + self.widen * (vals - at_center)
 
   def interval(self, f: Callable[[np.ndarray], float],
                confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -110,6 +120,8 @@ class Bootstrap:
     if not len(self.thetas):
       return math.nan, math.nan
     vals = np.array([f(t) for t in self.thetas], float)
+    if self.widen != 1.0:
+      vals = self.spread(vals, f(self.center))
     vals = vals[~np.isnan(vals)]
     if not len(vals):
       return math.nan, math.nan

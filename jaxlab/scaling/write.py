@@ -19,6 +19,7 @@ import pathlib
 
 import numpy as np
 
+from jaxlab.rundir.layout import method_and_seed
 from jaxlab.scaling import chinchilla, frontier, hparams, isoflop
 from jaxlab.scaling.points import MissingData, Point, read_points
 
@@ -189,7 +190,8 @@ _FRONTIER_HEAD = ['| runs | E [95% CI] | A [95% CI] | gamma [95% CI] | envelope 
 
 def _fit_frontier(points, boot):
   try:
-    return frontier.fit_frontier_curves([p.curve for p in points], bootstrap=boot)
+    return frontier.fit_frontier_curves([p.curve for p in points], bootstrap=boot,
+                                        groups=[method_and_seed(p.label)[0] for p in points])
   except ValueError as e:
     raise MissingData(f'growth.method={points[0].method}: {e}') from None
 
