@@ -19,7 +19,6 @@ from jaxlab.launch.submit import slurm, tpu
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / '.venv' / 'bin' / 'python'
-PYTHON = str(VENV_PY) if VENV_PY.exists() else 'python3'
 ENV_VARS = ('TPU_NAME', 'ZONE', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION', 'QUEUED')
 TPU = ['--target', 'tpu', '--tpu-name', 'my-tpu', '--zone', 'us-east5-a']
 # submit runs the compile check first (tests/test_compile.py covers it); these test gcloud.
@@ -146,13 +145,26 @@ def test_slurm_dry_run_script_exact(capsys, tmp_path):
       '#SBATCH --partition=h100',
       '#SBATCH --time=04:00:00',
       '#SBATCH --account=lab',
+      '#SBATCH --signal=USR1@300',            # SIGUSR1 5 minutes before the time limit
+      '#SBATCH --requeue',
+      '#SBATCH --open-mode=append',           # one log for every leg of a requeued job
       f'#SBATCH --output={jobs}/%j.out',
       f'#SBATCH --error={jobs}/%j.err',
       '# written by `launch.py submit|sweep --target slurm`; jax.distributed reads SLURM_*',
       'set -euo pipefail',
       *XLA,
       f'cd {ROOT}',
-      f'srun {PYTHON} launch.py run tiny train.steps=2 train.workdir={tmp_path}',
+      f'if [ -x {VENV_PY} ]; then python={VENV_PY}; else python=python3; fi',
+      'echo "python: $python ($("$python" --version 2>&1))"',
+      'code=0',
+      f'srun "$python" launch.py run tiny train.steps=2 train.workdir={tmp_path} || code=$?',
+      'if [ "$code" -eq 138 ]; then   # stopped by SIGUSR1, checkpoint saved',
+      '  echo "stopped by SIGUSR1 (300 s before the time limit) with a checkpoint: requeueing '
+      'job $SLURM_JOB_ID to resume from it"',
+      '  scontrol requeue "$SLURM_JOB_ID"',
+      '  exit 0',
+      'fi',
+      'exit "$code"',
       f'sbatch --parsable {jobs}/run.sbatch']
   assert not jobs.exists()
 
@@ -160,14 +172,62 @@ def test_slurm_dry_run_script_exact(capsys, tmp_path):
 def test_sweep_slurm_is_one_job_array(capsys, tmp_path):
   code, out, err = run_cli(capsys, 'sweep', 'tiny', '--grid', 'train.steps=1,2', '--grid',
                            'optim.lr=1e-3,3e-3,1e-2', f'train.workdir={tmp_path}', '--target',
-                           'slurm', '--python', 'python3', '--dry-run')
+                           'slurm', '--python', 'python3', '--signal-before', '0', '--dry-run')
   assert code == 0, err
   assert '#SBATCH --array=0-5' in out
   assert f'#SBATCH --output={tmp_path}/tiny/slurm/%A_%a.out' in out
-  assert out[-2] == (f'srun python3 launch.py sweep tiny train.workdir={tmp_path} --grid '
-                     'train.steps=1,2 --grid optim.lr=1e-3,3e-3,1e-2 '
-                     '--point "$SLURM_ARRAY_TASK_ID"')
+  assert out[-4:-1] == [   # --signal-before 0: no signal, no requeue
+      'python=python3', 'echo "python: $python ($("$python" --version 2>&1))"',
+      f'srun "$python" launch.py sweep tiny train.workdir={tmp_path} --grid train.steps=1,2 '
+      '--grid optim.lr=1e-3,3e-3,1e-2 --point "$SLURM_ARRAY_TASK_ID"']
+  assert not any(line.startswith(('#SBATCH --signal', '#SBATCH --requeue')) for line in out)
   assert '#SBATCH --ntasks-per-node=8' in out and '#SBATCH --nodes=1' in out
+
+
+@pytest.mark.parametrize('code, venv', [(138, True), (143, False), (0, True)])
+def test_slurm_script_requeues_only_a_run_stopped_by_sigusr1(tmp_path, monkeypatch, code, venv):
+  """The sbatch script run by bash with a fake srun that exits with `code` (138: the run
+  stopped on SLURM's SIGUSR1 and saved) and a fake scontrol; in a checkout with or
+  without .venv/bin/python."""
+  checkout, bin_dir = tmp_path / 'checkout', tmp_path / 'bin'
+  bin_dir.mkdir()
+  stub = checkout / '.venv' / 'bin' / 'python'
+  stub.parent.mkdir(parents=True)
+  if venv:
+    stub.write_text('#!/bin/sh\necho Python 3.0-venv\n')
+    stub.chmod(0o755)
+  for tool, exit_code in (('srun', code), ('scontrol', 0)):
+    (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/calls\n'
+                                f'exit {exit_code}\n')
+    (bin_dir / tool).chmod(0o755)
+  monkeypatch.setattr(slurm, 'ROOT', checkout)
+  text = slurm.script(['launch.py', 'run', 'tiny'], name='tiny', log_dir=tmp_path, nodes=1,
+                      gpus=1)
+  env = dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', SLURM_JOB_ID='77')
+  proc = subprocess.run(['bash', '-c', text], capture_output=True, text=True, env=env,
+                        timeout=60)
+  python = str(stub) if venv else 'python3'
+  calls = (tmp_path / 'calls').read_text().splitlines()
+  assert calls[0] == f'srun {python} launch.py run tiny'
+  assert proc.stdout.splitlines()[0].startswith(f'python: {python} (Python 3.')
+  if code == 138:
+    assert calls[1:] == ['scontrol requeue 77'] and proc.returncode == 0
+    assert 'requeueing job 77' in proc.stdout
+  else:
+    assert calls[1:] == [] and proc.returncode == code
+
+
+def test_signal_before_must_fit_in_the_time_limit(capsys):
+  argv = ['submit', '--target', 'slurm', '--dry-run', 'tiny']
+  code, _, err = run_cli(capsys, *argv, '--time', '5', '--signal-before', '300')
+  assert code == 2 and err == ('error: --signal-before 300 is not shorter than --time 5 (300 s): '
+                               'the job would be stopped and requeued before it trains; raise '
+                               '--time or lower --signal-before (0: no requeue)\n')
+  code, _, err = run_cli(capsys, *argv, '--signal-before', '70000')
+  assert code == 2 and '--signal-before 70000 must be 0 (no signal, no requeue)' in err
+  code, out, err = run_cli(capsys, *argv, '--time', '1-0:10', '--signal-before', '600')
+  assert code == 0 and '#SBATCH --signal=USR1@600' in out and '#SBATCH --time=1-0:10' in out
+  assert slurm.check_signal_before(None, '6') == 300 and slurm.check_signal_before(0, '1') == 0
 
 
 def test_sweep_tpu_is_one_detached_loop(capsys):
@@ -309,7 +369,9 @@ def test_slurm_submit_writes_script_and_prints_job_id(capsys, monkeypatch, tmp_p
   assert _calls(bin_dir) == [['sbatch', '--parsable', str(path)]]
   assert out[-1] == f'submitted SLURM job 4242; logs: {path.parent}/4242.out'
   lines = path.read_text().splitlines()
-  assert set(XLA) <= set(lines) and lines[-1].startswith(f'srun {PYTHON} launch.py run tiny train.steps=2')
+  assert set(XLA) <= set(lines)
+  srun = f'srun "$python" launch.py run tiny train.steps=2 train.workdir={tmp_path} || code=$?'
+  assert srun in lines
 
 
 # ----------------------------------------------------------------------------- remote scripts
@@ -418,4 +480,4 @@ def test_experiment_paths_are_made_portable(capsys, tmp_path):
                          str(outside))
   assert code == 2 and 'lies outside the project' in err
   code, out, _ = run_cli(capsys, 'submit', '--target', 'slurm', '--dry-run', str(outside))
-  assert code == 0 and out[-2].endswith(f'launch.py run {outside}')
+  assert code == 0 and f'srun "$python" launch.py run {outside} || code=$?' in out

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jaxlab import growth
 from jaxlab.models import flops as flops_lib
 from jaxlab.aot.targets import Target, devices
+from jaxlab.config.checks import check_microbatches
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.growth.plan import Phase
 from jaxlab.parallel import make_mesh
@@ -141,6 +142,7 @@ def target_mesh(cfg: Config, target: Target):
     raise ConfigError(f'train.batch_size={cfg.train.batch_size} must be divisible by the '
                       f'data-parallel size (data x fsdp axes of the mesh = {shards}) and by '
                       f'the number of hosts of {target.name} ({target.hosts})')
+  check_microbatches(cfg, shards)
   return mesh
 
 
@@ -208,6 +210,10 @@ def remedies(cfg: Config, model, mesh) -> list[str]:
       and model.kv_heads % 2 == 0):
     out.append('mesh.tensor=2 or more (split heads, MLP and vocab across chips)')
   per_device = cfg.train.batch_size // (mesh.shape['data'] * mesh.shape['fsdp'])
+  k = cfg.train.microbatches
+  if per_device // k > 1 and (per_device // k) % 2 == 0:
+    out.append(f'train.microbatches={2 * k} (gradient accumulation: the same batch in '
+               f'{2 * k} sequential microbatches of {per_device // k // 2} sequences per device)')
   if per_device > 1:
     out.append(f'a smaller per-device batch: train.batch_size={cfg.train.batch_size // 2} '
                f'(now {per_device} sequences per device)')

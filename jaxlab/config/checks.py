@@ -42,6 +42,9 @@ def validate(cfg: Config) -> Config:
     _require(value >= 0, f'{key}={value} must be >= 0')
   _require(t.eval_batches == 'all' or t.eval_batches >= 0,
            f'train.eval_batches={t.eval_batches} must be >= 0 or all')
+  if t.batch_rule == 'fixed':   # else Step Law sets the batch; the run checks it on its mesh
+    sizes = (me.data, me.fsdp, me.dcn_data, me.dcn_fsdp)
+    check_microbatches(cfg, math.prod(sizes) if min(sizes) >= 1 else None)
   _require(m.kv_heads <= m.n_heads and m.n_heads % m.kv_heads == 0,
            f'model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} '
            '(grouped-query attention shares each kv head among n_heads/n_kv_heads query heads)')
@@ -77,6 +80,9 @@ def validate(cfg: Config) -> Config:
     _validate_mup(cfg)
   _require(0 <= o.final_lr_fraction <= 1,
            f'optim.final_lr_fraction={o.final_lr_fraction} must be in [0, 1]')
+  _require(0 < o.decay_fraction <= 1,
+           f'optim.decay_fraction={o.decay_fraction} must be in (0, 1]: the share of '
+           'train.steps that optim.schedule=wsd spends decaying, at the end (e.g. 0.2)')
   _require(0 < d.val_fraction < 1, f'data.val_fraction={d.val_fraction} must be in (0, 1)')
   _require(d.shuffle_rows >= 0, f'data.shuffle_rows={d.shuffle_rows} must be >= 0')
   _require(d.source != 'tfds' or bool(d.tfds_name),
@@ -92,6 +98,7 @@ def validate(cfg: Config) -> Config:
              f'only one of {", ".join(sizes)} may be -1 (the rest); got {sizes}')
   _validate_growth(cfg)
   _validate_context_growth(cfg)
+  _validate_trackers(t)
   _require(bool(cfg.name) and '/' not in cfg.name and '\0' not in cfg.name
            and cfg.name not in ('.', '..'),
            f'name={cfg.name!r} must be a non-empty directory name without "/"')
@@ -99,6 +106,44 @@ def validate(cfg: Config) -> Config:
            f'name= is {len(cfg.name.encode())} bytes long; a directory name may have at most '
            f'{NAME_MAX} (name={cfg.name[:40]!r}...)')
   return cfg
+
+
+def check_microbatches(cfg: Config, data_parallel: int | None):
+  """train.microbatches splits every global batch into whole microbatches, each sharded
+  evenly over the data-parallel devices (data x fsdp axes of the mesh; None: not known
+  yet, as before the devices are); a run or compile checks again on its mesh."""
+  k, b = cfg.train.microbatches, cfg.train.batch_size
+  _require(k >= 1, f'train.microbatches={k} must be >= 1 (1: no gradient accumulation)')
+  n = k * (data_parallel or 1)
+  mesh = (f' x the data-parallel size {data_parallel} (data x fsdp axes of the mesh) = {n}'
+          if data_parallel else '')
+  _require(b % n == 0, f'train.batch_size={b} must be divisible by train.microbatches={k}'
+           f'{mesh}: each microbatch is an equal share of the batch on every device')
+
+
+def profile_range(spec: str) -> tuple[int, int] | None:
+  """train.profile_steps 'A-B' as (A, B); None for ''. Raises ConfigError."""
+  if not spec:
+    return None
+  lo, sep, hi = spec.partition('-')
+  ok = sep and lo.strip().isdigit() and hi.strip().isdigit() and 1 <= int(lo) <= int(hi)
+  _require(bool(ok), f"train.profile_steps={spec!r} must be 'A-B' with 1 <= A <= B "
+           "(steps A to B, both traced), e.g. train.profile_steps=10-12")
+  return int(lo), int(hi)
+
+
+def _validate_trackers(t):
+  _require('jsonl' in t.trackers,
+           f"train.trackers={','.join(t.trackers)} must include jsonl: metrics.jsonl is the "
+           'run\'s record (reports, fits and a resume read it); add trackers to it, e.g. '
+           'train.trackers=jsonl,tensorboard,wandb')
+  _require('wandb' not in t.trackers or importlib.util.find_spec('wandb') is not None,
+           "train.trackers=...,wandb needs the wandb package: pip install -e '.[wandb]'")
+  span = profile_range(t.profile_steps)
+  _require(span is None or span[1] <= t.steps,
+           f'train.profile_steps={t.profile_steps} ends after the run (train.steps={t.steps})')
+  _require(t.profile_process >= -1,
+           f'train.profile_process={t.profile_process} must be a process index, or -1 for all')
 
 
 # A file name's longest length on Linux / macOS file systems (NAME_MAX).

@@ -90,10 +90,16 @@ class OptimConfig:
   wd_ratio: float = 0.1            # adamp / sgdp: weight-decay factor where projected
   grad_noise_eta: float = 0.0      # Gaussian gradient noise, sigma_t^2 = eta / (1 + t)^gamma
   grad_noise_gamma: float = 0.55
-  schedule: Literal['cosine', 'linear', 'constant'] = 'cosine'
+  schedule: Literal['cosine', 'linear', 'constant', 'wsd'] = 'cosine'   # wsd: warmup-stable-
+                                   #   decay (constant lr, then decay_shape over the last steps)
   warmup_steps: int = 100
+  decay_fraction: float = 0.2      # wsd: share of train.steps spent decaying, at the end
+  decay_shape: Literal['linear', 'cosine', '1-sqrt'] = '1-sqrt'   # wsd: the decay's shape
   final_lr_fraction: float = 0.1   # lr at the last step, as a fraction of lr
   grad_clip: float = 1.0           # global-norm clipping; 0 disables
+  moments_dtype: Literal['float32', 'bfloat16'] = 'float32'   # storage of the first moment
+                                   #   (optax's mu_dtype; AdamP's m, SGDP's buffer): computed
+                                   #   in float32 either way; Adam's second moment stays float32
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,10 @@ class MeshConfig:
 class TrainConfig:
   steps: int = 1000
   batch_size: int = 16             # global, in sequences of data.seq_len tokens
+  microbatches: int = 1            # gradient accumulation: each step runs the global batch as
+                                   #   this many sequential microbatches (one optimizer update;
+                                   #   jaxlab/train/step.py); batch_size must divide by it x the
+                                   #   data-parallel size
   batch_rule: Literal['fixed', 'steplaw'] = 'fixed'  # steplaw: batch_size and steps from
                                    #   Step Law and train.tokens (train.batch=steplaw)
   tokens: int = 0                  # token budget D of the steplaw rules (0 -> steps x
@@ -169,6 +179,15 @@ class TrainConfig:
   trainable: str = ''              # '' = every param trains; else what trains, the rest frozen
                                    #   (no update, no optimizer state): globs over param paths,
                                    #   layers[RANGES][/GLOB], or 'new' (jaxlab/optim/trainable.py)
+  trackers: tuple[Literal['jsonl', 'tensorboard', 'wandb'], ...] = ('jsonl', 'tensorboard')
+                                   # where logged records go, on
+                                   #   process 0: jsonl (metrics.jsonl, always), tensorboard,
+                                   #   wandb (jaxlab/rundir/trackers.py)
+  wandb_project: str = 'jaxlab'
+  wandb_entity: str = ''           # '' -> W&B's default entity
+  wandb_run_id: str = ''           # '' -> drawn at the run's first start, kept in wandb.json
+  profile_steps: str = ''          # 'A-B': a jax.profiler trace of steps A..B in <run dir>/profile
+  profile_process: int = 0         # the process that traces; -1 = every process
 
 
 @dataclass(frozen=True)

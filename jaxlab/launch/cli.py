@@ -6,6 +6,7 @@
   export      a run's checkpoint as a Hugging Face model directory
   submit      run an experiment on a Cloud TPU slice or a SLURM GPU cluster
   compile     compile every phase of a run for a TPU slice from this machine
+  show        a run's resolved config, parameter counts, tokens and FLOPs, growth phases
   report      report.md, tables and plots of a run or sweep directory
   fit         a scaling law fitted to a sweep's runs (jaxlab.scaling)
   coordcheck  the muP coordinate check
@@ -14,8 +15,8 @@
 Configuration mistakes -- and a run directory in use, a full disk or an unwritable
 directory -- exit with status 2 and one clear line (no traceback), before anything is
 compiled where the input allows. A diverged run exits with 1; a run stopped by SIGTERM /
-SIGINT saves a checkpoint (at a step every host agrees on) and exits with 128 + the
-signal number.
+SIGINT / SIGUSR1 (SLURM's warning before the time limit) saves a checkpoint (at a step
+every host agrees on) and exits with 128 + the signal number.
 
 The parser is built from jax-free modules; each command imports its own stack when it
 runs (jaxlab.launch.<command>), so `report` loads no jax and a mistake in the arguments
@@ -72,6 +73,11 @@ def _cmd_submit(args) -> int:
 def _cmd_compile(args) -> int:
   from jaxlab.launch import compile as compile_lib   # libtpu is only needed here
   return compile_lib.main(args)
+
+
+def _cmd_show(args) -> int:
+  from jaxlab.launch import show
+  return show.main(args)
 
 
 def _cmd_coordcheck(args) -> int:
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
   submit_options.add_options(submit, sweep=False)
   submit.set_defaults(func=_cmd_submit)
   _add_compile(sub)
+  show = sub.add_parser('show', help='the resolved config, params, tokens, FLOPs, phases',
+                        description='Print a run\'s resolved config (fields that differ from '
+                        'the defaults marked *), its parameter counts, tokens and FLOPs per '
+                        'step and its growth phases, without compiling or initialising it.')
+  show.add_argument('experiment', help='as for run')
+  show.add_argument('overrides', nargs='*', help='config overrides, e.g. model.d_model=512')
+  show.set_defaults(func=_cmd_show)
   report = sub.add_parser('report', help='report.md, tables and plots of a run or sweep')
   report.add_argument('dir')
   report.add_argument('--baseline', default=None, metavar='RUN|KEY=V1,V2',

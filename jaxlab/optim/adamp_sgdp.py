@@ -22,6 +22,12 @@ projected) matching the params, a callable params -> such a pytree, or None for 
 default (channel = last axis, no batch axes). A weight whose slices have ndim <= 1 is never
 projected. Everything is jnp reductions inside tree maps, so it jits, and GSPMD makes the
 reductions global when a weight is sharded.
+
+Moment storage (optim.moments_dtype): mu_dtype (AdamP's first moment) and accumulator_dtype
+(SGDP's buffer), as optax's Adam and SGD name them, store that moment in another dtype
+(bfloat16 halves its memory); it is read back into float32, updated and used in float32,
+and rounded only for storage. AdamP's second moment stays float32 (as in optax): with
+b2 = 0.999 its per-step change is below bfloat16's resolution.
 """
 from __future__ import annotations
 
@@ -100,6 +106,20 @@ def _project_tree(updates, grads, params, layout, delta, eps):
   return new_updates, fired, jnp.asarray(count, jnp.float32)
 
 
+def _zeros(params, dtype):
+  """Zeros shaped like params, in dtype (None: each param's own)."""
+  return jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype if dtype is None else dtype), params)
+
+
+def _f32(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _stored(tree, dtype):
+  """A moment as stored: rounded to dtype (None: kept)."""
+  return tree if dtype is None else jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
 def _entries(params) -> jax.Array:
   return jnp.asarray(sum(p.size for p in jax.tree.leaves(params)), jnp.float32)
 
@@ -132,13 +152,15 @@ class ScaleByAdamPState(NamedTuple):
 def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1,
                    nesterov: bool = False, layout=None,
-                   mask: Any | Callable | None = None) -> optax.GradientTransformation:
+                   mask: Any | Callable | None = None,
+                   mu_dtype=None) -> optax.GradientTransformation:
   """AdamP's direction before the learning rate: projected m_hat / (sqrt(v_hat) + eps)
-  plus the (projection-scaled) decoupled weight decay; chain with a learning rate."""
+  plus the (projection-scaled) decoupled weight decay; chain with a learning rate.
+  mu_dtype: the first moment's storage dtype (None: the params')."""
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init(params):
-    zeros = optax.tree_utils.tree_zeros_like(params)
-    return ScaleByAdamPState(count=jnp.zeros((), jnp.int32), mu=zeros,
+    return ScaleByAdamPState(count=jnp.zeros((), jnp.int32), mu=_zeros(params, mu_dtype),
                              nu=optax.tree_utils.tree_zeros_like(params),
                              fired=jnp.zeros((), jnp.float32), entries=_entries(params))
 
@@ -150,7 +172,7 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     # for b2 = 0.999 (the reference computes it in double precision).
     t = count.astype(jnp.float32)
     bc1, bc2 = -jnp.expm1(t * math.log(b1)), -jnp.expm1(t * math.log(b2))
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+    mu = jax.tree.map(lambda m, g: b1 * _f32(m) + (1 - b1) * g, state.mu, grads)
     nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
 
     def direction(m, v, g):
@@ -160,18 +182,21 @@ def scale_by_adamp(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     perturb, fired, n_fired = _project_tree(perturb, grads, params, layout, delta, eps)
     updates = jax.tree.map(lambda u: u / bc1, perturb)
     updates = _decay(updates, params, fired, weight_decay, wd_ratio, 1.0, mask)
-    return updates, ScaleByAdamPState(count, mu, nu, n_fired, state.entries)
+    return updates, ScaleByAdamPState(count, _stored(mu, mu_dtype), nu, n_fired, state.entries)
 
   return optax.GradientTransformation(init, update)
 
 
 def adamp(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
           weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1,
-          nesterov: bool = False, *, layout=None, mask=None) -> optax.GradientTransformation:
+          nesterov: bool = False, *, layout=None, mask=None,
+          mu_dtype=None) -> optax.GradientTransformation:
   """AdamP; learning_rate may be an optax schedule. mask: pytree / callable of bools,
-  which params get weight decay (all by default)."""
+  which params get weight decay (all by default). mu_dtype: the first moment's storage
+  dtype (None: the params')."""
   return optax.chain(
-      scale_by_adamp(b1, b2, eps, weight_decay, delta, wd_ratio, nesterov, layout, mask),
+      scale_by_adamp(b1, b2, eps, weight_decay, delta, wd_ratio, nesterov, layout, mask,
+                     mu_dtype),
       optax.scale_by_learning_rate(learning_rate))
 
 
@@ -186,28 +211,32 @@ class SGDPState(NamedTuple):
 def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
                   nesterov: bool = False, eps: float = 1e-8, delta: float = 0.1,
                   wd_ratio: float = 0.1, layout=None,
-                  mask: Any | Callable | None = None) -> optax.GradientTransformation:
+                  mask: Any | Callable | None = None,
+                  accumulator_dtype=None) -> optax.GradientTransformation:
   """SGDP's direction before the learning rate. The momentum buffer starts at zero; as in
   the reference, without Nesterov the projection is applied to the buffer itself (the
-  stored momentum is the projected one)."""
+  stored momentum is the projected one). accumulator_dtype: the buffer's storage dtype
+  (None: the params')."""
+  acc_dtype = None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
   if not 0 <= momentum < 1:
     raise ValueError(f'sgdp momentum={momentum} must be in [0, 1): its weight decay is '
                      'divided by (1 - momentum)')
 
   def init(params):
-    return SGDPState(momentum=optax.tree_utils.tree_zeros_like(params),
+    return SGDPState(momentum=_zeros(params, acc_dtype),
                      fired=jnp.zeros((), jnp.float32), entries=_entries(params))
 
   def update(grads, state, params=None):
     if params is None:
       raise ValueError('scale_by_sgdp needs params (the projection tests the weights)')
-    buf = jax.tree.map(lambda b, g: momentum * b + (1 - dampening) * g, state.momentum, grads)
+    buf = jax.tree.map(lambda b, g: momentum * _f32(b) + (1 - dampening) * g, state.momentum,
+                       grads)
     d_p = jax.tree.map(lambda g, b: g + momentum * b, grads, buf) if nesterov else buf
     d_p, fired, n_fired = _project_tree(d_p, grads, params, layout, delta, eps)
     if not nesterov:
       buf = d_p
     updates = _decay(d_p, params, fired, weight_decay, wd_ratio, 1 / (1 - momentum), mask)
-    return updates, SGDPState(buf, n_fired, state.entries)
+    return updates, SGDPState(_stored(buf, acc_dtype), n_fired, state.entries)
 
   return optax.GradientTransformation(init, update)
 
@@ -215,11 +244,12 @@ def scale_by_sgdp(momentum: float = 0.0, dampening: float = 0.0, weight_decay: f
 def sgdp(learning_rate, momentum: float = 0.0, dampening: float = 0.0,
          weight_decay: float = 0.0, nesterov: bool = False, eps: float = 1e-8,
          delta: float = 0.1, wd_ratio: float = 0.1, *, layout=None,
-         mask=None) -> optax.GradientTransformation:
-  """SGDP; learning_rate may be an optax schedule."""
+         mask=None, accumulator_dtype=None) -> optax.GradientTransformation:
+  """SGDP; learning_rate may be an optax schedule. accumulator_dtype: the momentum
+  buffer's storage dtype (None: the params')."""
   return optax.chain(
       scale_by_sgdp(momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio,
-                    layout, mask),
+                    layout, mask, accumulator_dtype),
       optax.scale_by_learning_rate(learning_rate))
 
 

@@ -16,7 +16,9 @@ kill mid-save never leaves a half-written step behind. A restore is verified: th
 restored state's fingerprint must equal the saved one. A step that cannot be read or
 does not verify is reported, moved aside into `checkpoints_unreadable/`, and the
 previous one is tried; nothing of a failed attempt is kept (the data iterator is set
-only from the checkpoint finally used).
+only from the checkpoint finally used). A run whose train.steps changed may go on from an
+earlier checkpoint than its newest (jaxlab.train.length): the later ones are moved into
+`checkpoints_superseded/`.
 
 The directory is `<run dir>/checkpoints`, or `<train.checkpoint_dir>/<name>` when that is
 set: a multi-host run needs one directory every host can write (every process writes
@@ -228,14 +230,15 @@ class Checkpointer:
             file=sys.stderr, flush=True)
     return Restored(step=step, state=state, meta=meta)
 
-  def restore_latest(self, abstract_state: Callable | Any,
-                     make_iterator: Callable) -> tuple[Restored | None, Any]:
+  def restore_latest(self, abstract_state: Callable | Any, make_iterator: Callable,
+                     at_most: int | None = None) -> tuple[Restored | None, Any]:
     """(newest readable and verified checkpoint or None, data iterator). abstract_state
     may be a function of the step (a run whose model changes at growth events). Each
     attempt gets a fresh iterator from make_iterator(), so a failed one leaves no trace;
-    with no usable checkpoint the iterator is a fresh one too."""
+    with no usable checkpoint the iterator is a fresh one too. at_most: only checkpoints
+    at or before this step are tried (a run whose train.steps changed)."""
     _quiet_abandoned_reads()
-    for step in reversed(self.all_steps()):
+    for step in reversed([s for s in self.all_steps() if at_most is None or s <= at_most]):
       abstract = abstract_state(step) if callable(abstract_state) else abstract_state
       iterator = make_iterator()
       try:
@@ -248,22 +251,37 @@ class Checkpointer:
     return None, make_iterator()
 
   def _set_aside(self, step: int, err: Exception | None):
-    src = self.directory / str(step)
-    dst = self.directory.parent / f'{self.directory.name}_unreadable' / str(step)
     why = (f'{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ""}'
            if err is not None else 'another process could not read it')
     what = 'is corrupt' if isinstance(err, Unverified) else 'cannot be read'
+    self._move_aside(step, 'unreadable', lambda dst: print(
+        f'warning: checkpoint step {step} in {self.directory} {what} ({why}); '
+        f'moving it to {dst} and trying the previous one', file=sys.stderr, flush=True))
+
+  def set_aside_after(self, step: int) -> list[int]:
+    """Moves the checkpoints after `step` into `<checkpoints>_superseded/` (kept, never
+    restored: a run whose train.steps changed goes on from `step`, and saves those steps
+    anew); returns their steps."""
+    later = [s for s in self.all_steps() if s > step]
+    for s in later:
+      self._move_aside(s, 'superseded')
+    return later
+
+  def _move_aside(self, step: int, why: str, announce: Callable = lambda dst: None):
+    """Moves step's directory into <checkpoints>_<why>/ (process 0; every process waits)."""
+    src = self.directory / str(step)
+    dst = self.directory.parent / f'{self.directory.name}_{why}' / str(step)
     n = 1
     while dst.exists():   # an earlier copy of this step was set aside: keep both
       dst, n = dst.parent / f'{step}.{n}', n + 1
-    print(f'warning: checkpoint step {step} in {self.directory} {what} ({why}); '
-          f'moving it to {dst} and trying the previous one', file=sys.stderr, flush=True)
+    announce(dst)
     if jax.process_index() == 0 and src.exists():
       dst.parent.mkdir(parents=True, exist_ok=True)
       src.rename(dst)
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'jaxlab_set_aside_{step}')
+      multihost_utils.sync_global_devices(f'jaxlab_set_aside_{why}_{step}')
     self._manager.reload()
+    return dst
 
   def remove_unfinished(self):
     """Deletes the temporary directories of saves that failed (orbax would delete them at

@@ -24,8 +24,11 @@ Which config changes a run directory accepts (`check_config`):
   * AFTER_DIVERGENCE_KEYS: change the updates from the resume step on, never the weights
     already trained; accepted with a warning only when the run stopped on a NaN / Inf
     (what that error advises), refused otherwise: a silent change would mix two runs.
-  * everything else (model, data, other optimizer keys, batch, seeds, growth, steps):
-    refused, with the two ways out (continue unchanged, or start over).
+  * train.steps, when it is the only other change: the run's new_length rule decides
+    (jaxlab.train.length: accepted when the lr of the steps already trained does not
+    depend on the length, from the checkpoint it names; else refused with the reason).
+  * everything else (model, data, other optimizer keys, batch, seeds, growth): refused,
+    with the two ways out (continue unchanged, or start over).
 """
 from __future__ import annotations
 
@@ -34,10 +37,11 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from jaxlab.config.loading import HISTORY_KEY, flatten, read_config_file
 from jaxlab.config.types import Config, ConfigError
@@ -47,7 +51,10 @@ from jaxlab.rundir.layout import CONFIG_FILE, DATA_FILE, LOCK_FILE, METRICS_FILE
 LOCATION_KEYS = ('name', 'train.workdir')
 FREE_KEYS = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'train.async_checkpoint', 'train.spectral_every',
-             'train.weight_stats',
+             'train.weight_stats', 'train.trackers', 'train.wandb_project',
+             'train.wandb_entity', 'train.wandb_run_id', 'train.profile_steps',
+             'train.profile_process',
+             'train.microbatches',   # the same update, like the mesh (float32 rounding)
              'data.accept_changes')   # itself no change: the data change it lets through is
                                       # recorded in the history by the trainer
 FREE_PREFIXES = ('mesh.',)   # checkpoints restore onto any mesh
@@ -79,8 +86,10 @@ def _with_defaults(data: dict) -> dict:
 
 @dataclasses.dataclass
 class ConfigChanges:
-  """What `check_config` accepted: {key: (old, new)}."""
+  """What `check_config` accepted: {key: (old, new)}; new_length: what its new_length rule
+  returned for an accepted change of train.steps (None without one)."""
   changes: dict[str, tuple[Any, Any]]
+  new_length: Any = None
 
 
 def _describe(changes: dict) -> str:
@@ -166,8 +175,12 @@ class RunDir:
     """(config dict, history) from config.json, or None when there is none."""
     return read_config_file(self.path)
 
-  def check_config(self, cfg: Config, has_checkpoints: bool, diverged: bool) -> ConfigChanges:
-    """Compares cfg with the config.json already there (see the module docstring)."""
+  def check_config(self, cfg: Config, has_checkpoints: bool, diverged: bool,
+                   new_length: Callable[[int], Any] | None = None) -> ConfigChanges:
+    """Compares cfg with the config.json already there (see the module docstring).
+    new_length(old train.steps): the run's rule for a change of train.steps when it is the
+    only refused change (jaxlab.train.length); it raises ConfigError with the reason, or
+    returns what ConfigChanges.new_length keeps."""
     found = self.read_config()
     if found is None:
       return ConfigChanges({})
@@ -187,6 +200,9 @@ class RunDir:
                and k not in AFTER_DIVERGENCE_KEYS and not k.startswith(FREE_PREFIXES)}
     if after_nan and not diverged:
       refused.update(after_nan)
+    length = None
+    if list(refused) == ['train.steps'] and new_length is not None:
+      length, refused = new_length(refused['train.steps'][0]), {}
     if refused:
       raise ConfigError(
           f'{self.path} holds checkpoints of a run with another config ({_describe(refused)}); '
@@ -198,7 +214,7 @@ class RunDir:
            'batches than before')
     if after_nan:
       warn(f'resuming a diverged run with {_describe(after_nan)} from its last good checkpoint')
-    return ConfigChanges(changes)
+    return ConfigChanges(changes, length)
 
   def write_config(self, cfg: Config, changes: ConfigChanges | None = None, fresh: bool = True,
                    step: int = 0):
@@ -241,17 +257,27 @@ class RunDir:
     """A run that starts at step 0 keeps the files of the earlier attempt as .bak-<time>."""
     if not self.writer:
       return
-    stamp = time.strftime('%Y%m%d-%H%M%S')
     for path in (self.metrics_path, self.summary_path):
       if path.exists() and path.stat().st_size:
-        backup = path.with_name(f'{path.name}.bak-{stamp}')
-        n = 1
-        while backup.exists():
-          backup, n = path.with_name(f'{path.name}.bak-{stamp}-{n}'), n + 1
+        backup = _backup_path(path)
         path.rename(backup)
         note(f'starting afresh: the earlier {path.name} is kept as {backup.name}')
       elif path.exists():
         path.unlink()
+
+  def keep_copies(self) -> list[str]:
+    """Copies metrics.jsonl and summary.json as .bak-<time> before a resume drops records
+    that no rerun logs again (a run going on from an earlier checkpoint than its newest,
+    jaxlab.train.length); returns the copies' names."""
+    if not self.writer:
+      return []
+    kept = []
+    for path in (self.metrics_path, self.summary_path):
+      if path.exists() and path.stat().st_size:
+        backup = _backup_path(path)
+        shutil.copy2(path, backup)
+        kept.append(backup.name)
+    return kept
 
   def append(self, record: dict):
     """One line of metrics.jsonl (a step's record or an {"event": ...} line)."""
@@ -304,6 +330,15 @@ class RunDir:
     except OSError:
       tmp.unlink(missing_ok=True)
       raise
+
+
+def _backup_path(path: pathlib.Path) -> pathlib.Path:
+  """<file>.bak-<time>, or -1, -2, ... after it when that is taken."""
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  backup, n = path.with_name(f'{path.name}.bak-{stamp}'), 1
+  while backup.exists():
+    backup, n = path.with_name(f'{path.name}.bak-{stamp}-{n}'), n + 1
+  return backup
 
 
 def _step_of(rec: dict) -> float:

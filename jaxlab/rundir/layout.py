@@ -15,7 +15,9 @@ reads a run directory takes these names from here.
     checkpoints/               orbax steps (jaxlab.rundir.checkpoint), unless
                                train.checkpoint_dir puts them elsewhere
     checkpoints_unreadable/    steps a verified restore set aside (<checkpoint dir>_unreadable)
-    tensorboard/               TensorBoard events
+    tensorboard/               TensorBoard events (train.trackers, jaxlab.rundir.trackers)
+    wandb/, wandb.json         Weights & Biases files and the W&B run id (train.trackers=...,wandb)
+    profile/                   jax.profiler traces of train.profile_steps
     launch.log                 a sweep point's output under `launch.py sweep --jobs`
     compile.json               `launch.py compile`'s table
   <sweep dir>/<label>/seed<k>/ one run of a sweep with seeds (`seed_run`)
@@ -34,11 +36,15 @@ DATA_FILE = 'data.json'
 LOCK_FILE = '.lock'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
+WANDB_DIR = 'wandb'
+WANDB_ID_FILE = 'wandb.json'
+PROFILE = 'profile'
 LAUNCH_LOG = 'launch.log'
 COMPILE_FILE = 'compile.json'
 
 __all__ = ['CHECKPOINTS', 'COMPILE_FILE', 'CONFIG_FILE', 'DATA_FILE', 'LAUNCH_LOG', 'LOCK_FILE',
-           'METRICS_FILE', 'SEED_KEYS', 'SUMMARY_FILE', 'TENSORBOARD',
+           'METRICS_FILE', 'PROFILE', 'SEED_KEYS', 'SUMMARY_FILE', 'TENSORBOARD', 'WANDB_DIR',
+           'WANDB_ID_FILE',
            'method_and_seed', 'run_dir_of', 'seed_run']
 
 

@@ -6,10 +6,12 @@ stopping -- decided alike on every process, so collective work stays in step) an
 
   EvalHook         val loss on the data layer's validation batches  -> the step's record
   DiagnosticsHook  top singular value of every matrix (spectral)    -> the step's record
-  LogHook          the record: metrics.jsonl, TensorBoard, progress line
+  LogHook          the record: metrics.jsonl, the other trackers, progress line
   GrowthHook       the growth plan's transition, its event line, the val loss after it
   CheckpointHook   a verified checkpoint (state, data position, counters, the record)
   PreemptionHook   after an agreed stop's checkpoint: summary, then Preempted
+  ProfileHook      a jax.profiler trace of train.profile_steps (before the first step
+                   of the range, and after its last)
 
 The NaN guard runs at every sync, before any hook: a non-finite loss or parameter norm
 in any step since the last sync stops the run (Diverged) before anything is logged or
@@ -28,9 +30,10 @@ import numpy as np
 
 from jaxlab.models import flops
 from jaxlab.growth import plan as plan_lib
-from jaxlab.rundir.layout import TENSORBOARD
+from jaxlab.rundir import trackers
+from jaxlab.rundir.layout import PROFILE
 from jaxlab.rundir.records import position_key
-from jaxlab.rundir.directory import growth_event
+from jaxlab.rundir.directory import config_dict, growth_event
 from jaxlab.train import progress
 from jaxlab.train.measure import top_singular_values
 from jaxlab.train.stop import Preempted
@@ -127,7 +130,8 @@ class DiagnosticsHook(Hook):
 
 
 class LogHook(Hook):
-  """Writes the step's record: metrics.jsonl (through the RunDir), TensorBoard, and the
+  """Writes the step's record: metrics.jsonl (through the RunDir), the trackers of
+  train.trackers (TensorBoard, W&B: jaxlab.rundir.trackers), and the
   progress line. A step that adds to the record (eval, diagnostics) is a log step."""
   pauses_clock = False
 
@@ -136,13 +140,13 @@ class LogHook(Hook):
     self.throughput = progress.Throughput()
     self._start, self._step0 = time.perf_counter(), resume_step
     self._tty = t.run_dir.writer and sys.stdout.isatty()
-    self._tb = None
+    self.trackers = []
     if t.run_dir.writer:
-      from tensorboardX import SummaryWriter  # no TensorFlow needed
-      # purge_step: TensorBoard hides what an interrupted session logged past the
-      # checkpoint this one resumed from (as metrics.jsonl is cut back).
-      self._tb = SummaryWriter(str(pathlib.Path(t.run_dir.path) / TENSORBOARD),
-                               purge_step=resume_step + 1)
+      tc = t.cfg.train
+      self.trackers = trackers.open_trackers(
+          tc.trackers, pathlib.Path(t.run_dir.path), resume_step=resume_step, name=t.cfg.name,
+          config=config_dict(t.cfg), wandb_project=tc.wandb_project,
+          wandb_entity=tc.wandb_entity, wandb_run_id=tc.wandb_run_id)
 
   def due(self, t) -> bool:
     return t.last or t.step % self.every == 0 or any(h.due(t) for h in self.record_hooks)
@@ -160,10 +164,9 @@ class LogHook(Hook):
             'time': time.time() - t.t_start, **record}
     t.run_dir.append(full)
     t.logged = full
-    if self._tb is not None:
-      for key, value in full.items():
-        if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(key, value, t.step)
+    scalars = trackers.scalars_of(full)
+    for tracker in self.trackers:
+      tracker.log(t.step, scalars)
     if t.run_dir.writer:
       done = t.step - self._step0
       eta = (time.perf_counter() - self._start) / done * (t.total_steps - t.step)
@@ -174,8 +177,8 @@ class LogHook(Hook):
   def close(self):
     if self._tty:
       print()
-    if self._tb is not None:
-      self._tb.close()
+    for tracker in self.trackers:
+      tracker.close()
 
 
 class GrowthHook(Hook):
@@ -241,3 +244,42 @@ class PreemptionHook(Hook):
     t.ckpt.wait()
     t.finish('preempted', signal=signal.Signals(t.stopping).name)
     raise Preempted(t.stopping, t.step)
+
+
+class ProfileHook(Hook):
+  """A jax.profiler trace of steps A..B (train.profile_steps) in <run dir>/profile/ (a
+  TensorBoard profile-plugin log dir, with a Perfetto trace beside it), on
+  train.profile_process (-1: every process, each in profile/process<i>/). Due at the
+  boundary before step A (checked once before the loop, for A = 1 or a session resumed
+  inside the range) and after step B, once per session."""
+
+  def __init__(self, t, span: tuple[int, int] | None, process: int):
+    self.span, self.active, self.done = span, False, span is None
+    if process not in (-1, jax.process_index()):
+      self.done = True
+    self.dir = pathlib.Path(t.run_dir.path) / PROFILE
+    if process == -1:
+      self.dir = self.dir / f'process{jax.process_index()}'
+
+  def due(self, t) -> bool:
+    if self.done:
+      return False
+    first, last = self.span
+    return t.step >= last if self.active else first - 1 <= t.step < last
+
+  def run(self, t, record):
+    if not self.active:
+      self.dir.mkdir(parents=True, exist_ok=True)
+      jax.profiler.start_trace(str(self.dir), create_perfetto_trace=True)
+      self.active = True
+      return
+    jax.block_until_ready(t.state)
+    self.close()
+    if t.run_dir.writer or self.dir.name.startswith('process'):
+      print(f'profile of steps {self.span[0]}-{t.step}: {self.dir} (tensorboard --logdir '
+            f'{self.dir}, or the perfetto_trace.json.gz in it at ui.perfetto.dev)', flush=True)
+
+  def close(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active, self.done = False, True

@@ -135,6 +135,7 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
   abstract, shardings = state_shardings(model, tx, cfg.data.seq_len, mesh, stash_models)
   in_sharding = batch_sharding(mesh)
   gate_fn = layer_gate_fn(cfg, phases, phase)
+  micro = cfg.train.microbatches   # every step of every phase: its rows divide by it too
   enter = None
   if phase:
     rng = jax.random.fold_in(jax.random.key(cfg.train.seed), phases[phase].start_step)
@@ -145,8 +146,9 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
       lr_schedule=lr_schedule, abstract_state=abstract, shardings=shardings,
       batch_sharding=in_sharding,
       train_step=make_train_step(model, tx, lr_schedule, shardings, in_sharding, gate_fn,
-                                 weight_stats=cfg.train.weight_stats),
-      eval_step=make_eval_step(model, shardings.params, in_sharding, gate_fn),
+                                 weight_stats=cfg.train.weight_stats, microbatches=micro),
+      eval_step=make_eval_step(model, shardings.params, in_sharding, gate_fn, micro),
       position_eval_step=make_position_eval_step(model, shardings.params, in_sharding,
-                                                 position_edges(cfg.data.seq_len), gate_fn),
+                                                 position_edges(cfg.data.seq_len), gate_fn,
+                                                 micro),
       enter=enter)

@@ -8,6 +8,8 @@ which sit above jaxlab.config (the bottom layer checks what a config decides alo
   ring attention  under mesh.context > 1, model.attention needs a backend with a ring
                   block (jaxlab.kernels.dispatch)
   train.trainable its patterns must parse (jaxlab.optim.trainable)
+  moments dtype   optim.moments_dtype needs an optimizer that can store its moment so
+                  (jaxlab.optim.build.moments_dtype_kwargs)
 
 `train(cfg)` and every command of launch.py (run, sweep points, compile, grow, show)
 resolve before anything compiles. Resolving is idempotent: every value it writes is a
@@ -24,6 +26,7 @@ from jaxlab.config.types import Config
 from jaxlab.kernels import dispatch
 from jaxlab.models import parametrization
 from jaxlab.optim import step_law, trainable
+from jaxlab.optim.build import moments_dtype_kwargs
 
 
 def resolve(cfg: Config) -> Config:
@@ -37,6 +40,7 @@ def resolve(cfg: Config) -> Config:
     dispatch.check_ring_choice(cfg.model.attention)
   if cfg.train.trainable:
     trainable.parse(cfg.train.trainable)
+  moments_dtype_kwargs(cfg.optim)   # optim.moments_dtype: the optimizer must store it
   return step_law.resolve(cfg)
 
 

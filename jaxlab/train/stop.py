@@ -1,6 +1,10 @@
-"""A stop agreed by every host: SIGTERM / SIGINT become a decision taken at a step
-boundary, the same step on every process, so that all of them save that step and exit
-with 128 + the signal number.
+"""A stop agreed by every host: SIGTERM / SIGINT / SIGUSR1 become a decision taken at a
+step boundary, the same step on every process, so that all of them save that step and
+exit with 128 + the signal number.
+
+SIGUSR1 is what a SLURM job gets `--signal-before` seconds before its time limit (the
+sbatch script of jaxlab.launch.submit.slurm): it stops like SIGTERM, and its exit code,
+128 + 10 = 138, tells the script to requeue the job, which resumes from the checkpoint.
 
 One process: the signal sets a flag; the step boundary after it is the stop step.
 
@@ -10,10 +14,12 @@ the other into the next step's collectives -- a hang. JAX's preemption sync serv
 (what orbax's `reached_preemption` asks; MaxText uses it the same way) agrees instead:
 its SIGTERM handler tells the coordination service, which picks the step after the
 furthest host's current one, and `reached_preemption_sync_point(step)`, called at every
-step boundary, is True on every host at that same step. A SIGINT is turned into a
-SIGTERM to this process so that it takes the same path. Hosts that got no signal exit
-with 128 + SIGTERM. Without the service (jax_enable_preemption_service=False) the flags
-of all processes are all-gathered at every step instead: correct, but a host sync.
+step boundary, is True on every host at that same step. A SIGINT or SIGUSR1 is turned
+into a SIGTERM to this process so that it takes the same path (each host exits with the
+signal it got itself). Hosts that got no signal exit with 128 + SIGTERM. Without the
+service (jax_enable_preemption_service=False) the flags of all processes are
+all-gathered at every step instead (the largest signal number wins): correct, but a host
+sync.
 
 A signal before the first step (during start-up or the first compile) stops the run at
 the first step boundary. A second SIGINT interrupts at once.
@@ -28,12 +34,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Preempted(RuntimeError):
-  """SIGTERM / SIGINT arrived; the run stopped at a step boundary (a checkpoint was saved
-  when any step had been trained in this session)."""
+  """SIGTERM / SIGINT / SIGUSR1 arrived; the run stopped at a step boundary (a checkpoint
+  was saved when any step had been trained in this session)."""
 
   def __init__(self, signum: int, step: int, saved: bool = True):
     what = ('checkpoint saved, rerun the same command to resume' if saved else
@@ -78,7 +84,7 @@ class StopAgreement:
     if first:
       print(f'\n{signal.Signals(signum).name} received: stopping at the next step boundary '
             '(with a checkpoint, if this session trained a step)', file=sys.stderr, flush=True)
-    if self._service and signum == signal.SIGINT:
+    if self._service and signum != signal.SIGTERM:
       os.kill(os.getpid(), signal.SIGTERM)   # tell the preemption service, as a SIGTERM does
 
   def at_step(self, step: int) -> int | None:

@@ -3,7 +3,8 @@
 Set-up checks everything it can before the first compile (tokenizer, mesh, batch split,
 the run directory's lock and config guard, every phase's shapes and the train step's
 trace, the validation batches), so a bad input stops with one line and exit code 2.
-Then it restores the newest verified checkpoint (jaxlab.rundir.checkpoint) or starts afresh,
+Then it restores the newest verified checkpoint (jaxlab.rundir.checkpoint; when train.steps
+changed, the newest one jaxlab.train.length allows) or starts afresh,
 and puts the run directory in the matching state (jaxlab.rundir.directory): metrics cut back
 to the step resumed from, or the earlier attempt's files kept as .bak-<time>.
 
@@ -23,6 +24,7 @@ from jaxlab import data as data_lib
 from jaxlab.data import identity
 from jaxlab import growth
 from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
+from jaxlab.config.checks import check_microbatches, profile_range
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.parallel import batch_sharding, make_mesh
 from jaxlab.models import flops
@@ -31,6 +33,7 @@ from jaxlab.rundir.layout import run_dir_of
 from jaxlab.rundir.provenance import Origin
 from jaxlab.rundir.directory import RunDir
 from jaxlab.train import hooks as hooks_lib
+from jaxlab.train import length
 from jaxlab.train.program import Program, build_program
 from jaxlab.train.step import position_edges
 from jaxlab.train.stop import Preempted, StopAgreement
@@ -47,6 +50,16 @@ def _agree(ok: bool) -> bool:
     return ok
   from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(jnp.asarray(ok, jnp.int32)))
+
+
+def _step_of_process_0(step: int | None) -> int | None:
+  """Process 0's step (or None), on every process."""
+  if jax.process_count() == 1:
+    return step
+  from jax.experimental import multihost_utils
+  shared = multihost_utils.broadcast_one_to_all(jnp.asarray(-1 if step is None else step,
+                                                            jnp.int32))
+  return None if int(shared) < 0 else int(shared)
 
 
 class Trainer:
@@ -99,6 +112,7 @@ class Trainer:
       raise ConfigError(f'train.batch_size={cfg.train.batch_size} must be divisible by the '
                         f'data-parallel size (data x fsdp axes of the mesh = {shards}) and by '
                         f'the number of processes ({jax.process_count()})')
+    check_microbatches(cfg, shards)
     self.local_batch = cfg.train.batch_size // jax.process_count()
 
   def _on_process_0(self, what: str, fn):
@@ -125,13 +139,17 @@ class Trainer:
     tc = self.cfg.train
     self.ckpt = Checkpointer(checkpoint_dir(self.cfg, self.run_dir.path), tc.keep_checkpoints,
                              tc.async_checkpoint)
-    has_checkpoints = bool(self.ckpt.all_steps())
+    steps = self.ckpt.all_steps()
+    has_checkpoints = bool(steps)
 
     def guard():
       previous = self.run_dir.read_summary() or {}
-      return self.run_dir.check_config(self.cfg, has_checkpoints,
-                                       diverged=previous.get('status') == 'diverged')
+      return self.run_dir.check_config(
+          self.cfg, has_checkpoints, diverged=previous.get('status') == 'diverged',
+          new_length=lambda old: length.plan(self.cfg, old, steps, self.run_dir.path))
     self.changes = self._on_process_0('resume its run directory', guard)
+    new_length = self.changes.new_length if self.changes else None
+    self.restore_at = _step_of_process_0(new_length and new_length.restore_at)
     if self.cfg.growth.source and not has_checkpoints:
       raise self._grown_without_checkpoint()
     self.has_checkpoints = has_checkpoints
@@ -242,7 +260,8 @@ class Trainer:
     self._stop_if_signalled()
 
     restored, self.iterator = self.ckpt.restore_latest(
-        lambda s: self.program_at(s).abstract_state, self.make_iterator)
+        lambda s: self.program_at(s).abstract_state, self.make_iterator, self.restore_at)
+    superseded = [] if self.restore_at is None else self.ckpt.set_aside_after(self.restore_at)
     if restored is None and cfg.growth.source:
       raise self._grown_without_checkpoint()
     if restored is None:
@@ -255,8 +274,11 @@ class Trainer:
       self.tokens, self.flops = int(restored.meta['tokens']), float(restored.meta['flops'])
       self.program = self.program_at(self.step)
       self._fit_iterator()
+      copies = self.run_dir.keep_copies() if superseded else []
       self.run_dir.resume_metrics(self.step, restored.record)
-      print(f'resuming {self.run_dir.path} from step {self.step}', flush=True)
+      new_length = self.changes and self.changes.new_length   # a changed train.steps
+      print(length.describe(new_length, self.run_dir.path, self.step, superseded, copies)
+            if new_length else f'resuming {self.run_dir.path} from step {self.step}', flush=True)
     self.run_dir.write_config(cfg, self.changes, fresh=restored is None, step=self.step)
     if restored is None or (self.changes and self.changes.changes.get('data')) or \
         self.run_dir.read_data_identity() is None:   # a fresh start, an accepted change
@@ -271,8 +293,12 @@ class Trainer:
     evaluator = hooks_lib.EvalHook(val_batches, tc.eval_every, edges)
     diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
     log = hooks_lib.LogHook(self, tc.log_every, [evaluator, diagnostics], self.step)
+    profiler = hooks_lib.ProfileHook(self, profile_range(tc.profile_steps), tc.profile_process)
     self.hooks = [evaluator, diagnostics, log, hooks_lib.GrowthHook(cfg, evaluator, log),
-                  hooks_lib.CheckpointHook(tc.checkpoint_every), hooks_lib.PreemptionHook()]
+                  hooks_lib.CheckpointHook(tc.checkpoint_every), hooks_lib.PreemptionHook(),
+                  profiler]
+    if profiler.due(self):   # the range starts with this session's first step
+      profiler.run(self, {})
     self.throughput = log.throughput
 
   def _header(self) -> str:

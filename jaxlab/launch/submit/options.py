@@ -11,7 +11,8 @@ from jaxlab.launch.submit import slurm
 ACTIONS = ('launch', 'create', 'setup', 'run', 'logs', 'stop', 'delete')
 _TPU_OPTIONS = ('tpu_name', 'zone', 'project', 'accelerator', 'runtime_version', 'queued', 'spot',
                 'worker', 'skip_compile_check')
-_SLURM_OPTIONS = ('nodes', 'gpus_per_node', 'partition', 'time', 'account', 'python')
+_SLURM_OPTIONS = ('nodes', 'gpus_per_node', 'partition', 'time', 'account', 'python',
+                  'signal_before')
 
 
 def add_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
@@ -52,9 +53,13 @@ def add_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
   s.add_argument('--gpus-per-node', type=int, metavar='N', help='default 8')
   s.add_argument('--partition', metavar='P')
   s.add_argument('--time', metavar='T', help='wall-clock limit, e.g. 24:00:00')
+  s.add_argument('--signal-before', type=int, metavar='S',
+                 help=f'SIGUSR1 S seconds before the time limit (default '
+                 f'{slurm.SIGNAL_BEFORE}): the run saves a checkpoint and exits with '
+                 f'{slurm.REQUEUE_EXIT}, and the job requeues itself to resume; 0: neither')
   s.add_argument('--account', metavar='A')
   s.add_argument('--python', metavar='PATH', help="interpreter on the nodes (default: this "
-                 "project's .venv/bin/python if it exists, else python3)")
+                 "project's .venv/bin/python if the job finds it, else python3)")
 
 
 def check_options(args) -> None:
@@ -67,7 +72,7 @@ def check_options(args) -> None:
       raise ConfigError(f'--{dest.replace("_", "-")} applies to --target {owner}, '
                         f'not --target {args.target}')
   if args.target == 'slurm':
-    slurm.check_time(args.time)
+    slurm.check_signal_before(args.signal_before, slurm.check_time(args.time))
   if getattr(args, 'action', 'launch') != 'launch' and args.target != 'tpu':
     raise ConfigError(f'--action {args.action} applies to --target tpu')
   if getattr(args, 'worker', None) is not None and args.action != 'logs':

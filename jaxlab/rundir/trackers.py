@@ -1,0 +1,96 @@
+"""Where a run's logged records go besides metrics.jsonl: the trackers of `train.trackers`.
+
+metrics.jsonl (jaxlab.rundir.records, written through RunDir) is the run's record: the
+reports, the scaling fits and a resume read it, so `jsonl` is always among the trackers.
+The others mirror each logged record, on process 0 only:
+
+  tensorboard   tensorboardX event files in <run dir>/tensorboard/ (no TensorFlow needed);
+                purge_step hides what an interrupted session logged past the checkpoint
+                the next one resumed from, as metrics.jsonl is cut back.
+  wandb         Weights & Biases through its own library (the [wandb] extra): project
+                train.wandb_project, entity train.wandb_entity, files in <run dir>/wandb/.
+                The W&B run id is train.wandb_run_id, or one drawn at the run's first start
+                and kept in <run dir>/wandb.json, so a restarted or requeued session logs
+                into the same W&B run (resume='allow'). The API key is W&B's own business:
+                it reads WANDB_API_KEY (or its netrc) itself; no jaxlab config field holds
+                it, so it is never in config.json, the W&B run's config or a log.
+                WANDB_MODE=offline writes the run locally (`wandb sync` uploads it later).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import secrets
+
+from jaxlab.rundir.layout import TENSORBOARD, WANDB_DIR, WANDB_ID_FILE
+
+TRACKERS = ('jsonl', 'tensorboard', 'wandb')
+
+
+class Tracker:
+  def log(self, step: int, scalars: dict[str, float]) -> None:
+    raise NotImplementedError
+
+  def close(self) -> None:
+    pass
+
+
+class TensorBoard(Tracker):
+  def __init__(self, run_path: pathlib.Path, resume_step: int):
+    from tensorboardX import SummaryWriter
+    self._writer = SummaryWriter(str(run_path / TENSORBOARD), purge_step=resume_step + 1)
+
+  def log(self, step, scalars):
+    for key, value in scalars.items():
+      self._writer.add_scalar(key, value, step)
+
+  def close(self):
+    self._writer.close()
+
+
+def wandb_run_id(run_path: pathlib.Path, configured: str) -> str:
+  """train.wandb_run_id, else the id this run directory drew at its first start."""
+  path = run_path / WANDB_ID_FILE
+  stored = json.loads(path.read_text())['id'] if path.exists() else None
+  run_id = configured or stored or secrets.token_hex(4)
+  if run_id != stored:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps({'id': run_id}) + '\n')
+    tmp.replace(path)
+  return run_id
+
+
+class Wandb(Tracker):
+  def __init__(self, run_path: pathlib.Path, name: str, config: dict, project: str,
+               entity: str, run_id: str):
+    import wandb
+    (run_path / WANDB_DIR).mkdir(exist_ok=True)
+    self._run = wandb.init(
+        project=project, entity=entity or None, name=name, id=wandb_run_id(run_path, run_id),
+        resume='allow', dir=str(run_path), config=config,
+        settings=wandb.Settings(console='off', x_disable_stats=True, silent=True))
+
+  def log(self, step, scalars):
+    self._run.log(scalars, step=step)
+
+  def close(self):
+    self._run.finish()
+
+
+def open_trackers(names, run_path: pathlib.Path, *, resume_step: int, name: str,
+                  config: dict, wandb_project: str, wandb_entity: str,
+                  wandb_run_id: str) -> list[Tracker]:
+  """The trackers of `names` other than jsonl (RunDir writes that one)."""
+  out = []
+  if 'tensorboard' in names:
+    out.append(TensorBoard(run_path, resume_step))
+  if 'wandb' in names:
+    out.append(Wandb(run_path, name, config, wandb_project, wandb_entity, wandb_run_id))
+  return out
+
+
+def scalars_of(record: dict) -> dict[str, float]:
+  """A logged record's finite numbers (step aside): what a tracker plots."""
+  return {k: v for k, v in record.items()
+          if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v)}
