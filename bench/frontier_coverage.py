@@ -22,7 +22,9 @@ evaluation (SD 0.0135).
 
 What an interval should hold: the multiplier of the two frontiers fitted to the
 noiseless ladder (the estimand; its distance from k, the frontier form's approximation
-error, is printed beside it), and the noiseless frontier's exponent gamma.
+error, is printed beside it), and the noiseless frontier's E, A, gamma and predictions.
+Both bootstrap intervals are read from the same refits: 'percentile' (the refits' 2.5th
+and 97.5th percentiles) and 'basic' (those reflected about the fit's value).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ BUDGETS = (1e11, 3e11, 1e12)
 EVALS = 6
 RUN_SD, EVAL_SD, PAIRED = 0.013, 0.0135, 0.47
 AT = (1e11, 3e11, 1e12)
+PREDICT = (3e11, 3e12)   # inside the ladder's span, and the prediction's budget
 
 
 def clean_curve(n: float, budget: float, k: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +89,12 @@ def main() -> None:
   fs0 = fit_frontier_curves(s0, groups=groups, bootstrap=0)
   fm0 = fit_frontier_curves(m0, groups=groups, bootstrap=0)
   truth = {f'multiplier at {c:.0e}': compute_multiplier(fs0, fm0, c)[0] for c in AT}
-  truth['gamma (scratch)'] = fs0.gamma
-  hits = {name: 0 for name in truth}
+  for name in ('gamma', 'E', 'A'):
+    truth[f'{name} (scratch)'] = getattr(fs0, name)
+  for c in PREDICT:
+    truth[f'frontier at {c:.0e} (scratch)'] = fs0.predict(c)
+  kinds = ('percentile', 'basic')
+  hits = {(name, kind): 0 for name in truth for kind in kinds}
   widths = {name: [] for name in truth}
   rng = np.random.default_rng(args.seed)
   start = time.time()
@@ -95,21 +102,27 @@ def main() -> None:
     s, m, _ = ladder(args.k, args.seeds, rng)
     fs = fit_frontier_curves(s, groups=groups, bootstrap=args.reps, seed=i)
     fm = fit_frontier_curves(m, groups=groups, bootstrap=args.reps, seed=i)
-    cis = {f'multiplier at {c:.0e}': compute_multiplier(fs, fm, c)[1:] for c in AT}
-    cis['gamma (scratch)'] = fs.interval('gamma')
-    for name, (lo, hi) in cis.items():
-      hits[name] += lo <= truth[name] <= hi
-      widths[name].append(hi - lo)
+    for kind in kinds:
+      cis = {f'multiplier at {c:.0e}': compute_multiplier(fs, fm, c, kind=kind)[1:] for c in AT}
+      for name in ('gamma', 'E', 'A'):
+        cis[f'{name} (scratch)'] = fs.interval(name, kind=kind)
+      for c in PREDICT:
+        cis[f'frontier at {c:.0e} (scratch)'] = fs.predict_interval(c, kind=kind)
+      for name, (lo, hi) in cis.items():
+        hits[name, kind] += lo <= truth[name] <= hi
+        if kind == 'percentile':
+          widths[name].append(hi - lo)
   print(f'{args.sims} simulated ladders ({len(SIZES)} sizes x {len(BUDGETS)} budgets x '
         f'{args.seeds} seeds per method), true multiplier k = {args.k}, interval {args.interval}, '
         f'{args.reps} bootstrap refits each; {time.time() - start:.0f} s')
-  print('| quantity | estimand (noiseless fit) | coverage of the 95% interval | Monte Carlo SE '
-        '| median width |')
-  print('|---|---|---|---|---|')
+  print('| quantity | estimand (noiseless fit) | coverage, percentile | coverage, basic '
+        '| Monte Carlo SE | median width |')
+  print('|---|---|---|---|---|---|')
   for name in truth:
-    p = hits[name] / args.sims
-    print(f'| {name} | {truth[name]:.4g} | {100 * p:.1f}% | '
-          f'{100 * math.sqrt(p * (1 - p) / args.sims):.1f}% | {np.median(widths[name]):.3g} |')
+    p = [hits[name, kind] / args.sims for kind in kinds]
+    se = max(math.sqrt(q * (1 - q) / args.sims) for q in p)
+    print(f'| {name} | {truth[name]:.4g} | {100 * p[0]:.1f}% | {100 * p[1]:.1f}% | '
+          f'{100 * se:.1f}% | {np.median(widths[name]):.3g} |')
 
 
 if __name__ == '__main__':

@@ -169,6 +169,8 @@ class TrainConfig:
   checkpoint_dir: str = ''         # '' -> <run dir>/checkpoints; else <this>/<name> (gs://...)
   async_checkpoint: bool = True
   workdir: str = 'runs'
+  mirror_dir: str = ''             # '' -> none; else the run dir is copied to <this>/<name>
+                                   # (gs://..., file:///...; jaxlab.rundir.mirror)
   spectral_every: int = 0          # log each matrix's top singular value every K steps and
                                    #   at the end (jaxlab/diagnostics/spectral.py); 0 = off
   weight_stats: bool = False       # weight norm and effective step of the norm-fed matrices

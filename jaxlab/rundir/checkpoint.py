@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 
 from jaxlab.rundir.fingerprint import fingerprint, leaf_paths, mismatches
 from jaxlab.rundir.layout import CHECKPOINTS
+from jaxlab.rundir.mirror import location, mirror_url
 
 
 class _IteratorState:
@@ -79,15 +80,18 @@ class Restored:
 
 
 def checkpoint_dir(cfg, run_dir) -> epath.Path:
-  """Where a run's checkpoints live (a local path or a gs://... URL)."""
+  """Where a run's checkpoints live (a local path or a gs://... URL): train.checkpoint_dir,
+  else the mirror's run directory (train.mirror_dir: jaxlab.rundir.mirror), else the run
+  directory."""
   if cfg.train.checkpoint_dir:
     return _path(cfg.train.checkpoint_dir) / cfg.name
+  if cfg.train.mirror_dir:
+    return _path(mirror_url(cfg)) / CHECKPOINTS
   return _path(run_dir) / CHECKPOINTS
 
 
 def _path(directory) -> epath.Path:
-  text = os.fspath(directory)
-  return epath.Path(text if '://' in text else os.path.abspath(text))
+  return epath.Path(location(directory))
 
 
 def _quiet_abandoned_reads():

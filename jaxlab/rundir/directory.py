@@ -15,8 +15,8 @@ the old files as `<file>.bak-<time>`, and the lock dies with the process that he
 
 Which config changes a run directory accepts (`check_config`):
   * no checkpoint in it: any config; the run starts fresh (a note names the changes).
-  * LOCATION_KEYS (name, train.workdir): never asked; a copied run directory takes its
-    new name.
+  * LOCATION_KEYS (name, train.workdir, train.mirror_dir): never asked; a copied run
+    directory (or mirror) takes its new name.
   * FREE_KEYS and mesh.*: bookkeeping that cannot change a trained weight or a logged
     number; accepted silently (and kept in the history).
   * EVAL_KEYS: change what the val loss measures from the resume step on, never the
@@ -47,8 +47,9 @@ from jaxlab.config.loading import HISTORY_KEY, flatten, read_config_file
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.rundir import provenance, records
 from jaxlab.rundir.layout import CONFIG_FILE, DATA_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
+from jaxlab.rundir.mirror import Mirror
 
-LOCATION_KEYS = ('name', 'train.workdir')
+LOCATION_KEYS = ('name', 'train.workdir', 'train.mirror_dir')
 FREE_KEYS = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'train.async_checkpoint', 'train.spectral_every',
              'train.weight_stats', 'train.trackers', 'train.wandb_project',
@@ -97,11 +98,13 @@ def _describe(changes: dict) -> str:
 
 
 class RunDir:
-  """One run directory. `writer` is False on every process but 0: those read only."""
+  """One run directory. `writer` is False on every process but 0: those read only.
+  `mirror`: the URL it is copied to (train.mirror_dir / name; jaxlab.rundir.mirror)."""
 
-  def __init__(self, path: str | os.PathLike, writer: bool = True):
+  def __init__(self, path: str | os.PathLike, writer: bool = True, mirror: str = ''):
     self.path = pathlib.Path(path)
     self.writer = writer
+    self.mirror = Mirror(self.path, mirror) if mirror and writer else None
     self._lock_file = None
     self._metrics = None
 
@@ -124,7 +127,13 @@ class RunDir:
 
   # -------------------------------------------------------------------------- lock
   def create(self):
-    """Makes the directory; a path that cannot be one is the user's to fix (exit 2)."""
+    """Makes the directory; a path that cannot be one is the user's to fix (exit 2).
+    With a mirror: checks that it can be written, and copies it down when this directory
+    holds no run yet but the mirror does (a resume on another machine)."""
+    if self.mirror is not None:
+      self.mirror.check()
+      if self.mirror.pull():
+        note(f'{self.path} was not on this machine: copied it from {self.mirror.url}')
     try:
       self.path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -310,12 +319,21 @@ class RunDir:
     if self.writer:
       self._write_json(self.summary_path, summary)
 
+  # ------------------------------------------------------------------------ mirror
+  def sync(self):
+    """Copies what changed to the mirror (process 0, with train.mirror_dir)."""
+    if self.mirror is not None:
+      self.mirror.push()
+
   # ------------------------------------------------------------------------- close
   def close(self):
     if self._metrics is not None:
       self._metrics.close()
       self._metrics = None
-    self.unlock()
+    try:
+      self.sync()
+    finally:
+      self.unlock()
 
   def _write_json(self, path: pathlib.Path, obj):
     self._replace(path, json.dumps(obj, indent=2) + '\n')

@@ -20,6 +20,8 @@ reads a run directory takes these names from here.
     profile/                   jax.profiler traces of train.profile_steps
     launch.log                 a sweep point's output under `launch.py sweep --jobs`
     compile.json               `launch.py compile`'s table
+  <train.mirror_dir>/<name>/   a copy of the run directory, and its checkpoints
+                               (jaxlab.rundir.mirror)
   <sweep dir>/<label>/seed<k>/ one run of a sweep with seeds (`seed_run`)
 """
 from __future__ import annotations

@@ -22,6 +22,7 @@ import json
 import math
 import pathlib
 import secrets
+import sys
 
 from jaxlab.rundir.layout import TENSORBOARD, WANDB_DIR, WANDB_ID_FILE
 
@@ -36,9 +37,25 @@ class Tracker:
     pass
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch when
+  it is installed, only to accept torch tensors; jaxlab logs Python floats, and the import
+  cost every run 2-3 s at start. A None in sys.modules makes that import fail as if torch
+  were absent; it is taken out again at once (later `import torch`s are unaffected)."""
+  if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class TensorBoard(Tracker):
   def __init__(self, run_path: pathlib.Path, resume_step: int):
-    from tensorboardX import SummaryWriter
+    SummaryWriter = _summary_writer_class()
     self._writer = SummaryWriter(str(run_path / TENSORBOARD), purge_step=resume_step + 1)
 
   def log(self, step, scalars):

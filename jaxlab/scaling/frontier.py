@@ -31,6 +31,8 @@ import numpy as np
 
 from jaxlab.scaling import laws
 
+# The interval of the frontier's parameters and predictions (FrontierFit.interval).
+INTERVAL = 'percentile'
 
 def frontier_points(flops: Sequence[float], loss: Sequence[float]) -> list[int]:
   """Indices of the points on the lower envelope of (flops, loss), by FLOPs."""
@@ -71,17 +73,18 @@ class FrontierFit:
     """The FLOPs at which the frontier reaches `loss` (nan if it never does)."""
     return _inverse(self.theta, loss)
 
-  def interval(self, name: str) -> tuple[float, float]:
+  def interval(self, name: str, kind: str = INTERVAL) -> tuple[float, float]:
     get = {'E': lambda t: math.exp(t[2]), 'A': lambda t: math.exp(t[0]),
            'gamma': lambda t: float(t[1])}
     if name not in get:
       raise ValueError(f'{name!r}: expected one of E, A, gamma')
-    return self.boot.interval(get[name]) if self.boot else (math.nan, math.nan)
+    return self.boot.interval(get[name], kind=kind) if self.boot else (math.nan, math.nan)
 
-  def predict_interval(self, flops: float) -> tuple[float, float]:
+  def predict_interval(self, flops: float, kind: str = INTERVAL) -> tuple[float, float]:
     if not self.boot:
       return math.nan, math.nan
-    return self.boot.interval(lambda t: math.exp(laws.predict_log(t, np.log([[flops]]))[0]))
+    return self.boot.interval(lambda t: math.exp(laws.predict_log(t, np.log([[flops]]))[0]),
+                              kind=kind)
 
 
 def fit_frontier(flops: Sequence[float], loss: Sequence[float], *,
@@ -190,8 +193,8 @@ def _multiplier(scratch_theta, method_theta, flops: float) -> float:
   return _inverse(scratch_theta, reached) / flops
 
 
-def compute_multiplier(scratch: FrontierFit, method: FrontierFit,
-                       flops: float) -> tuple[float, float, float]:
+def compute_multiplier(scratch: FrontierFit, method: FrontierFit, flops: float,
+                       kind: str = 'percentile') -> tuple[float, float, float]:
   """(multiplier, low, high) at `flops`: scratch's FLOPs to reach the method's loss at
   `flops`, over `flops`. The interval pairs the b-th refit of each frontier: both
   bootstraps use the same seed, so they pick the same seeds in the same cells (or the
@@ -206,5 +209,4 @@ def compute_multiplier(scratch: FrontierFit, method: FrontierFit,
   vals = np.where(np.isnan(vals), math.inf, vals)   # never reached: an unbounded saving
   with np.errstate(invalid='ignore'):               # inf stays inf
     vals = scratch.boot.spread(vals, est)
-  q = 100 * (1 - laws.CONFIDENCE) / 2
-  return est, float(np.percentile(vals, q)), float(np.percentile(vals, 100 - q))
+  return (est, *laws.quantile_interval(vals, est, kind=kind))

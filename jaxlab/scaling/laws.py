@@ -114,19 +114,33 @@ class Bootstrap:
   def spread(self, vals: np.ndarray, at_center: float) -> np.ndarray:
     return vals if self.widen == 1.0 else at_center + self.widen * (vals - at_center)
 
-  def interval(self, f: Callable[[np.ndarray], float],
-               confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The percentile interval of f over the refits (nan when there are none)."""
+  def interval(self, f: Callable[[np.ndarray], float], confidence: float = CONFIDENCE,
+               kind: str = 'percentile') -> tuple[float, float]:
+    """f's interval from the refits (nan when there are none): 'percentile' reads the
+    2.5th and 97.5th percentiles of f over the refits; 'basic' reflects them about the
+    fit's value (2 f(fit) - q_hi, 2 f(fit) - q_lo), which moves the interval against a
+    bias the refits repeat (needs `center`)."""
     if not len(self.thetas):
       return math.nan, math.nan
     vals = np.array([f(t) for t in self.thetas], float)
-    if self.widen != 1.0:
-      vals = self.spread(vals, f(self.center))
-    vals = vals[~np.isnan(vals)]
-    if not len(vals):
-      return math.nan, math.nan
-    q = 100 * (1 - confidence) / 2
-    return float(np.percentile(vals, q)), float(np.percentile(vals, 100 - q))
+    at = f(self.center) if self.center is not None else math.nan
+    return quantile_interval(self.spread(vals, at), at, confidence, kind)
+
+
+def quantile_interval(vals: np.ndarray, at: float, confidence: float = CONFIDENCE,
+                      kind: str = 'percentile') -> tuple[float, float]:
+  """The bootstrap interval of refit values `vals` of a quantity whose fitted value is
+  `at` (Bootstrap.interval's kinds; nan refits dropped)."""
+  vals = vals[~np.isnan(vals)]
+  if not len(vals):
+    return math.nan, math.nan
+  q = 100 * (1 - confidence) / 2
+  lo, hi = float(np.percentile(vals, q)), float(np.percentile(vals, 100 - q))
+  if kind == 'percentile':
+    return lo, hi
+  if kind == 'basic':
+    return 2 * at - hi, 2 * at - lo
+  raise ValueError(f'interval kind {kind!r}: expected percentile or basic')
 
 
 def bootstrap(log_x: np.ndarray, log_y: np.ndarray, theta: np.ndarray,

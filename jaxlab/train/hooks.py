@@ -232,6 +232,7 @@ class CheckpointHook(Hook):
     logged = t.logged if t.logged is not None and t.logged['step'] == t.step else None
     t.ckpt.save(t.step, t.state, t.iterator, {'tokens': t.tokens, 'flops': t.flops},
                 record=logged)
+    t.run_dir.sync()   # the mirror (train.mirror_dir) gets the metrics up to this step
 
 
 class PreemptionHook(Hook):

@@ -30,6 +30,7 @@ from jaxlab.parallel import batch_sharding, make_mesh
 from jaxlab.models import flops
 from jaxlab.optim import non_embedding_params
 from jaxlab.rundir.layout import run_dir_of
+from jaxlab.rundir.mirror import mirror_url
 from jaxlab.rundir.provenance import Origin
 from jaxlab.rundir.directory import RunDir
 from jaxlab.train import hooks as hooks_lib
@@ -130,7 +131,8 @@ class Trainer:
 
   def _open_run_dir(self):
     """Creates and locks the run directory, then checks the config against the one in it."""
-    self.run_dir = RunDir(run_dir_of(self.cfg), writer=jax.process_index() == 0)
+    self.run_dir = RunDir(run_dir_of(self.cfg), writer=jax.process_index() == 0,
+                          mirror=mirror_url(self.cfg))
 
     def open_and_lock():
       self.run_dir.create()

@@ -66,9 +66,12 @@ def _compile_check(cfg, args, target: tpu.Tpu) -> Step:
 def _shared_checkpoints_note(cfg) -> None:
   """TPU workers have separate disks, but a multi-host run writes one checkpoint whose
   shards come from every host: it needs a directory they all see."""
-  if cfg is not None and '://' not in cfg.train.checkpoint_dir:
+  if cfg is None:
+    return
+  if '://' not in (cfg.train.checkpoint_dir or cfg.train.mirror_dir):   # where checkpoints go
     print('note: on a multi-host TPU slice every worker writes its own checkpoint shards; set '
-          'train.checkpoint_dir=gs://BUCKET/PATH so they land in one place that all workers '
+          'train.checkpoint_dir=gs://BUCKET/PATH (or train.mirror_dir=gs://BUCKET/PATH, which '
+          'also copies the run directory there) so they land in one place that all workers '
           '(and a later restore) can read. A single-host slice can keep the default.',
           file=sys.stderr)
 
