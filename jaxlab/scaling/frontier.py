@@ -165,14 +165,12 @@ def fit_frontier_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]
     raise ValueError(f'a frontier needs the curves of at least 2 runs (got {len(curves)})')
   cells = _cells(curves, groups) if groups is not None else []
   seeded = bool(cells) and min(len(l) for _, l in cells) >= 2
-  if seeded:
-    fit = fit_frontier(*envelope([(g, l.mean(axis=0)) for g, l in cells]), bootstrap=0,
-                       envelope=False)
-  else:
-    fit = fit_frontier(*envelope(curves), bootstrap=0, envelope=False)
+  points = envelope([(g, l.mean(axis=0)) for g, l in cells] if seeded else curves)
+  fit = fit_frontier(*points, bootstrap=0, envelope=False)
   if not bootstrap:
     return fit
-  starts = [fit.theta, *fit.refit_starts]   # as fit_frontier's own refits start
+  # as fit_frontier's own refits start (with E freed from its boundary, laws.refit_starts)
+  starts = laws.refit_starts(fit.theta, fit.refit_starts, np.log(points[1]))
   rng = np.random.default_rng(seed)
   thetas = []
   for _ in range(bootstrap):
