@@ -1,6 +1,9 @@
 """Helpers for tests that drive `launch.py` in a subprocess on the tiny experiment and read
 its run directory back (tests/test_growth_run.py, tests/test_vcycle_run.py)."""
+import contextlib
+import io
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -15,6 +18,22 @@ def launch(*args, workdir=None):
   if workdir is not None:
     cmd.append(f'train.workdir={workdir}')
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def refused(*args, cwd=None):
+  """`launch.py ARGS` in this process, as a CompletedProcess: for a command that stops
+  before anything compiles (a config error, a refused resume), where a subprocess would
+  spend its few seconds importing jax. cwd: the directory it runs in (default ROOT)."""
+  from jaxlab.launch import cli
+  out, err = io.StringIO(), io.StringIO()
+  here = os.getcwd()
+  try:
+    os.chdir(cwd or ROOT)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = cli.main(list(args))
+  finally:
+    os.chdir(here)
+  return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def lines(run_dir):

@@ -18,6 +18,8 @@ from jaxlab.data import files as file_corpora
 from jaxlab.data import identity
 from jaxlab.data.tokenizers import ByteTokenizer
 
+from cli_runs import refused
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,11 @@ def _corpus(path: pathlib.Path, n: int = 60, seed: int = 0) -> pathlib.Path:
 def _run(argv, cwd=ROOT):
   return subprocess.run([sys.executable, str(ROOT / 'launch.py'), *argv], capture_output=True,
                         text=True, cwd=cwd, timeout=600)
+
+
+def _refused(argv, cwd=ROOT):
+  """A command that stops before anything compiles, run in this process (cli_runs)."""
+  return refused(*argv, cwd=cwd)
 
 
 def _args(tmp_path, corpus, *extra):
@@ -49,7 +56,7 @@ def test_a_changed_corpus_is_refused_on_resume_unless_accepted(tmp_path):
                                 'sha256': identity.file_sha256(str(corpus))}]
   with open(corpus, 'a') as f:                       # 100 lines appended after the run
     f.write(''.join(json.dumps({'text': f'more {i}'}) + '\n' for i in range(100)))
-  proc = _run(_args(tmp_path, corpus))
+  proc = _refused(_args(tmp_path, corpus))
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(err) == 1, proc.stderr
   assert f'{corpus} changed: {recorded["files"][0]["size"]} bytes when the run started' in err[0]
@@ -60,11 +67,11 @@ def test_a_changed_corpus_is_refused_on_resume_unless_accepted(tmp_path):
   corpus.write_bytes(corpus.read_bytes().replace(b'growth', b'grOwth', 1))
   os.utime(corpus, ns=(st.st_atime_ns, st.st_mtime_ns))
   assert corpus.stat().st_size == st.st_size and corpus.stat().st_mtime_ns == st.st_mtime_ns
-  proc = _run(_args(tmp_path, corpus))
+  proc = _refused(_args(tmp_path, corpus))
   assert proc.returncode == 2 and 'same size' in proc.stderr and str(corpus) in proc.stderr
   # A moved corpus: the run names the path it started with.
   moved = corpus.rename(tmp_path / 'moved.jsonl')
-  proc = _run(['run', str(run_dir)])
+  proc = _refused(['run', str(run_dir)])
   assert proc.returncode == 2 and f'{corpus} is gone' in proc.stderr
   moved.rename(corpus)
   # The documented way on: accepted, warned about, recorded in the history.
@@ -90,10 +97,10 @@ def test_relative_files_are_made_absolute_once(tmp_path):
   run_dir = tmp_path / 'runs' / 'tiny'
   assert json.loads((run_dir / 'config.json').read_text())['data']['files'] == [str(a / 'c.jsonl')]
   # Continued by path from b: the run reads a's file, which it recorded.
-  proc = _run(['run', str(run_dir)], cwd=b)
+  proc = _refused(['run', str(run_dir)], cwd=b)
   assert proc.returncode == 0 and 'already finished' in proc.stdout
   # The same relative override from b names b's file: another config, refused.
-  proc = _run(argv, cwd=b)
+  proc = _refused(argv, cwd=b)
   assert proc.returncode == 2 and 'data.files' in proc.stderr and str(b / 'c.jsonl') in proc.stderr
   assert load('tiny', ['data.files=x.jsonl']).data.files == (os.path.abspath('x.jsonl'),)
 
@@ -141,8 +148,8 @@ def test_full_or_read_only_data_dir_is_one_line_naming_it(tmp_path, monkeypatch)
   else:
     (tmp_path / 'ro').mkdir(mode=0o500)
     data_dir = tmp_path / 'ro'
-  proc = _run(['run', 'tiny', 'data.source=files', f'data.files={corpus}', 'train.steps=2',
-               f'train.workdir={tmp_path / "runs"}', f'data.data_dir={data_dir}'])
+  proc = _refused(['run', 'tiny', 'data.source=files', f'data.files={corpus}', 'train.steps=2',
+                    f'train.workdir={tmp_path / "runs"}', f'data.data_dir={data_dir}'])
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(err) == 1 and err[0].startswith('error: data.data_dir: '), \
       proc.stderr

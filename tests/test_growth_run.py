@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from cli_runs import TOKENS_PER_STEP, copy_keeping, events_of, launch, layer_count, steps_of, trajectory
+from cli_runs import (TOKENS_PER_STEP, copy_keeping, events_of, launch, layer_count, refused,
+                      steps_of, trajectory)
 
 GROW = ['model.n_layers=4', 'growth.method=stack', 'growth.factor=2',
         f'growth.at_tokens={8 * TOKENS_PER_STEP}', 'train.log_every=1',
@@ -139,12 +140,12 @@ def test_grow_from_checkpoint_equals_growing_in_the_run(grown, tmp_path):
 
 
 def test_growth_config_errors_are_clear():
-  proc = launch('run', 'tiny', 'model.n_layers=4', 'growth.method=stack', 'growth.timing=auto')
+  proc = refused('run', 'tiny', 'model.n_layers=4', 'growth.method=stack', 'growth.timing=auto')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert 'fitted rule' in proc.stderr and 'growth.at_tokens' in proc.stderr
-  proc = launch('run', 'tiny', 'growth.method=stack', 'growth.at_tokens=999999')
+  proc = refused('run', 'tiny', 'growth.method=stack', 'growth.at_tokens=999999')
   assert proc.returncode == 2 and 'growth.at_tokens=999999 must be in (0, 2560)' in proc.stderr
-  proc = launch('run', 'tiny', 'growth.method=stakc')
+  proc = refused('run', 'tiny', 'growth.method=stakc')
   assert proc.returncode == 2 and "did you mean 'stack'" in proc.stderr
 
 
