@@ -128,6 +128,22 @@ def test_intervals_cover_the_truth_in_repeated_simulation(monkeypatch):
   assert min(hits.values()) >= 17, hits
 
 
+def test_refits_of_a_fit_with_e_on_its_boundary_also_start_off_it():
+  """A fit with E -> 0 (e far below the data): its refits also start at E = half the lowest
+  loss, from where they can reach an E > 0 that their resample prefers (from e = -40 the
+  gradient in e is ~1e-17). A fit with E inside the data's range keeps its starts."""
+  log_y = np.log([2.0, 3.0, 4.0])
+  theta = np.array([5.0, 0.3, -40.0])
+  starts = laws.refit_starts(theta, [theta + 1], log_y)
+  assert len(starts) == 3 and starts[2][:2].tolist() == [5.0, 0.3]
+  assert starts[2][2] == pytest.approx(math.log(1.0))
+  assert len(laws.refit_starts(np.array([5.0, 0.3, math.log(0.5)]), [], log_y)) == 1
+  # The percentile interval, and the basic one reflected about the fit's value.
+  vals = np.arange(1.0, 102.0)          # percentiles 2.5 / 97.5: 3.5 and 98.5
+  assert laws.quantile_interval(vals, 40.0) == pytest.approx((3.5, 98.5))
+  assert laws.quantile_interval(vals, 40.0, kind='basic') == pytest.approx((-18.5, 76.5))
+
+
 def test_too_few_points_is_one_clear_error():
   with pytest.raises(ValueError, match='at least 6 runs over at least 2 sizes'):
     fit_chinchilla([1e6] * 6, np.geomspace(1e8, 1e9, 6), [3.0] * 6)

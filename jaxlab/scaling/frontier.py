@@ -12,9 +12,11 @@ the Pareto front of (C, L): no point with at most its FLOPs has a lower loss), w
 bootstrap over points.
 
 With seeds, the envelope is that of each cell's seed-mean curve and the bootstrap resamples
-seeds within cells (`fit_frontier_curves`): a bootstrap over whole runs covered the
-multiplier in 81-91% and gamma in 57% of simulated ladders at nominal 95%
-(bench/frontier_coverage.py, docs/scaling.md).
+seeds within cells (`fit_frontier_curves`), every refit started as laws.refit_starts says
+(E freed from its boundary): on simulated ladders of the study's shape the 95% intervals
+of the multiplier, gamma, E, A and the frontier's predictions covered 88-100%
+(bench/frontier_coverage.py, docs/scaling.md; a bootstrap over whole runs, and refits
+stuck at E = 0, had covered gamma in 57-61%).
 
 `compute_multiplier(scratch, method, flops)`: the FLOPs scratch's frontier needs to reach
 the loss the method's frontier reaches at C, over C. Above 1: the method saves compute
