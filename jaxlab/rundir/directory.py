@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from jaxlab.config.loading import HISTORY_KEY, flatten, read_config_file
 from jaxlab.config.types import Config, ConfigError
-from jaxlab.rundir import provenance, records
+from jaxlab.rundir import atomic, provenance, records
 from jaxlab.rundir.layout import CONFIG_FILE, DATA_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
 from jaxlab.rundir.mirror import Mirror
 
@@ -260,7 +260,7 @@ class RunDir:
       warn(f'{self.metrics_path} had lost the record of step {step}; restored it from the '
            'checkpoint')
       kept.append(record)
-    self._replace(self.metrics_path, ''.join(records.line(r) for r in kept))
+    atomic.replace(self.metrics_path, ''.join(records.line(r) for r in kept))
 
   def start_fresh(self):
     """A run that starts at step 0 keeps the files of the earlier attempt as .bak-<time>."""
@@ -336,18 +336,7 @@ class RunDir:
       self.unlock()
 
   def _write_json(self, path: pathlib.Path, obj):
-    self._replace(path, json.dumps(obj, indent=2) + '\n')
-
-  @staticmethod
-  def _replace(path: pathlib.Path, text: str):
-    """Writes a temporary file, then renames it over `path`: a kill leaves the old file."""
-    tmp = path.with_name(path.name + '.tmp')
-    try:
-      tmp.write_text(text)
-      tmp.replace(path)
-    except OSError:
-      tmp.unlink(missing_ok=True)
-      raise
+    atomic.replace(path, json.dumps(obj, indent=2) + '\n')
 
 
 def _backup_path(path: pathlib.Path) -> pathlib.Path:

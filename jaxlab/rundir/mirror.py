@@ -30,6 +30,7 @@ import os
 import pathlib
 
 from jaxlab.config.types import ConfigError
+from jaxlab.rundir import atomic
 from jaxlab.rundir.layout import CONFIG_FILE, LOCK_FILE, WANDB_DIR
 
 FILE_SCHEME = 'file://'
@@ -60,9 +61,7 @@ def _put(data: bytes, dest) -> None:
   one upload (atomic per object) on a bucket."""
   dest.parent.mkdir(parents=True, exist_ok=True)
   if isinstance(dest, pathlib.Path):
-    tmp = dest.with_name(dest.name + '.tmp')
-    tmp.write_bytes(data)
-    tmp.replace(dest)
+    atomic.replace(dest, data)
   else:
     dest.write_bytes(data)
 
