@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_override_parses_each_type():
   cfg = config_lib.load('tiny', ['model.d_model=64', 'optim.lr=1e-3', 'model.tie_embeddings=true',
                                  'model.remat=save_dots', 'train.steps=2e3',
-                                 'data.files=a.txt,b.txt'])
+                                 'data.source=files', 'data.files=a.txt,b.txt'])
   assert cfg.model.d_model == 64 and isinstance(cfg.model.d_model, int)
   assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
   assert cfg.model.tie_embeddings is True
@@ -58,7 +58,7 @@ def test_values_set_in_python_are_type_checked():
 
 
 def test_round_trip_through_dict():
-  cfg = config_lib.load('tiny', ['data.files=a,b'])
+  cfg = config_lib.load('tiny', ['data.source=files', 'data.files=a,b'])
   assert config_lib.from_dict(cfg.to_dict()) == cfg
 
 

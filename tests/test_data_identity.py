@@ -102,7 +102,8 @@ def test_relative_files_are_made_absolute_once(tmp_path):
   # The same relative override from b names b's file: another config, refused.
   proc = _refused(argv, cwd=b)
   assert proc.returncode == 2 and 'data.files' in proc.stderr and str(b / 'c.jsonl') in proc.stderr
-  assert load('tiny', ['data.files=x.jsonl']).data.files == (os.path.abspath('x.jsonl'),)
+  assert load('tiny', ['data.source=files', 'data.files=x.jsonl']).data.files == (
+      os.path.abspath('x.jsonl'),)
 
 
 def test_token_cache_is_keyed_by_content_and_cleans_dead_builds(tmp_path):

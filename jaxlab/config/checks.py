@@ -12,7 +12,7 @@ import inspect
 import math
 
 from jaxlab.config.hf import init_dir
-from jaxlab.config.types import Config, ConfigError, OptimConfig, check_type
+from jaxlab.config.types import Config, ConfigError, OptimConfig, check_type, mixture_entries
 
 
 def _require(cond: bool, message: str):
@@ -87,8 +87,7 @@ def validate(cfg: Config) -> Config:
   _require(d.shuffle_rows >= 0, f'data.shuffle_rows={d.shuffle_rows} must be >= 0')
   _require(d.source != 'tfds' or bool(d.tfds_name),
            "data.source='tfds' needs data.tfds_name (e.g. data.tfds_name=lm1b)")
-  _require(d.source != 'files' or bool(d.files),
-           "data.source='files' needs data.files=path1.txt,path2.txt")
+  _validate_data_source(d)
   _validate_context(cfg)
   for group in (('data', 'fsdp', 'tensor'), ('dcn_data', 'dcn_fsdp', 'dcn_tensor')):
     sizes = {f'mesh.{k}': getattr(me, k) for k in group}
@@ -106,6 +105,26 @@ def validate(cfg: Config) -> Config:
            f'name= is {len(cfg.name.encode())} bytes long; a directory name may have at most '
            f'{NAME_MAX} (name={cfg.name[:40]!r}...)')
   return cfg
+
+
+def _validate_data_source(d):
+  """Each source's keys go with that source only: a key another source reads would be
+  ignored without a word (data.files without data.source=files trained on the embedded
+  corpus)."""
+  for key, value, owner in (('data.files', ','.join(d.files), 'files'),
+                            ('data.path', d.path, 'prepared'),
+                            ('data.mixture', ','.join(d.mixture), 'prepared')):
+    _require(not value or d.source == owner,
+             f'{key}={value} is read only with data.source={owner}, but data.source='
+             f'{d.source}; add data.source={owner} or drop {key}')
+  _require(d.source != 'files' or bool(d.files),
+           "data.source='files' needs data.files=path1.txt,path2.txt")
+  if d.source == 'prepared':
+    _require(bool(d.path) != bool(d.mixture),
+             'data.source=prepared needs one of data.path=DIR (a dataset `launch.py prepare '
+             '--out DIR` wrote) or data.mixture=DIR:WEIGHT,...' + (
+                 ', not both' if d.path else ''))
+    mixture_entries(d.mixture)
 
 
 def check_microbatches(cfg: Config, data_parallel: int | None):

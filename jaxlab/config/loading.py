@@ -23,7 +23,8 @@ from typing import Literal
 from jaxlab.config import hf
 from jaxlab.config.checks import validate
 from jaxlab.config.types import (Config, ConfigError, DataConfig, ModelConfig, all_keys,
-                                 check_type, describe, fields_of, parse_ranges, union_args)
+                                 check_type, describe, fields_of, is_url, parse_ranges,
+                                 union_args)
 
 # A run directory holds its Config as config.json (Config.to_dict(), plus the history of
 # the changes accepted on resume: jaxlab.rundir.directory).
@@ -153,14 +154,18 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
 
 
 def _absolute_data_paths(cfg: Config) -> Config:
-  """data.files, a tokenizer path and data.data_dir made absolute (against the current
-  directory, once: config.json records them so, and a run resumed from elsewhere reads
-  the same files)."""
+  """data.files, data.path, data.mixture's directories, a tokenizer path and data.data_dir
+  made absolute (against the current directory, once: config.json records them so, and a
+  run resumed from elsewhere reads the same files); URLs stay as they are."""
   def absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
+  def place(path: str) -> str:   # a URL stays as it is
+    return path if not path or is_url(path) else absolute(path)
   d = cfg.data
   data = dataclasses.replace(
-      d, files=tuple(absolute(f) for f in d.files),
+      d, files=tuple(absolute(f) for f in d.files), path=place(d.path),
+      mixture=tuple(place(p) + text[len(p):] for p, text in
+                    ((m.rpartition(':')[0], m) for m in d.mixture)),
       tokenizer=d.tokenizer if d.tokenizer == 'byte' else absolute(d.tokenizer),
       data_dir=absolute(d.data_dir) if d.data_dir else '')
   return cfg if data == d else dataclasses.replace(cfg, data=data)

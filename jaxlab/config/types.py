@@ -104,7 +104,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-  source: Literal['embedded', 'tfds', 'files'] = 'embedded'
+  source: Literal['embedded', 'tfds', 'files', 'prepared'] = 'embedded'
   tfds_name: str = ''              # e.g. 'lm1b' (needs a network the first time)
   tfds_train_split: str = 'train'
   tfds_val_split: str = 'test'
@@ -113,8 +113,13 @@ class DataConfig:
   files: tuple[str, ...] = ()      # local files (data.files=a.txt,b.jsonl.gz,c.parquet): a .txt is
                                    #   one document, a .jsonl line or a .parquet row is one
   val_fraction: float = 0.05       # files only: the last fraction of each file is validation
+  path: str = ''                   # prepared: a dataset `launch.py prepare --out` wrote (a local
+                                   #   directory, or a URL etils.epath reads: gs://...)
+  mixture: tuple[str, ...] = ()    # prepared: DIR:WEIGHT,... (weights > 0, normalised to sum
+                                   #   to 1), datasets sharing one tokenizer (jaxlab.data.mixture)
   tokenizer: str = 'byte'          # 'byte', a SentencePiece .model, or a Hugging Face
-                                   #   tokenizer.json (or a directory holding one)
+                                   #   tokenizer.json (or a directory holding one); prepared:
+                                   #   the dataset's (left at 'byte', it is taken from there)
   seq_len: int = 256
   seed: int = 0
   shuffle_rows: int = 1024         # packed rows shuffled within windows of this size (0: off)
@@ -269,6 +274,36 @@ def parse_ranges(text: str, key: str) -> tuple[int, ...]:
   if not out:
     raise ConfigError(f'{key}={text!r} lists no integers (e.g. 0-23,8-31)')
   return tuple(out)
+
+
+# ------------------------------------------------------------------------- data places
+
+def is_url(path: str) -> bool:
+  """Whether a data or run place is a URL (gs://..., file:///...) rather than a path on
+  this machine."""
+  return '://' in path
+
+
+def mixture_entries(mixture: tuple[str, ...]) -> list[tuple[str, float]]:
+  """data.mixture ('DIR:WEIGHT', ...) -> [(DIR, weight)] with the weights normalised to
+  sum to 1; ConfigError naming the entry otherwise."""
+  out = []
+  for item in mixture:
+    where, sep, text = item.rpartition(':')
+    try:
+      weight = float(text) if sep and where and not text.startswith('//') else None
+    except ValueError:
+      weight = None
+    if weight is None or not math.isfinite(weight) or weight <= 0:
+      raise ConfigError(f'data.mixture entry {item!r} must be DIR:WEIGHT with a weight > 0 '
+                        '(e.g. data.mixture=web:0.7,code:0.3; weights are normalised)')
+    out.append((where, weight))
+  paths = [p for p, _ in out]
+  if len(set(paths)) != len(paths):
+    raise ConfigError(f'data.mixture names a dataset twice ({",".join(mixture)}); give each '
+                      'once, with its whole weight')
+  total = sum(w for _, w in out)
+  return [(p, w / total) for p, w in out]
 
 
 # ------------------------------------------------------------------------- type checks

@@ -8,7 +8,10 @@ anything compiles when it resumes: a file that changed (in size or content), tha
 gone, or that the config now names by another path, and another tokenizer, are refused
 with one line naming the file and what changed (jaxlab.train.trainer). For the embedded
 corpus and TFDS sources the record holds the source and its name; their builders fix the
-content by version.
+content by version. A prepared dataset (data.path, or each of data.mixture's) is its
+manifest: its SHA-256 (the manifest holds every shard's documents and tokens and every
+source file's hash) and its tokenizer's fingerprint; a changed manifest is refused like a
+changed file, and a dataset moved to another place (data.path) is the same dataset.
 
 Hashing a corpus costs one read of it (about 1 GB/s); `file_sha256` remembers each file's
 digest for its (size, modification and change times, inode) within a process, so the token cache, which is
@@ -21,6 +24,7 @@ import hashlib
 import os
 
 from jaxlab.config.types import DataConfig
+from jaxlab.data import mixture
 
 _CHUNK = 1 << 22
 
@@ -48,6 +52,8 @@ def describe(cfg: DataConfig, tokenizer) -> dict:
                      'sha256': file_sha256(p)} for p in cfg.files]
   elif cfg.source == 'tfds':
     out['tfds_name'] = cfg.tfds_name
+  elif cfg.source == 'prepared':
+    out['datasets'] = mixture.identity(cfg)
   return out
 
 
@@ -61,6 +67,8 @@ def differences(recorded: dict, cfg: DataConfig, tokenizer) -> list[str]:
   if recorded.get('source') != cfg.source:
     out.append(f'data.source is {cfg.source!r}, the run started with {recorded.get("source")!r}')
     return out
+  if cfg.source == 'prepared':
+    return out + _prepared_differences(recorded.get('datasets', []), cfg)
   if cfg.source != 'files':
     return out
   now = [os.path.abspath(p) for p in cfg.files]
@@ -80,3 +88,15 @@ def differences(recorded: dict, cfg: DataConfig, tokenizer) -> list[str]:
       out.append(f'{path} changed: same size ({size} bytes), other content (SHA-256 '
                  f'{entry["sha256"][:12]}... then, {file_sha256(path)[:12]}... now)')
   return out
+
+
+def _prepared_differences(before: list[dict], cfg: DataConfig) -> list[str]:
+  now = mixture.identity(cfg)
+  if len(now) != len(before):
+    return [f'{mixture.config_key(cfg)} names {len(now)} dataset(s); the run started with '
+            f'{len(before)}']
+  return [f'{new["path"]} is another dataset than {old["path"]} was when the run started '
+          f'(its manifest\'s SHA-256 {old["manifest_sha256"][:12]}... then, '
+          f'{new["manifest_sha256"][:12]}... now)'
+          for old, new in zip(before, now) if old['manifest_sha256'] != new['manifest_sha256']]
+

@@ -87,6 +87,10 @@ class LaneIterator:
     return {'tokens': np.stack([r[0] for r in rows]).astype(np.int32),
             'segment_ids': np.stack([r[1] for r in rows]).astype(np.int32)}
 
+  def realised(self) -> None:
+    """Lanes do not count a mixture's documents (the rows pipeline does)."""
+    return None
+
   def get_state(self) -> dict[str, Any]:
     return {'format': self._FORMAT, 'pipeline': dict(self._description),
             'lanes': [list(c) for c in self._cursor]}

@@ -1,7 +1,9 @@
 """The grain input pipeline: documents -> [BOS] + tokens -> packed rows -> batches.
 
     documents (embedded corpus | any TFDS text dataset | local files: .txt, .jsonl(.gz),
-               .parquet, tokenised once and cached by jaxlab.data.files)
+               .parquet, tokenised once and cached by jaxlab.data.files | a prepared
+               dataset's token ids, data.path, or a mixture of them, data.mixture:
+               jaxlab.data.mixture)
       -> this process's shard (documents process_index, process_index + process_count, ...)
       -> shuffle (training: by data.seed, a new order every epoch; repeated forever)
       -> [BOS] + tokenizer.encode(text)
@@ -18,7 +20,8 @@ Id 0 marks padding (token 0); only the end of a finite (validation) stream is pa
 
 Sharding is by document, so processes never share a document, and validation
 documents never appear in training (embedded: split by a hash of the document id;
-tfds: separate splits; files: the last data.val_fraction of every file).
+tfds: separate splits; files: the last data.val_fraction of every file; prepared: the
+dataset's own splits, by a hash of each document).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxlab.config.types import DataConfig
-from jaxlab.data import corpus, files
+from jaxlab.data import corpus, files, mixture, prepared
 
 Batch = dict[str, np.ndarray]
 
@@ -95,7 +98,10 @@ def _documents(cfg: DataConfig, split: str, tokenizer) -> grain.MapDataset:
     return _tfds_texts(cfg.tfds_name, split_name, key, cfg.text_field, data_dir)
   if cfg.source == 'files':
     return grain.MapDataset.source(files.documents(cfg, split, tokenizer))
-  raise ValueError(f"data.source={cfg.source!r}: expected 'embedded', 'tfds' or 'files'")
+  if cfg.source == 'prepared':   # one dataset (a mixture's are read one by one)
+    return grain.MapDataset.source(prepared.SplitDocuments(cfg.path, split))
+  raise ValueError(f"data.source={cfg.source!r}: expected 'embedded', 'tfds', 'files' or "
+                   "'prepared'")
 
 
 def _shard(docs: grain.MapDataset, process_index: int, process_count: int,
@@ -124,12 +130,22 @@ def encoder(tokenizer):
   return encode
 
 
-def _rows(docs: grain.MapDataset, tokenizer, seq_len: int) -> grain.IterDataset:
-  """Documents -> rows {'tokens', 'segment_ids'} of seq_len + 1 tokens."""
-  encoded = docs.filter(lambda text: len(text) > 0).map(encoder(tokenizer))
+def _rows(docs: grain.MapDataset, tokenizer, seq_len: int,
+          tagged: bool = False) -> grain.IterDataset:
+  """Documents -> rows {'tokens', 'segment_ids'} of seq_len + 1 tokens; tagged (documents
+  are (dataset index, ids): a mixture) adds mixture.FEATURES, aligned with the tokens."""
+  encode = encoder(tokenizer)
+  if tagged:
+    encoded = docs.filter(lambda doc: len(doc[1]) > 0).map(
+        lambda doc: mixture.features(encode(doc[1]), doc[0]))
+  else:
+    encoded = docs.filter(lambda text: len(text) > 0).map(encode)
+  extra = mixture.FEATURES if tagged else ()
   packed = grain.experimental.ConcatThenSplitIterDataset(
-      encoded.to_iter_dataset(_READ_OPTIONS), length_struct={'tokens': seq_len + 1})
-  return packed.map(lambda row: {'tokens': row['tokens'], 'segment_ids': row['tokens_segment_ids']})
+      encoded.to_iter_dataset(_READ_OPTIONS),
+      length_struct={k: seq_len + 1 for k in ('tokens', *extra)})
+  return packed.map(lambda row: {'tokens': row['tokens'], 'segment_ids': row['tokens_segment_ids'],
+                                 **{k: row[k] for k in extra}})
 
 
 # ----------------------------------------------------------------------------- public API
@@ -156,23 +172,38 @@ def _from_json(state):
 
 class DataIterator:
   """Endless training batches; `get_state()` is JSON-serialisable, `set_state` resumes
-  exactly (the next batch is the one the saved iterator would have produced)."""
+  exactly (the next batch is the one the saved iterator would have produced). With
+  `counts` (a mixture), the batches' mixture features are counted and dropped: a batch
+  holds only 'tokens' and 'segment_ids'."""
 
   _FORMAT = 1
 
-  def __init__(self, dataset: grain.IterDataset, description: dict[str, Any]):
+  def __init__(self, dataset: grain.IterDataset, description: dict[str, Any],
+               counts: mixture.Counts | None = None):
     self._iterator = iter(dataset)
     self._description = description
+    self._counts = counts
 
   def __iter__(self) -> Iterator[Batch]:
     return self
 
   def __next__(self) -> Batch:
-    return next(self._iterator)
+    batch = next(self._iterator)
+    if self._counts is not None:
+      self._counts.add(*(batch.pop(k) for k in mixture.FEATURES))
+    return batch
+
+  def realised(self) -> dict[str, list[int]] | None:
+    """A mixture's documents and tokens per dataset trained on so far (this process's
+    batches), else None."""
+    return None if self._counts is None else self._counts.state()
 
   def get_state(self) -> dict[str, Any]:
-    return {'format': self._FORMAT, 'pipeline': dict(self._description),
-            'grain': _to_json(self._iterator.get_state())}
+    state = {'format': self._FORMAT, 'pipeline': dict(self._description),
+             'grain': _to_json(self._iterator.get_state())}
+    if self._counts is not None:
+      state['mixture'] = self._counts.state()
+    return state
 
   def set_state(self, state: dict[str, Any]) -> None:
     if not isinstance(state, dict) or state.get('format') != self._FORMAT:
@@ -182,24 +213,42 @@ class DataIterator:
       raise ValueError('the data iterator state was saved by a different pipeline: saved '
                        f'{state["pipeline"]}, this one is {self._description}')
     self._iterator.set_state(_from_json(state['grain']))
+    if self._counts is not None:
+      self._counts.set_state(state['mixture'])
 
 
 def describe(cfg: DataConfig, tokenizer, batch_size: int, process_index: int,
               process_count: int) -> dict[str, Any]:
-  # What the saved position means; paths are left out so a run can resume elsewhere.
-  return {'source': cfg.source, 'tfds_name': cfg.tfds_name, 'n_files': len(cfg.files),
-          'vocab_size': int(tokenizer.vocab_size),
-          'seq_len': cfg.seq_len, 'seed': cfg.seed, 'shuffle_rows': cfg.shuffle_rows,
-          'batch_size': batch_size,
-          'process_index': process_index, 'process_count': process_count}
+  # What the saved position means; paths are left out so a run can resume elsewhere (what
+  # the data is, is data.json's: jaxlab.data.identity).
+  out = {'source': cfg.source, 'tfds_name': cfg.tfds_name, 'n_files': len(cfg.files),
+         'vocab_size': int(tokenizer.vocab_size),
+         'seq_len': cfg.seq_len, 'seed': cfg.seed, 'shuffle_rows': cfg.shuffle_rows,
+         'batch_size': batch_size,
+         'process_index': process_index, 'process_count': process_count}
+  if cfg.mixture:
+    out['mixture_weights'] = [w for _, w in mixture.datasets(cfg)]
+  return out
 
 
 def train_documents(cfg: DataConfig, tokenizer, process_index: int = 0,
-                    process_count: int = 1):
+                    process_count: int = 1, tagged: bool = False):
   """This process's training documents in data.seed's order, reshuffled every epoch and
-  repeated forever (a grain MapDataset: random access by position in the stream)."""
+  repeated forever (a grain MapDataset: random access by position in the stream). A
+  mixture: each dataset's so, by a seed of its own, interleaved by weight (tagged: as
+  (dataset index, ids); jaxlab.data.mixture)."""
+  if cfg.mixture:
+    parts = mixture.parts(cfg)
+    streams = [_train_stream(part, tokenizer, process_index, process_count, f'train/{k}')
+               for k, (part, _) in enumerate(parts)]
+    return mixture.mix(streams, [w for _, w in parts], tagged)
+  return _train_stream(cfg, tokenizer, process_index, process_count, 'train')
+
+
+def _train_stream(cfg: DataConfig, tokenizer, process_index: int, process_count: int,
+                  purpose: str):
   docs = _shard(_documents(cfg, 'train', tokenizer), process_index, process_count, 'train')
-  return docs.shuffle(seed=_stable_seed(cfg.seed, 'train')).repeat()
+  return docs.shuffle(seed=_stable_seed(cfg.seed, purpose)).repeat()
 
 
 def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_index: int = 0,
@@ -211,13 +260,16 @@ def make_train_iterator(cfg: DataConfig, tokenizer, batch_size: int, process_ind
   """
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1 (train.batch_size)')
-  docs = train_documents(cfg, tokenizer, process_index, process_count)
-  rows = _rows(docs, tokenizer, cfg.seq_len)
+  tagged = bool(cfg.mixture)
+  docs = train_documents(cfg, tokenizer, process_index, process_count, tagged)
+  rows = _rows(docs, tokenizer, cfg.seq_len, tagged)
   if cfg.shuffle_rows > 1:
     rows = grain.experimental.WindowShuffleIterDataset(
         rows, window_size=cfg.shuffle_rows, seed=_stable_seed(cfg.seed, 'rows'))
   batches = rows.batch(batch_size, drop_remainder=True)
-  return DataIterator(batches, describe(cfg, tokenizer, batch_size, process_index, process_count))
+  counts = mixture.Counts(len(cfg.mixture)) if tagged else None
+  return DataIterator(batches, describe(cfg, tokenizer, batch_size, process_index, process_count),
+                      counts)
 
 
 def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | str,
@@ -246,6 +298,19 @@ def eval_batches(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | s
         f'were asked for; lower train.eval_batches (or train.batch_size / data.seq_len), '
         'or set train.eval_batches=all')
   return out
+
+
+def eval_sets(cfg: DataConfig, tokenizer, batch_size: int, n_batches: int | str,
+              process_index: int = 0, process_count: int = 1
+              ) -> list[tuple[str, float, list[Batch]]]:
+  """[(name, weight, eval_batches)]: one set named '' of weight 1, or for a mixture one
+  per dataset, named by its index, with its weight (val_loss is the weighted mean)."""
+  if not cfg.mixture:
+    return [('', 1.0, eval_batches(cfg, tokenizer, batch_size, n_batches, process_index,
+                                   process_count))]
+  return [(str(k), weight, eval_batches(part, tokenizer, batch_size, n_batches,
+                                        process_index, process_count))
+          for k, (part, weight) in enumerate(mixture.parts(cfg))]
 
 
 # An evaluation batch costs about this fraction of a train step on the same batch (a

@@ -18,7 +18,8 @@ from typing import Iterable
 import numpy as np
 import sentencepiece as spm
 
-from jaxlab.config.types import DataConfig
+from jaxlab.config.types import DataConfig, mixture_entries
+from jaxlab.data import prepared
 
 
 class ByteTokenizer:
@@ -175,9 +176,34 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
   return SentencePieceTokenizer(f'{model_prefix}.model')
 
 
-def make_tokenizer(cfg: DataConfig) -> ByteTokenizer | SentencePieceTokenizer | HFTokenizer:
+class DatasetTokenizer:
+  """The tokenizer a prepared dataset was made with, as its manifest records it: its ids
+  (vocab_size, bos_id, eos_id) and fingerprint, which is all training on token ids needs;
+  the tokenizer's own files need not be on the machine that trains."""
+
+  def __init__(self, entry: dict):
+    self.spec, self.fingerprint = entry['spec'], entry['fingerprint']
+    self.vocab_size, self.bos_id = int(entry['vocab_size']), int(entry['bos_id'])
+    self.eos_id = entry.get('eos_id')
+
+  def encode(self, text):
+    raise ValueError(f'data.source=prepared trains on token ids; to encode text load the '
+                     f'tokenizer itself (data.tokenizer={self.spec!r})')
+
+  encode_batch = decode = encode
+
+  def __repr__(self) -> str:
+    return f'DatasetTokenizer({self.spec!r})'
+
+
+def make_tokenizer(cfg: DataConfig):
   """`data.tokenizer`: 'byte', a Hugging Face tokenizer.json (or a directory holding one),
-  or the path of a trained SentencePiece .model file."""
+  or the path of a trained SentencePiece .model file; data.source=prepared: the dataset's
+  (its manifest's, DatasetTokenizer; jaxlab.data.mixture checks that they agree)."""
+  if cfg.source == 'prepared':
+    path, key = (cfg.path, 'data.path') if cfg.path else (
+        mixture_entries(cfg.mixture)[0][0], 'data.mixture')
+    return DatasetTokenizer(prepared.read_manifest(path, key)['tokenizer'])
   if cfg.tokenizer == 'byte':
     return ByteTokenizer()
   path = os.path.expanduser(cfg.tokenizer)

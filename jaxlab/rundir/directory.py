@@ -56,8 +56,10 @@ FREE_KEYS = ('train.log_every', 'train.eval_every', 'train.checkpoint_every',
              'train.wandb_entity', 'train.wandb_run_id', 'train.profile_steps',
              'train.profile_process',
              'train.microbatches',   # the same update, like the mesh (float32 rounding)
-             'data.accept_changes')   # itself no change: the data change it lets through is
+             'data.accept_changes',   # itself no change: the data change it lets through is
                                       # recorded in the history by the trainer
+             'data.path')   # where a prepared dataset lies: data.json holds what it is (its
+                            # manifest's SHA-256), so a moved dataset resumes
 FREE_PREFIXES = ('mesh.',)   # checkpoints restore onto any mesh
 EVAL_KEYS = ('train.eval_batches',)
 AFTER_DIVERGENCE_KEYS = ('optim.lr', 'optim.warmup_steps', 'optim.grad_clip')

@@ -76,11 +76,17 @@ def nan_guard(t, fetched: list[tuple[int, dict]]):
 
 
 class EvalHook(Hook):
-  """Mean token loss over the validation batches the data layer gave (any number)."""
+  """Mean token loss over the validation batches the data layer gave (any number), in
+  sets [(name, weight, batches)]: one (name '') for a dataset; for a mixture one per
+  dataset, each logged as val_loss/<name>, and val_loss their weighted mean. A mixture's
+  realised proportions (documents and tokens per dataset trained on so far, over every
+  process) go into the same record."""
 
-  def __init__(self, batches: list, every: int, positions: tuple[int, ...] = ()):
-    self.batches, self.every = batches, every
+  def __init__(self, sets: list, every: int, positions: tuple[int, ...] = ()):
+    self.sets, self.every = sets, every
+    self.batches = [b for _, _, batches in sets for b in batches]
     self.positions = positions     # bucket edges of train.eval_positions (last eval), or ()
+    self.by_set: dict[str, float] = {}
 
   def due(self, t) -> bool:
     return t.last or t.growing or bool(self.every and t.step % self.every == 0)
@@ -88,12 +94,16 @@ class EvalHook(Hook):
   def evaluate(self, t) -> float | None:
     if not self.batches:
       return None
-    total = count = 0.0
-    for batch in self.batches:
-      s, c = jax.device_get(t.program.eval_step(t.state.params, batch, t.state.step))
-      total, count = total + float(s), count + float(c)
-    t.val_tokens = int(count)
-    return total / max(count, 1.0)
+    tokens, mean = 0, 0.0
+    for name, weight, batches in self.sets:
+      total = count = 0.0
+      for batch in batches:
+        s, c = jax.device_get(t.program.eval_step(t.state.params, batch, t.state.step))
+        total, count = total + float(s), count + float(c)
+      self.by_set[name] = total / max(count, 1.0)
+      tokens, mean = tokens + int(count), mean + weight * self.by_set[name]
+    t.val_tokens = tokens
+    return mean
 
   def by_position(self, t) -> dict[str, float]:
     """{'val_loss_pos/<lo>-<hi>': mean loss of the targets whose input sits at positions
@@ -110,8 +120,31 @@ class EvalHook(Hook):
     if self.batches:
       t.last_val = record['val_loss'] = self.evaluate(t)
       record['val_tokens'] = t.val_tokens
+      if len(self.sets) > 1:
+        record.update({f'val_loss/{name}': v for name, v in self.by_set.items()})
       if self.positions and t.last:
         record.update(self.by_position(t))
+    record.update(mixture_record(t.iterator.realised()))
+
+
+def mixture_record(counts: dict | None) -> dict[str, float]:
+  """mix/<k>/documents, mix/<k>/tokens and their shares, summed over the processes (each
+  counts its own batches), from a mixture's DataIterator counts; {} without one."""
+  if counts is None:
+    return {}
+  both = np.array([counts['documents'], counts['tokens']], np.int64)
+  if jax.process_count() > 1:   # as two int32 halves: jax arrays hold no int64 by default
+    from jax.experimental import multihost_utils
+    halves = np.stack([both >> 31, both & (2 ** 31 - 1)]).astype(np.int32)
+    got = np.asarray(multihost_utils.process_allgather(halves)).astype(np.int64).sum(axis=0)
+    both = (got[0] << 31) + got[1]
+  out = {}
+  for what, row in zip(('documents', 'tokens'), both):
+    total = max(int(row.sum()), 1)
+    for k, n in enumerate(row):
+      out[f'mix/{k}/{what}'] = int(n)
+      out[f'mix/{k}/{what[:-1]}_share'] = int(n) / total
+  return out
 
 
 class DiagnosticsHook(Hook):

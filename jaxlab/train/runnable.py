@@ -10,6 +10,8 @@ which sit above jaxlab.config (the bottom layer checks what a config decides alo
   train.trainable its patterns must parse (jaxlab.optim.trainable)
   moments dtype   optim.moments_dtype needs an optimizer that can store its moment so
                   (jaxlab.optim.build.moments_dtype_kwargs)
+  prepared data   data.path / data.mixture must be prepared datasets sharing one
+                  tokenizer, which data.tokenizer becomes (jaxlab.data.mixture)
 
 `train(cfg)` and every command of launch.py (run, sweep points, compile, grow, show)
 resolve before anything compiles. Resolving is idempotent: every value it writes is a
@@ -17,12 +19,14 @@ function of fields it does not write.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 from jaxlab import config as config_lib
 from jaxlab.config.checks import validate
 from jaxlab.config.types import Config
+from jaxlab.data import mixture
 from jaxlab.kernels import dispatch
 from jaxlab.models import parametrization
 from jaxlab.optim import step_law, trainable
@@ -41,6 +45,8 @@ def resolve(cfg: Config) -> Config:
   if cfg.train.trainable:
     trainable.parse(cfg.train.trainable)
   moments_dtype_kwargs(cfg.optim)   # optim.moments_dtype: the optimizer must store it
+  if cfg.data.source == 'prepared':
+    cfg = dataclasses.replace(cfg, data=mixture.resolve(cfg.data))
   return step_law.resolve(cfg)
 
 

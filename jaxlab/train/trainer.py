@@ -237,15 +237,17 @@ class Trainer:
     self.make_iterator = make_iterator
     try:
       spare.append(make_iterator())   # the data layer names the config key at fault
-      val_host = data_lib.eval_batches(cfg.data, tokenizer, batch_size=self.local_batch,
-                                       n_batches=tc.eval_batches, **proc) if tc.eval_batches else []
+      sets = data_lib.eval_sets(cfg.data, tokenizer, batch_size=self.local_batch,
+                                n_batches=tc.eval_batches, **proc) if tc.eval_batches else []
     except ValueError as err:
       raise ConfigError(str(err)) from None
-    note = data_lib.eval_cost_note(len(val_host), tc.eval_every, tc.steps)
+    n_batches = sum(len(batches) for _, _, batches in sets)
+    note = data_lib.eval_cost_note(n_batches, tc.eval_every, tc.steps)
     if note and tc.eval_batches == 'all' and self.run_dir.writer:
       print(note, flush=True)
     sharding = self.program_at(0).batch_sharding
-    return [_to_global(b, sharding) for b in val_host]
+    return [(name, weight, [_to_global(b, sharding) for b in batches])
+            for name, weight, batches in sets]
 
   def _setup(self):
     cfg, tc = self.cfg, self.cfg.train
