@@ -46,6 +46,7 @@ STOP = ('cd jaxlab 2>/dev/null || exit 0; for f in logs/*.pid; do [ -e "$f" ] ||
         'p=$(cat "$f"); rm -f "$f"; if kill -TERM -- -"$p" 2>/dev/null; then echo "$(hostname): '
         'sent SIGTERM to ${f%.pid} (process group $p)"; fi; done')
 XLA = gpu_flags.slurm_exports()   # the sbatch script's flag lines
+MIRROR = 'train.mirror_dir=gs://bucket/runs'   # a multi-host run's checkpoints in a bucket
 
 
 @pytest.fixture(autouse=True)
@@ -61,20 +62,22 @@ def run_cli(capsys, *argv):
 
 
 def test_tpu_launch_dry_run_exact(capsys):
+  # v5p-32 is 4 hosts: their checkpoint goes to a bucket (tests/test_prepared_train.py)
   code, out, err = run_cli(capsys, 'submit', *TPU, '--accelerator', 'v5p-32', '--dry-run',
-                           'tiny', 'train.steps=2')
+                           'tiny', 'train.steps=2', MIRROR)
   assert code == 0, err
+  assert err.splitlines()[0] == '# data: the embedded corpus (each host builds its own copy)'
   assert out == [
       '# compile check: every phase compiled for tpu:v5p-32 on this machine; a phase that does '
       'not fit stops here (--skip-compile-check skips it):',
-      '# launch.py compile tiny train.steps=2 --target tpu:v5p-32 --no-estimate',
+      f'# launch.py compile tiny train.steps=2 {MIRROR} --target tpu:v5p-32 --no-estimate',
       '# create the TPU unless `describe` finds it, then wait until it is READY:',
       shlex.join(G + ['tpu-vm', 'describe', 'my-tpu', ZONE, '--format=value(state)']),
       shlex.join(G + ['tpu-vm', 'create', 'my-tpu', ZONE, '--accelerator-type=v5p-32',
                       '--version=v2-alpha-tpuv5']),
       PACK, shlex.join(SCP),
       shlex.join(SSH_ALL + ['--command=' + SETUP]),
-      shlex.join(SSH_ALL + ['--command=' + RUN])]
+      shlex.join(SSH_ALL + ['--command=' + RUN.replace('=2 ', f'=2 {MIRROR} ')])]
   assert not os.path.exists(TARBALL)
 
 
@@ -131,8 +134,8 @@ def test_tpu_options_from_environment(capsys, monkeypatch):
 def test_slurm_dry_run_script_exact(capsys, tmp_path):
   code, out, err = run_cli(capsys, 'submit', '--target', 'slurm', '--nodes', '2',
                            '--gpus-per-node', '8', '--partition', 'h100', '--time', '04:00:00',
-                           '--account', 'lab', '--dry-run', 'tiny', 'train.steps=2',
-                           f'train.workdir={tmp_path}')
+                           '--account', 'lab', '--shared-dir', str(tmp_path), '--dry-run',
+                           'tiny', 'train.steps=2', f'train.workdir={tmp_path}')
   assert code == 0, err
   jobs = tmp_path / 'tiny' / 'slurm'
   assert out == [
@@ -340,7 +343,8 @@ def _calls(bin_dir):
 def test_tpu_launch_runs_the_dry_run_commands(capsys, monkeypatch, tmp_path):
   bin_dir = _fake_tools(tmp_path, monkeypatch)
   monkeypatch.setattr(tpu, 'POLL_SECONDS', 0)
-  argv = ['submit', *SUBMIT_TPU, '--queued', '--accelerator', 'v5p-32', 'tiny', 'train.steps=2']
+  argv = ['submit', *SUBMIT_TPU, '--queued', '--accelerator', 'v5p-32', 'tiny', 'train.steps=2',
+          MIRROR]
   code, dry, _ = run_cli(capsys, *argv, '--dry-run')
   assert code == 0
   commands = [shlex.split(line) for line in dry if not line.startswith('#')]

@@ -4,7 +4,9 @@ SLURM GPU cluster (jaxlab.launch.submit.slurm). The config is loaded and validat
 --dry-run prints the exact commands (or the sbatch script) and does nothing else.
 `submit --target tpu` first compiles the run for the slice's accelerator type on this
 machine (jaxlab.aot, as `launch.py compile` does) and stops, with exit 2, before anything
-is created or paid for when a phase does not fit; --skip-compile-check skips that."""
+is created or paid for when a phase does not fit; --skip-compile-check skips that. A
+multi-host run whose data or checkpoints are local to this machine is refused with exit 2
+before anything else (jaxlab.launch.submit.places)."""
 from __future__ import annotations
 
 import pathlib
@@ -13,8 +15,9 @@ import sys
 
 from jaxlab import config as config_lib
 from jaxlab.config.types import ConfigError
+from jaxlab.aot.targets import parse_target
 from jaxlab.launch import compile as compile_lib
-from jaxlab.launch.submit import slurm, tpu
+from jaxlab.launch.submit import places, slurm, tpu
 from jaxlab.launch.submit.common import (ROOT, Step, StepFailed, check_project, execute,
                                          experiment_arg, require_tool, run_argv, sweep_argv)
 from jaxlab.launch.submit.options import check_options
@@ -76,6 +79,19 @@ def _shared_checkpoints_note(cfg) -> None:
           file=sys.stderr)
 
 
+def _check_places(cfg, args, target: tpu.Tpu | None) -> None:
+  """Says where the data comes from; refuses a multi-host run whose data or checkpoints
+  only this machine has. TPU: the hosts of --accelerator (unknown without it: the note of
+  _shared_checkpoints_note instead); SLURM: --nodes, sharing the checkout and --shared-dir."""
+  print(f'# {places.describe(cfg)}', file=sys.stderr, flush=True)
+  if target is None:
+    places.check(cfg, args.nodes or 1, 'slurm', [str(ROOT), *(args.shared_dir or [])])
+  elif target.accelerator:
+    places.check(cfg, parse_target(f'tpu:{target.accelerator}').hosts, 'tpu')
+  else:
+    _shared_checkpoints_note(cfg)
+
+
 def _slurm(args, argv: list[str], job_dir: pathlib.Path, name: str, array=None) -> int:
   try:
     return slurm.submit(args, argv, job_dir=ROOT / job_dir, name=name, array=array)
@@ -99,10 +115,11 @@ def submit(args) -> int:
   remote = args.target == 'tpu'
   argv = run_argv(experiment_arg(args.experiment, remote=remote), args.overrides) if needs else []
   if args.target == 'slurm':
+    _check_places(cfg, args, None)
     return _slurm(args, argv, run_dir_of(cfg), cfg.name)
   target = tpu.Tpu.from_args(args)
   if needs:
-    _shared_checkpoints_note(cfg)
+    _check_places(cfg, args, target)
   if action == 'logs':
     script = tpu.logs_script(cfg.name if cfg else None)
   else:
@@ -119,7 +136,8 @@ def sweep(args, sweep_dir: pathlib.Path, count: int) -> int:
   argv = sweep_argv(experiment_arg(args.experiment, remote=args.target == 'tpu'),
                     args.overrides, args.grid, args.seeds, args.vary)
   if args.target == 'slurm':
+    _check_places(config_lib.load(args.experiment, args.overrides), args, None)
     return _slurm(args, argv, sweep_dir, sweep_dir.name, array=count)
   target = tpu.Tpu.from_args(args)
-  _shared_checkpoints_note(config_lib.load(args.experiment, args.overrides))
+  _check_places(config_lib.load(args.experiment, args.overrides), args, target)
   return _execute_tpu(target, 'launch', tpu.sweep_script(sweep_dir.name, argv, count), args)

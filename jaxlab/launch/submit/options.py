@@ -12,7 +12,7 @@ ACTIONS = ('launch', 'create', 'setup', 'run', 'logs', 'stop', 'delete')
 _TPU_OPTIONS = ('tpu_name', 'zone', 'project', 'accelerator', 'runtime_version', 'queued', 'spot',
                 'worker', 'skip_compile_check')
 _SLURM_OPTIONS = ('nodes', 'gpus_per_node', 'partition', 'time', 'account', 'python',
-                  'signal_before')
+                  'signal_before', 'shared_dir')
 
 
 def add_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
@@ -58,6 +58,9 @@ def add_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
                  f'{slurm.SIGNAL_BEFORE}): the run saves a checkpoint and exits with '
                  f'{slurm.REQUEUE_EXIT}, and the job requeues itself to resume; 0: neither')
   s.add_argument('--account', metavar='A')
+  s.add_argument('--shared-dir', action='append', metavar='DIR',
+                 help='a directory every node mounts (repeatable): a multi-node run may read '
+                 'its data and write its run there (the checkout is shared already)')
   s.add_argument('--python', metavar='PATH', help="interpreter on the nodes (default: this "
                  "project's .venv/bin/python if the job finds it, else python3)")
 
