@@ -6,7 +6,8 @@
   .parquet            one document per row: the column data.text_field
 For .jsonl and .parquet the last data.val_fraction of each file's documents (rounded)
 is validation, so training never sees a validation document. A malformed line or row is
-an error naming the file and the line (1-based) or row (0-based) number.
+an error naming the file and the line (1-based) or row (0-based) number (the reading
+rules and their messages are jaxlab.data.texts's, shared with `launch.py prepare`).
 
 Tokenisation runs in batches through the tokenizer's encode_batch (threads outside the
 GIL for SentencePiece and Hugging Face tokenizers) and is cached: a file's token ids are
@@ -34,11 +35,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from jaxlab.config.types import DataConfig
-from jaxlab.data import corpus, identity
+from jaxlab.data import corpus, identity, texts
 
-FORMATS = ('.txt', '.jsonl', '.jsonl.gz', '.parquet')
+FORMATS = texts.FORMATS
 _BATCH = 1024          # documents per encode_batch call
 _CACHE_VERSION = 2   # 2: keyed by the file's content
+_PREFIX, _KEY = 'data.files', 'data.text_field'   # what the reading errors name
 
 
 def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
@@ -53,11 +55,7 @@ def split_at_line(text: str, val_fraction: float) -> tuple[str, str]:
 
 
 def file_format(path: str) -> str:
-  for ext in sorted(FORMATS, key=len, reverse=True):
-    if path.endswith(ext):
-      return ext
-  raise ValueError(f'data.files: {path!r} has an unknown extension; allowed: '
-                   f'{", ".join(FORMATS)}')
+  return texts.file_format(path, _PREFIX)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -65,48 +63,10 @@ def file_format(path: str) -> str:
 def _jsonl_texts(path: str, field: str) -> Iterator[str]:
   opener = gzip.open if path.endswith('.gz') else open
   try:
-    with opener(path, 'rt', encoding='utf-8') as f:
-      for n, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as err:
-          raise ValueError(f'data.files: {path} line {n}: not valid JSON ({err})') from None
-        if not isinstance(record, dict) or field not in record:
-          keys = ', '.join(record) if isinstance(record, dict) else type(record).__name__
-          raise ValueError(f'data.files: {path} line {n}: no field {field!r} (data.text_field; '
-                           f'the line has: {keys})')
-        text = record[field]
-        if not isinstance(text, str):
-          raise ValueError(f'data.files: {path} line {n}: field {field!r} is '
-                           f'{type(text).__name__}, not a string')
-        yield text
-  except (OSError, EOFError, UnicodeDecodeError) as err:
+    with opener(path, 'rb') as f:
+      yield from texts.jsonl_texts(f, path, field, _PREFIX, _KEY)
+  except (OSError, EOFError) as err:
     raise ValueError(f'data.files: cannot read {path} ({type(err).__name__}: {err})') from err
-
-
-def _parquet_texts(path: str, field: str) -> Iterator[str]:
-  import pyarrow as pa
-  import pyarrow.parquet as pq
-  try:
-    pf = pq.ParquetFile(path)
-  except (OSError, pa.ArrowException) as err:
-    raise ValueError(f'data.files: cannot read {path} as parquet ({err})') from err
-  names = pf.schema_arrow.names
-  if field not in names:
-    raise ValueError(f'data.files: {path}: no column {field!r} (data.text_field; columns: '
-                     f'{", ".join(names)})')
-  kind = pf.schema_arrow.field(field).type
-  if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-    raise ValueError(f'data.files: {path}: column {field!r} holds {kind}, not strings')
-  row = 0
-  for batch in pf.iter_batches(columns=[field], batch_size=_BATCH):
-    for text in batch.column(0).to_pylist():
-      if text is None:
-        raise ValueError(f'data.files: {path} row {row}: {field!r} is null')
-      yield text
-      row += 1
 
 
 def _documents(path: str, cfg: DataConfig) -> tuple[Iterator[str], int | None]:
@@ -114,13 +74,13 @@ def _documents(path: str, cfg: DataConfig) -> tuple[Iterator[str], int | None]:
   fmt = file_format(path)
   if fmt == '.txt':
     try:
-      with open(path, encoding='utf-8') as f:
-        text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-      raise ValueError(f'data.files: cannot read {path!r} as UTF-8 text: {e}') from e
+      with open(path, 'rb') as f:
+        text = texts.txt_text(f.read(), path, _PREFIX)
+    except OSError as e:
+      raise ValueError(f'data.files: cannot read {path!r}: {e}') from e
     return iter(split_at_line(text, cfg.val_fraction)), 1
   if fmt == '.parquet':
-    return _parquet_texts(path, cfg.text_field), None
+    return texts.parquet_texts(path, cfg.text_field, _PREFIX, _KEY, _BATCH), None
   return _jsonl_texts(path, cfg.text_field), None
 
 
@@ -205,7 +165,7 @@ def _remove_dead_builds(root: pathlib.Path) -> None:
 
 
 def _tokenize(path: str, cfg: DataConfig, tokenizer, out: pathlib.Path):
-  texts, n_train = _documents(path, cfg)
+  docs, n_train = _documents(path, cfg)
   chunks, lengths, batch = [], [], []
 
   def flush():
@@ -213,7 +173,7 @@ def _tokenize(path: str, cfg: DataConfig, tokenizer, out: pathlib.Path):
       chunks.append(ids)
       lengths.append(len(ids))
     batch.clear()
-  for text in texts:
+  for text in docs:
     batch.append(text)
     if len(batch) == _BATCH:
       flush()
