@@ -83,13 +83,13 @@ def _check_places(cfg, args, target: tpu.Tpu | None) -> None:
   """Says where the data comes from; refuses a multi-host run whose data or checkpoints
   only this machine has. TPU: the hosts of --accelerator (unknown without it: the note of
   _shared_checkpoints_note instead); SLURM: --nodes, sharing the checkout and --shared-dir."""
-  print(f'# {places.describe(cfg)}', file=sys.stderr, flush=True)
   if target is None:
     places.check(cfg, args.nodes or 1, 'slurm', [str(ROOT), *(args.shared_dir or [])])
   elif target.accelerator:
     places.check(cfg, parse_target(f'tpu:{target.accelerator}').hosts, 'tpu')
   else:
     _shared_checkpoints_note(cfg)
+  print(f'# {places.describe(cfg)}', file=sys.stderr, flush=True)
 
 
 def _slurm(args, argv: list[str], job_dir: pathlib.Path, name: str, array=None) -> int:
