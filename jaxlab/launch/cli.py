@@ -7,6 +7,7 @@
   submit      run an experiment on a Cloud TPU slice or a SLURM GPU cluster
   compile     compile every phase of a run for a TPU slice from this machine
   show        a run's resolved config, parameter counts, tokens and FLOPs, growth phases
+  prepare     tokenise a corpus once into a prepared dataset (data.source=prepared)
   report      report.md, tables and plots of a run or sweep directory
   fit         a scaling law fitted to a sweep's runs (jaxlab.scaling)
   coordcheck  the muP coordinate check
@@ -80,6 +81,11 @@ def _cmd_show(args) -> int:
   return show.main(args)
 
 
+def _cmd_prepare(args) -> int:
+  from jaxlab.launch import prepare
+  return prepare.main(args)
+
+
 def _cmd_coordcheck(args) -> int:
   from jaxlab.launch import coordcheck
   return coordcheck.main(args)
@@ -151,6 +157,32 @@ def _add_compile(sub) -> None:
                     help="skip XLA's FLOPs and step-time estimate (two more compiles per "
                     'phase, of the step with 0 and 1 layers)')
   comp.set_defaults(func=_cmd_compile)
+
+
+def _add_prepare(sub) -> None:
+  prep = sub.add_parser('prepare', help='tokenise a corpus once into a prepared dataset',
+                        description='Tokenise text files once, in parallel, into a prepared '
+                        'dataset: ArrayRecord shards of token ids and a manifest '
+                        '(docs/data.md#preparing-a-corpus); train on it with '
+                        'data.source=prepared data.path=DIR.')
+  prep.add_argument('sources', nargs='+', metavar='SRC',
+                    help='.txt (one document per file), .jsonl / .jsonl.gz (one per line), '
+                    '.parquet (one per row) files or globs, local or URLs (gs://...)')
+  prep.add_argument('--tokenizer', required=True, metavar='TOK',
+                    help="as data.tokenizer: 'byte', a SentencePiece .model, or a Hugging Face "
+                    'tokenizer.json (or a directory holding one)')
+  prep.add_argument('--out', required=True, metavar='DIR', help='a new or empty local directory')
+  prep.add_argument('--text-field', default='text', metavar='F',
+                    help="the .jsonl field / .parquet column holding the text (default 'text')")
+  prep.add_argument('--val-fraction', type=float, default=0.05, metavar='X',
+                    help='the share of documents (by a hash of their text) in the validation '
+                    'split (default 0.05)')
+  prep.add_argument('--shards', type=int, default=None, metavar='N',
+                    help='train shards (default: one per 512 MiB of source text, at least 1); '
+                    'validation gets N x X of them, at least 1')
+  prep.add_argument('--workers', type=int, default=None, metavar='W',
+                    help='tokenizer processes, one core each (default: every CPU)')
+  prep.set_defaults(func=_cmd_prepare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
   show.add_argument('experiment', help='as for run')
   show.add_argument('overrides', nargs='*', help='config overrides, e.g. model.d_model=512')
   show.set_defaults(func=_cmd_show)
+  _add_prepare(sub)
   report = sub.add_parser('report', help='report.md, tables and plots of a run or sweep')
   report.add_argument('dir')
   report.add_argument('--baseline', default=None, metavar='RUN|KEY=V1,V2',
