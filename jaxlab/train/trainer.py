@@ -260,7 +260,7 @@ class Trainer:
     self._open_run_dir()
     self._check_data(tokenizer)
     self._check_shapes()
-    val_batches = self._data(tokenizer)
+    val_sets = self._data(tokenizer)
     self._stop_if_signalled()
 
     restored, self.iterator = self.ckpt.restore_latest(
@@ -294,7 +294,7 @@ class Trainer:
     if self.run_dir.writer:
       print(self._header(), flush=True)
     edges = position_edges(cfg.data.seq_len) if tc.eval_positions else ()
-    evaluator = hooks_lib.EvalHook(val_batches, tc.eval_every, edges)
+    evaluator = hooks_lib.EvalHook(val_sets, tc.eval_every, edges)
     diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
     log = hooks_lib.LogHook(self, tc.log_every, [evaluator, diagnostics], self.step)
     profiler = hooks_lib.ProfileHook(self, profile_range(tc.profile_steps), tc.profile_process)
