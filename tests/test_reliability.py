@@ -206,6 +206,21 @@ def test_config_guard_accepts_eval_and_lr_changes_after_a_nan_stop(reference, tm
       'train.workdir': [str(reference.parent), str(tmp_path)]}}]   # a copy: its new place
 
 
+def test_a_finished_run_without_its_summary_gets_it_back(reference, tmp_path, capsys):
+  """summary.json deleted (or never written: a kill between the last checkpoint and the
+  summary): the rerun rebuilds it from metrics.jsonl instead of failing."""
+  run_dir = copy_run(reference, tmp_path / 'tiny')
+  (run_dir / 'summary.json').unlink()
+  rc, out, err = run(capsys, tmp_path)
+  assert rc == 0, err
+  assert 'already finished at step 12' in out and 'rebuilt from metrics.jsonl' in out
+  want = json.loads((reference / 'summary.json').read_text())
+  got = json.loads((run_dir / 'summary.json').read_text())
+  assert got['status'] == 'completed' and got['summary_rebuilt'] is True
+  for key in ('step', 'tokens', 'flops', 'final_loss', 'final_val_loss', 'val_tokens'):
+    assert got[key] == want[key], key
+
+
 def test_run_dir_without_checkpoints_takes_a_new_config(reference, tmp_path, capsys):
   """A failed attempt left config.json (and metrics) but no checkpoint: the corrected
   command starts afresh with a note; the earlier metrics are kept."""

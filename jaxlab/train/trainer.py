@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxlab import data as data_lib
 from jaxlab.data import identity
 from jaxlab import growth
+from jaxlab.rundir import records
 from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config.checks import check_microbatches, profile_range
 from jaxlab.config.types import Config, ConfigError
@@ -352,7 +353,7 @@ class Trainer:
       self._setup()
       if self.step >= self.total_steps:
         print(f'{self.run_dir.path} already finished at step {self.step}', flush=True)
-        return self.run_dir.read_summary() or self.summary
+        return self.run_dir.read_summary() or self._summary_from_metrics()
       return self._loop()
     except Exception as err:
       why = None if isinstance(err, (ConfigError, hooks_lib.Diverged, Preempted)) \
@@ -390,6 +391,18 @@ class Trainer:
           self.throughput.exclude(time.perf_counter() - t0)
     self.ckpt.wait()
     return self.finish('completed')
+
+  def _summary_from_metrics(self) -> dict:
+    """A finished run whose summary.json is gone (deleted, or the session was killed
+    between its last checkpoint and the summary): rebuilt from metrics.jsonl's last train
+    and eval records, and written."""
+    for rec in records.read(self.run_dir.metrics_path).objects:
+      if rec.get('step', 0) <= self.step:
+        self.last_loss = rec.get('loss', self.last_loss)
+        self.last_val = rec.get('val_loss', self.last_val)
+        self.val_tokens = rec.get('val_tokens', self.val_tokens)
+    print(f'{self.run_dir.path}: no summary.json; rebuilt from metrics.jsonl', flush=True)
+    return self.finish('completed', summary_rebuilt=True)
 
   def finish(self, status: str, **extra) -> dict:
     self.summary.update(status=status, step=self.step, tokens=self.tokens, flops=self.flops,
