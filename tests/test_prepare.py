@@ -151,9 +151,12 @@ def test_a_hugging_face_tokenizer_and_the_same_bytes_whatever_the_workers(tmp_pa
 
 
 def test_a_killed_prepare_leaves_no_dataset_and_its_rerun_writes_the_same_bytes(tmp_path):
-  """The prepare reads a FIFO, so that it is surely mid-way (shards open, chunks written)
-  when it is killed; the rerun reads the same lines from a file at that path."""
-  lines = b''.join(json.dumps({'text': d}).encode() + b'\n' for d in _docs(6000, 6))
+  """The prepare reads a FIFO, so that it is surely mid-way when it is killed: its shards
+  are open, and it has read 3 of the 4 MB (a write to a FIFO returns once all but the pipe's
+  64 KB are read), so several 1 MiB chunks went through the workers; the rerun reads the
+  same lines from a file at that path."""
+  lines = b''.join(json.dumps({'text': d}).encode() + b'\n' for d in _docs(16000, 6))
+  assert 4e6 < len(lines) < 5e6
   src, out = tmp_path / 'c.jsonl', tmp_path / 'ds'
   os.mkfifo(src)
   proc = subprocess.Popen([sys.executable, 'launch.py', 'prepare', str(src), '--tokenizer',
@@ -161,7 +164,7 @@ def test_a_killed_prepare_leaves_no_dataset_and_its_rerun_writes_the_same_bytes(
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   try:
     with open(src, 'wb') as fifo:          # opens once the prepare reads
-      fifo.write(lines[:len(lines) // 2])
+      fifo.write(lines[:3 * len(lines) // 4])
       fifo.flush()
       partial = None
       for _ in range(200):

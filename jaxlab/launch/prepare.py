@@ -12,6 +12,7 @@ bad input: one line naming the file and line (or row).
 from __future__ import annotations
 
 import pathlib
+import resource
 import time
 
 from jaxlab.config.types import ConfigError
@@ -23,7 +24,7 @@ from jaxlab.launch import outputs
 def _check_out(out: str) -> pathlib.Path:
   if '://' in out:
     raise ConfigError(f'--out {out}: a prepare writes a local directory; copy it to the bucket '
-                      'afterwards (gsutil -m cp -r), data.path reads it there')
+                      'afterwards (gcloud storage cp -r); data.path reads it there')
   return pathlib.Path(out).expanduser().absolute()
 
 
@@ -34,6 +35,12 @@ def _summary(manifest: dict) -> str:
            for name, s in splits.items()]
   n = len(manifest['sources'])
   return f'{n} source file{"s" * (n != 1)}; ' + '; '.join(parts)
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process and its finished children (the prepare's workers)."""
+  return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def main(args) -> int:
@@ -53,14 +60,15 @@ def main(args) -> int:
     if out.is_dir() and any(out.iterdir()):
       raise ConfigError(f'--out {out} is not empty and holds no prepared dataset ({prepared.MANIFEST}'
                         '): pick a new or empty directory')
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     with outputs.atomic_dir(out, option='--out') as tmp:
       manifest = engine.write(plan, tok, tmp)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
   except ValueError as err:
     raise ConfigError(str(err)) from None
   tokens = sum(sum(s['tokens']) for s in manifest['splits'].values())
   print(f'prepared {out}: {_summary(manifest)}')
   print(f'{tokens} tokens in {seconds:.2f} s with {plan.workers} worker'
-        f'{"s" * (plan.workers != 1)}: {tokens / max(seconds, 1e-9):.4g} tokens/s')
+        f'{"s" * (plan.workers != 1)}: {tokens / max(seconds, 1e-9):.4g} tokens/s; '
+        f'{cpu:.2f} CPU seconds, {tokens / max(cpu, 1e-9):.4g} tokens per CPU second')
   return 0
