@@ -20,7 +20,14 @@
    memory: the largest process's peak RSS (getrusage of the children), and the peak of
    the process tree's summed PSS (sampled every 0.2 s; PSS splits the pages the forked
    workers share with the main process, so it adds up).
-Printed as a markdown table, also written to DIR/prepare_throughput.json.
+(d) The train step's input wait on a prepared dataset: `launch.py run demo` (the demo's
+   model, d 96 x 8 layers, 16 x 128 tokens per step; its vocabulary the BPE's) for
+   --train-steps steps on the last prepare's output (data.source=prepared), and on the
+   embedded corpus with the byte tokenizer (the demo as it ships) for comparison: the
+   median over logging windows of metrics.jsonl's input_wait (the fraction of the window
+   the loop spent in next(iterator); the step before runs meanwhile, so it bounds the
+   stall from above) and of tokens/s. --train-steps 0 skips it.
+Printed as markdown tables, also written to DIR/prepare_throughput.json.
 """
 from __future__ import annotations
 
@@ -168,6 +175,35 @@ def prepare(corpus_file: pathlib.Path, tok_dir: pathlib.Path, out: pathlib.Path,
           'wall_seconds': wall, 'max_rss': result['maxrss'], 'peak_pss': peak[0]}
 
 
+def input_wait(work: pathlib.Path, data: list[str], label: str, steps: int) -> dict:
+  """A run of the demo's model on `data` overrides; the medians of its logged windows."""
+  import statistics  # pylint: disable=import-outside-toplevel
+  runs = work / 'train_runs'
+  shutil.rmtree(runs / label, ignore_errors=True)
+  cmd = [sys.executable, str(ROOT / 'launch.py'), 'run', 'demo', f'name={label}',
+         f'train.workdir={runs}', f'train.steps={steps}', 'train.eval_every=0',
+         'train.eval_batches=0', f'train.checkpoint_every={steps}', 'train.log_every=10', *data]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise SystemExit(f'{" ".join(cmd)} failed:\n{proc.stderr[-2000:]}')
+  recs = [json.loads(line) for line in (runs / label / 'metrics.jsonl').read_text().splitlines()]
+  waits = [r['input_wait'] for r in recs if r.get('input_wait') is not None]
+  rates = [r['tokens_per_sec'] for r in recs if r.get('tokens_per_sec')]
+  return {'data': label, 'steps': steps, 'windows': len(waits),
+          'input_wait': statistics.median(waits), 'input_wait_max': max(waits),
+          'tokens_per_sec': statistics.median(rates)}
+
+
+def wait_table(rows: list[dict]) -> str:
+  lines = ['| data | steps | logging windows | input wait (median) | input wait (max) | '
+           'tokens/s (median) |', '|---|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(f'| {r["data"]} | {r["steps"]} | {r["windows"]} | '
+                 f'{100 * r["input_wait"]:.2f}% | {100 * r["input_wait_max"]:.2f}% | '
+                 f'{r["tokens_per_sec"]:,.0f} |')
+  return '\n'.join(lines)
+
+
 def table(size: int, ceil: dict, runs: list[dict]) -> str:
   rate = ceil['tokens'] / ceil['seconds']
   per_cpu = ceil['tokens'] / ceil['cpu_seconds']
@@ -199,6 +235,8 @@ def main() -> None:
   ap.add_argument('--workers', default='1,2', help='the prepares to run (default 1,2)')
   ap.add_argument('--vocab', type=int, default=8000)
   ap.add_argument('--keep', action='store_true', help='keep --dir (a temporary one is removed)')
+  ap.add_argument('--train-steps', type=int, default=100,
+                  help='steps of the input-wait runs (0: skip them)')
   args = ap.parse_args()
   work = pathlib.Path(args.dir or tempfile.mkdtemp(prefix='jaxlab_prepare_bench_'))
   work.mkdir(parents=True, exist_ok=True)
@@ -216,9 +254,19 @@ def main() -> None:
             for w in args.workers.split(',')]
     text = table(corpus_file.stat().st_size, ceil, runs)
     print(text)
+    waits = []
+    if args.train_steps:
+      last = work / f'prepared_w{args.workers.split(",")[-1]}'
+      waits = [input_wait(work, ['data.source=prepared', f'data.path={last}',
+                                 f'model.vocab_size={args.vocab}'], 'prepared',
+                          args.train_steps),
+               input_wait(work, [], 'embedded', args.train_steps)]
+      print()
+      print(wait_table(waits))
     (work / 'prepare_throughput.json').write_text(json.dumps(
         {'corpus_bytes': corpus_file.stat().st_size, 'ceiling': ceil, 'prepare': runs,
-         'cpus': os.cpu_count(), 'load_average': os.getloadavg()}, indent=1))
+         'input_wait': waits, 'cpus': os.cpu_count(), 'load_average': os.getloadavg()},
+        indent=1))
   finally:
     if not args.dir and not args.keep:
       shutil.rmtree(work, ignore_errors=True)

@@ -191,7 +191,7 @@ class LogHook(Hook):
     scalars = {k: float(v) for k, v in m.items() if k not in BASE_METRICS and np.ndim(v) == 0}
     full = {'step': t.step, 'tokens': t.tokens, 'flops': t.flops,
             **{k: float(m[k]) for k in BASE_METRICS}, **scalars,
-            'tokens_per_sec': rate,
+            'tokens_per_sec': rate, 'input_wait': self.throughput.input_wait,
             'mfu': None if rate is None else flops.mfu(
                 rate * t.fpt, t.device_kind, jax.device_count()),
             'time': time.time() - t.t_start, **record}

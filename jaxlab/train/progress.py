@@ -33,11 +33,18 @@ def progress_line(record: dict, total_steps: int, eta_sec: float | None) -> str:
 
 class Throughput:
   """Tokens/s over the window between two logged steps, not counting time spent in
-  eval or checkpointing (`exclude`). The first window holds the compile: None."""
+  eval or checkpointing (`exclude`), and the fraction of that time the loop spent waiting
+  for its next batch (`waited`: the input wait). The first window holds the compile: None
+  for both."""
 
   def __init__(self):
     self._last = None
     self._excluded = 0.0
+    self._waited = 0.0
+    self.input_wait = None
+
+  def waited(self, seconds: float):
+    self._waited += seconds
 
   def exclude(self, seconds: float):
     self._excluded += seconds
@@ -46,15 +53,18 @@ class Throughput:
     """The next window holds a compile again (a growth event): it reports None."""
     self._last = None
     self._excluded = 0.0
+    self._waited = 0.0
 
   def update(self, tokens: int) -> float | None:
     now = time.perf_counter()
-    rate = None
+    rate = self.input_wait = None
     if self._last is not None:
       t0, tok0 = self._last
       busy = now - t0 - self._excluded
       if busy > 0:
         rate = (tokens - tok0) / busy
+        self.input_wait = min(self._waited / busy, 1.0)
     self._last = (now, tokens)
     self._excluded = 0.0
+    self._waited = 0.0
     return rate

@@ -367,7 +367,10 @@ class Trainer:
     tps = self.cfg.train.batch_size * self.cfg.data.seq_len
     pending = []
     while self.step < self.total_steps:
-      batch = _to_global(next(self.iterator), self.program.batch_sharding)
+      t0 = time.perf_counter()
+      host_batch = next(self.iterator)
+      self.throughput.waited(time.perf_counter() - t0)
+      batch = _to_global(host_batch, self.program.batch_sharding)
       self.state, step_metrics = self.program.train_step(self.state, batch)
       self.step += 1
       self.tokens += tps
