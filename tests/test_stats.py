@@ -166,6 +166,34 @@ def test_crossing_interval_against_scipy_t_interval():
   assert hi == math.inf and lo < est
 
 
+def test_saving_pvalue_decides_as_the_saving_interval():
+  """Holm's step-down orders and tests the savings by p-values; they must come from the
+  test the saving's interval inverts, or an 'adjusted' interval could stay open while its
+  p-value rejects (a 0.008 beside an open interval in an earlier gstack_operators
+  report). Over random 3-seed curves: the upper bound is open exactly when p >= alpha,
+  at several alphas; and p is scipy's t distribution at the statistic."""
+  from scipy import stats as scipy_stats
+  from jaxlab.report import crossing
+  rng = np.random.default_rng(11)
+  flops = np.geomspace(1e12, 8e12, 12)
+  x = np.log(flops)
+  checked, outcomes = 0, set()
+  for _ in range(120):
+    M = 3.0 - 0.4 * (x - x[0]) + rng.normal(0, rng.uniform(0.01, 0.08), (3, 12))
+    b = M[:, -1] + rng.normal(rng.uniform(-0.08, 0.02), 0.03, 3)
+    t, n = crossing.last_evaluation_t(flops, M, b)
+    p = stats.t_pvalue_of(t, n)
+    assert p == pytest.approx(2 * scipy_stats.t.sf(t, n - 1), rel=1e-9, abs=1e-15)
+    for alpha in (0.05, 0.025, 0.0125):
+      if abs(p - alpha) < 1e-6:
+        continue
+      _, _, hi = crossing.crossing_interval(flops, M, b, stats.t_quantile(n, 1 - alpha))
+      assert (hi == math.inf) == (p >= alpha), (p, alpha, hi)
+      checked += 1
+      outcomes.add(hi == math.inf)
+  assert checked > 300 and outcomes == {True, False}
+
+
 def test_holm_adjusted_intervals_by_hand():
   """Three methods against one baseline. p-values from scipy's paired t-test (an outside
   implementation); Holm by hand: sorted, the first is tested at 0.05 / 3, the second at

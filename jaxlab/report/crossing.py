@@ -131,13 +131,10 @@ def crossing_flops(flops_E, curves_RxE, targets_R, breaks=()) -> np.ndarray:
   return out
 
 
-def crossing_interval(flops_E, method_SxE, base_final_S, t_crit: float, breaks=()):
-  """(estimate, lo, hi) in FLOPs for paired seeds: the seed-mean method curve's first
-  crossing of the seed-mean baseline final, and the calibration interval described in the
-  module docstring (critical value `t_crit`, n - 1 degrees of freedom). lo = 0 / hi = inf
-  where it reaches the first / last evaluation. estimate nan when the mean never crosses
-  (the spread is then read at the last evaluation, and the bounds say what the data
-  cannot exclude)."""
+def _paired_gaps(flops_E, method_SxE, base_final_S, breaks):
+  """(estimate, log-FLOPs grid G, seed-mean gap G, its standard error at the estimate):
+  seed k's method curve minus its baseline final, read on the grid; None when fewer than
+  two seeds or evaluations leave no spread to read."""
   flops = np.asarray(flops_E, dtype=np.float64)
   M = np.asarray(method_SxE, dtype=np.float64)
   b = np.asarray(base_final_S, dtype=np.float64)
@@ -146,12 +143,25 @@ def crossing_interval(flops_E, method_SxE, base_final_S, t_crit: float, breaks=(
   n = M.shape[0]
   estimate = float(crossing_flops(flops, M.mean(axis=0)[None], [b.mean()], breaks)[0])
   if n < 2 or len(flops) < 2:
-    return estimate, np.nan, np.nan
+    return estimate, None
   grid, W = _grid_weights(tuple(np.log(flops)), _log_breaks(breaks))
   D = M @ W.T - b[:, None]        # S x G: seed k's method curve minus its baseline final
   at = GRID - 1 if not np.isfinite(estimate) else int(np.argmin(np.abs(grid - np.log(estimate))))
-  half = t_crit * D[:, at].std(ddof=1) / np.sqrt(n)
-  accept = np.abs(D.mean(axis=0)) <= half
+  return estimate, (grid, D.mean(axis=0), D[:, at].std(ddof=1) / np.sqrt(n), n)
+
+
+def crossing_interval(flops_E, method_SxE, base_final_S, t_crit: float, breaks=()):
+  """(estimate, lo, hi) in FLOPs for paired seeds: the seed-mean method curve's first
+  crossing of the seed-mean baseline final, and the calibration interval described in the
+  module docstring (critical value `t_crit`, n - 1 degrees of freedom). lo = 0 / hi = inf
+  where it reaches the first / last evaluation. estimate nan when the mean never crosses
+  (the spread is then read at the last evaluation, and the bounds say what the data
+  cannot exclude)."""
+  estimate, gaps = _paired_gaps(flops_E, method_SxE, base_final_S, breaks)
+  if gaps is None:
+    return estimate, np.nan, np.nan
+  grid, mean_G, se, _ = gaps
+  accept = np.abs(mean_G) <= t_crit * se
   if not accept.any():
     return estimate, estimate, estimate      # nan when the mean never crosses either
   i, j = np.flatnonzero(accept)[[0, -1]]
@@ -160,3 +170,18 @@ def crossing_interval(flops_E, method_SxE, base_final_S, t_crit: float, breaks=(
   if not np.isfinite(estimate):
     return estimate, lo, hi
   return estimate, min(lo, estimate), max(hi, estimate)
+
+
+def last_evaluation_t(flops_E, method_SxE, base_final_S, breaks=()) -> tuple[float, int]:
+  """(|t|, n): the interval's test statistic at the method's last evaluation (the
+  baseline's FLOPs, where 'no saving' puts the crossing): |mean gap there| over the
+  standard error read at the estimate. crossing_interval's upper bound is open exactly
+  when |t| <= t_crit, so a p-value from this t decides as the interval does (Holm's
+  step-down over savings needs that). (nan, n) without spread."""
+  _, gaps = _paired_gaps(flops_E, method_SxE, base_final_S, breaks)
+  if gaps is None:
+    return np.nan, np.asarray(method_SxE).shape[0]
+  _, mean_G, se, n = gaps
+  if se == 0:
+    return (np.inf if mean_G[-1] != 0 else 0.0), n
+  return float(abs(mean_G[-1]) / se), n

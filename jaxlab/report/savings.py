@@ -102,11 +102,15 @@ def _crossing_rows(base: Curves, method: Curves, confidence: float) -> dict:
 
 
 def _saving_pvalue(base: Curves, method: Curves) -> float:
-  """The t-test of 'no saving': the method's seed curves at its last evaluation (the
-  baseline's FLOPs, where the runs end) minus the baseline's finals, paired."""
+  """The p-value of 'no saving' from the test the saving's interval inverts (the gap at
+  the method's last evaluation, the baseline's FLOPs, over the seeds' spread at the
+  crossing: crossing.last_evaluation_t), so that Holm's step-down and the adjusted
+  intervals decide alike."""
   common = [k for k in method.seeds if k in base.seeds]
-  return stats.t_pvalue([method.val_BxE[method.seeds.index(k), -1] -
-                         base.val_BxE[base.seeds.index(k), -1] for k in common])
+  M = method.val_BxE[[method.seeds.index(k) for k in common]]
+  b = base.val_BxE[[base.seeds.index(k) for k in common], -1]
+  t, n = crossing.last_evaluation_t(method.flops, M, b, method.breaks)
+  return stats.t_pvalue_of(t, n)
 
 
 def method_rows(runs: list[Run], baseline: str) -> tuple[list[dict], float]:

@@ -94,6 +94,14 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
   return Interval(mean, half, len(xs))
 
 
+def t_pvalue_of(t: float, n: int) -> float:
+  """Two-sided p-value of a t statistic with n - 1 degrees of freedom (1.0 for n < 2 or
+  a nan t)."""
+  if n < 2 or math.isnan(t):
+    return 1.0
+  return float(2 * special.stdtr(n - 1, -abs(t)))
+
+
 def t_pvalue(values: Sequence[float]) -> float:
   """Two-sided p-value of Student's t-test that the finite `values` have mean 0 (1.0 with
   fewer than 2 values or no spread)."""
