@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""jaxlab launcher: python launch.py {run,sweep,grow,export,submit,compile,report,coordcheck,
-steplaw} ... (`python launch.py --help`; the commands are jaxlab/launch/)."""
+"""jaxlab launcher: python launch.py {run,sweep,grow,export,submit,compile,show,prepare,
+report,fit,coordcheck,steplaw} ... (`python launch.py --help`; the commands are
+jaxlab/launch/)."""
 import sys
 
 from jaxlab.launch.cli import main
