@@ -2,8 +2,8 @@
 trains, is killed with -9 and resumes bit for bit, its realised proportions in the eval
 records; a mixture's draws at the dataset level (weights, seeds, resumed state); lanes;
 the refusals (one line, exit 2, before any compile); a changed manifest on resume; and
-submit's multi-host check. The datasets are written with jaxlab.data.prepared's writer
-(tests/prepared_data.py), not `launch.py prepare`."""
+submit's multi-host check. Dataset a is made by `launch.py prepare`, b with
+jaxlab.data.prepared's writer alone (tests/prepared_data.py)."""
 import json
 import shutil
 import signal
@@ -26,10 +26,17 @@ RUN = ['train.steps=60', 'train.checkpoint_every=10', 'train.eval_every=20',
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
+  """Dataset a made by `launch.py prepare` from a .jsonl file (the whole chain: prepare ->
+  train -> kill -9 -> resume), b by the format's writer alone."""
+  from jaxlab.launch import cli
   root = tmp_path_factory.mktemp('prepared')
-  a = prepared_data.write(root / 'a', prepared_data.texts(300, 0, prefix='A '))
+  source = root / 'a.jsonl'
+  source.write_text(''.join(json.dumps({'text': t}) + '\n'
+                            for t in prepared_data.texts(300, 0, prefix='A ')))
+  assert cli.main(['prepare', str(source), '--tokenizer', 'byte', '--out', str(root / 'a'),
+                   '--val-fraction', '0.1', '--shards', '2', '--workers', '1']) == 0
   b = prepared_data.write(root / 'b', prepared_data.texts(300, 1, words=60, prefix='B '))
-  return root, a, b
+  return root, root / 'a', b
 
 
 def _mixture(a, b):
