@@ -10,7 +10,7 @@ import sys
 from jaxlab.config import loading
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-COMMANDS = ('run', 'sweep', 'grow', 'export', 'submit', 'compile', 'show', 'report', 'fit',
+COMMANDS = ('run', 'sweep', 'grow', 'export', 'submit', 'compile', 'show', 'prepare', 'report', 'fit',
             'coordcheck', 'steplaw')
 
 

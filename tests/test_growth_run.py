@@ -103,7 +103,7 @@ def test_grown_optimizer_state_continues_the_schedule(grown, tmp_path):
   proc = launch('run', 'tiny', *GROW, 'growth.optimizer=grow', workdir=tmp_path)
   assert proc.returncode == 0, proc.stderr
   with_grow, with_reset = steps_of(tmp_path / 'tiny'), steps_of(grown)
-  assert with_grow[:8] == [dict(r, time=with_grow[i]['time'],
+  assert with_grow[:8] == [dict(r, time=with_grow[i]['time'], input_wait=with_grow[i]['input_wait'],
                                 tokens_per_sec=with_grow[i]['tokens_per_sec'])
                            for i, r in enumerate(with_reset[:8])]
   from jaxlab.config import OptimConfig
