@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from cli_runs import ROOT, steps_of
+from test_tensorboard import read_scalars
 from jaxlab.config import ConfigError, load
 
 pytest.importorskip('wandb')
@@ -105,6 +106,12 @@ def test_wandb_logs_what_metrics_jsonl_holds_resumes_its_run_and_never_writes_th
   resumed = steps_of(run_dir)             # metrics.jsonl: steps 11-20 from the second session
   assert again == {r['step']: numbers(r) for r in resumed[10:]}
   assert [again[s]['loss'] for s in range(11, 21)] == [logged[s]['loss'] for s in range(11, 21)]
+  # TensorBoard, as it reads the two sessions' files: every number of metrics.jsonl at
+  # float32 precision, the first session's steps past 10 hidden by the second's start.
+  board = read_scalars(run_dir / 'tensorboard')
+  assert sorted(board) == list(range(1, 21))
+  for r in resumed:
+    assert board[r['step']] == pytest.approx(numbers(r), rel=1e-6), r['step']
 
   # The API key is W&B's to read from the environment; jaxlab writes it nowhere.
   for path in tmp_path.rglob('*'):

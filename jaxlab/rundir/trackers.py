@@ -4,9 +4,10 @@ metrics.jsonl (jaxlab.rundir.records, written through RunDir) is the run's recor
 reports, the scaling fits and a resume read it, so `jsonl` is always among the trackers.
 The others mirror each logged record, on process 0 only:
 
-  tensorboard   tensorboardX event files in <run dir>/tensorboard/ (no TensorFlow needed);
-                purge_step hides what an interrupted session logged past the checkpoint
-                the next one resumed from, as metrics.jsonl is cut back.
+  tensorboard   TensorBoard event files in <run dir>/tensorboard/ (tensorboardX's writer
+                and protos, no TensorFlow needed), written and flushed at each log;
+                a session's SessionLog START hides what an interrupted session logged past
+                the checkpoint the next one resumed from, as metrics.jsonl is cut back.
   wandb         Weights & Biases through its own library (the [wandb] extra): project
                 train.wandb_project, entity train.wandb_entity, files in <run dir>/wandb/.
                 The W&B run id is train.wandb_run_id, or one drawn at the run's first start
@@ -23,6 +24,7 @@ import math
 import pathlib
 import secrets
 import sys
+import time
 
 from jaxlab.rundir.layout import TENSORBOARD, WANDB_DIR, WANDB_ID_FILE
 
@@ -37,30 +39,53 @@ class Tracker:
     pass
 
 
-def _summary_writer_class():
-  """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch when
-  it is installed, only to accept torch tensors; jaxlab logs Python floats, and the import
-  cost every run 2-3 s at start. A None in sys.modules makes that import fail as if torch
-  were absent; it is taken out again at once (later `import torch`s are unaffected)."""
+def _tensorboardx():
+  """tensorboardX, imported without torch. tensorboardX imports torch when it is
+  installed, only to accept torch tensors; jaxlab logs Python floats, and the import cost
+  every run 2-3 s at start. A None in sys.modules makes that import fail as if torch were
+  absent; it is taken out again at once (later `import torch`s are unaffected)."""
   if 'tensorboardX' in sys.modules or 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
+    import tensorboardX
+    return tensorboardX
   sys.modules['torch'] = None
   try:
-    from tensorboardX import SummaryWriter
+    import tensorboardX
   finally:
     del sys.modules['torch']
-  return SummaryWriter
+  return tensorboardX
 
 
 class TensorBoard(Tracker):
+  """Event files written and flushed in the logging thread, with tensorboardX's
+  EventsWriter and its protos. Not through SummaryWriter: its events pass through a
+  bounded queue to a writer thread, and when a full disk killed that thread, the queue
+  filled and the run hung in put() for good; here the write's OSError reaches the trainer,
+  which reports the full disk in one line (jaxlab.train.storage). As SummaryWriter's
+  purge_step does, a session starts its file with a SessionLog START at resume_step + 1,
+  which hides what an interrupted session logged past that step."""
+
   def __init__(self, run_path: pathlib.Path, resume_step: int):
-    SummaryWriter = _summary_writer_class()
-    self._writer = SummaryWriter(str(run_path / TENSORBOARD), purge_step=resume_step + 1)
+    tbx = _tensorboardx()
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    directory = run_path / TENSORBOARD
+    directory.mkdir(parents=True, exist_ok=True)
+    self._Event, self._scalar = Event, tbx.summary.scalar
+    # The file is named by the second it opened; the suffix (nanoseconds) keeps two
+    # sessions within one second apart, and in order, where the name alone would let
+    # the second overwrite the first.
+    self._writer = EventsWriter(str(directory / 'events'), f'.{time.time_ns()}')
+    start = resume_step + 1
+    self._writer.write_event(Event(step=start, file_version='brain.Event:2'))
+    self._writer.write_event(Event(step=start, session_log=SessionLog(status=SessionLog.START)))
+    self._writer.flush()
 
   def log(self, step, scalars):
+    now = time.time()
     for key, value in scalars.items():
-      self._writer.add_scalar(key, value, step)
+      self._writer.write_event(self._Event(wall_time=now, step=step,
+                                           summary=self._scalar(key, value)))
+    self._writer.flush()
 
   def close(self):
     self._writer.close()
