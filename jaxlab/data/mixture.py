@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 
 import grain
 import numpy as np
@@ -82,15 +81,10 @@ def resolve(cfg: DataConfig) -> DataConfig:
   return cfg
 
 
-def manifest_sha256(path: str) -> str:
-  from etils import epath   # pylint: disable=import-outside-toplevel -- as prepared.py does
-  return hashlib.sha256((epath.Path(path) / prepared.MANIFEST).read_bytes()).hexdigest()
-
-
 def identity(cfg: DataConfig) -> list[dict]:
   """Each dataset's identity: where it was, its manifest's SHA-256 (the shards' documents
   and token counts, the sources' hashes, the tokenizer) and tokenizer fingerprint."""
-  return [{'path': path, 'weight': weight, 'manifest_sha256': manifest_sha256(path),
+  return [{'path': path, 'weight': weight, 'manifest_sha256': prepared.manifest_sha256(path),
            'tokenizer': manifest['tokenizer']['fingerprint']}
           for (path, weight), manifest in zip(datasets(cfg), manifests(cfg))]
 

@@ -36,8 +36,9 @@ import time
 import zlib
 
 import numpy as np
+from etils import epath
 
-from jaxlab.config.types import DataConfig
+from jaxlab.config.types import DataConfig, is_url
 from jaxlab.data import prepared, texts
 from jaxlab.data.tokenizers import HFTokenizer, SentencePieceTokenizer, make_tokenizer
 
@@ -68,21 +69,12 @@ class Plan:
   workers: int
 
 
-def _epath(path: str):
-  from etils import epath   # pylint: disable=import-outside-toplevel
-  return epath.Path(path)
-
-
-def _remote(path: str) -> bool:
-  return '://' in path
-
-
 def _matches(pattern: str) -> list[str]:
-  if not _remote(pattern):
+  if not is_url(pattern):
     return glob.glob(os.path.expanduser(pattern), recursive=True)
   parts = pattern.split('/')
   k = next(i for i, p in enumerate(parts) if glob.has_magic(p))
-  return [str(p) for p in _epath('/'.join(parts[:k])).glob('/'.join(parts[k:]))]
+  return [str(p) for p in epath.Path('/'.join(parts[:k])).glob('/'.join(parts[k:]))]
 
 
 def expand(patterns: list[str]) -> tuple[Source, ...]:
@@ -91,18 +83,18 @@ def expand(patterns: list[str]) -> tuple[Source, ...]:
   paths = set()
   for pattern in patterns:
     if glob.has_magic(pattern):
-      found = [p for p in _matches(pattern) if not _epath(p).is_dir()]
+      found = [p for p in _matches(pattern) if not epath.Path(p).is_dir()]
       if not found:
         raise ValueError(f'{PREFIX}: {pattern!r} matches no file')
     else:
       found = [pattern]
     for path in found:
-      paths.add(path if _remote(path) else os.path.abspath(os.path.expanduser(path)))
+      paths.add(path if is_url(path) else os.path.abspath(os.path.expanduser(path)))
   out = []
   for path in sorted(paths):
     fmt = texts.file_format(path, PREFIX)
     try:
-      stat = _epath(path).stat()
+      stat = epath.Path(path).stat()
     except FileNotFoundError:
       raise ValueError(f'{PREFIX}: no such file: {path}') from None
     except (OSError, ImportError) as err:
@@ -215,13 +207,13 @@ def _line_chunks(stream, path: str):
 def _tasks(source: Source, field: str):
   """The chunks of one source, then its _End."""
   try:
-    with _epath(source.path).open('rb') as raw:
+    with epath.Path(source.path).open('rb') as raw:
       file = _Hashed(raw)
       if source.fmt == '.txt':
         yield 'txt', source.path, 1, file.read()
       elif source.fmt == '.parquet':
         file.drain()
-        with _epath(source.path).open('rb') as f:
+        with epath.Path(source.path).open('rb') as f:
           for row, batch in texts.parquet_batches(f, source.path, field, PREFIX, KEY, _ROWS):
             yield 'texts', source.path, row, batch
       elif source.fmt == '.jsonl.gz':
@@ -239,7 +231,7 @@ def source_hashes(plan: Plan) -> list[str]:
   """Each source's SHA-256, read through once."""
   out = []
   for source in plan.sources:
-    with _epath(source.path).open('rb') as raw:
+    with epath.Path(source.path).open('rb') as raw:
       file = _Hashed(raw)
       file.drain()
     out.append(file.sha256.hexdigest())
@@ -370,7 +362,7 @@ def write(plan: Plan, tok, out) -> dict:
               'val_fraction': plan.val_fraction, 'sources': writer.sources,
               'splits': writer.close()}
   text = json.dumps(manifest, sort_keys=True, indent=1) + '\n'
-  (_epath(str(out)) / prepared.MANIFEST).write_text(text)   # last: now it is a dataset
+  (epath.Path(str(out)) / prepared.MANIFEST).write_text(text)   # last: now it is a dataset
   return manifest
 
 

@@ -28,6 +28,7 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 FORMAT = 'jaxlab-prepared'
 VERSION = 1
@@ -92,16 +93,11 @@ class ShardWriter:
     return {'shards': self.names, 'documents': self.documents, 'tokens': self.tokens}
 
 
-def _epath(path: str):
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  return epath.Path(path)
-
-
 def read_manifest(path: str, key: str = 'data.path') -> dict[str, Any]:
   """The manifest of the prepared dataset at `path` (local or a URL etils.epath reads);
   ValueError, one line naming `key` and the path, when it is not one."""
   try:
-    text = (_epath(path) / MANIFEST).read_text()
+    text = (epath.Path(path) / MANIFEST).read_text()
   except FileNotFoundError:
     raise ValueError(f'{key}={path!r} is not a prepared dataset (no {MANIFEST}: make one '
                      'with `launch.py prepare`; a prepare that did not finish leaves none)'
@@ -122,6 +118,11 @@ def read_manifest(path: str, key: str = 'data.path') -> dict[str, Any]:
   return manifest
 
 
+def manifest_sha256(path: str) -> str:
+  """The SHA-256 of the dataset's manifest.json bytes: what the dataset is."""
+  return hashlib.sha256((epath.Path(path) / MANIFEST).read_bytes()).hexdigest()
+
+
 class SplitDocuments(Sequence):
   """One split of a prepared dataset: item i is document i's token ids (int32), the
   shards read one after another in the manifest's order."""
@@ -134,7 +135,7 @@ class SplitDocuments(Sequence):
     entry = manifest['splits'][split]
     self._dtype = manifest['dtype']
     self.n_tokens = int(sum(entry['tokens']))
-    paths = [str(_epath(path) / name) for name, n in zip(entry['shards'], entry['documents'])
+    paths = [str(epath.Path(path) / name) for name, n in zip(entry['shards'], entry['documents'])
              if n]
     self._source = grain.sources.ArrayRecordDataSource(paths) if paths else []
 

@@ -111,8 +111,7 @@ def t_pvalue(values: Sequence[float]) -> float:
   sd = statistics.stdev(xs)
   if sd == 0:
     return 0.0 if statistics.fmean(xs) != 0 else 1.0
-  t = abs(statistics.fmean(xs)) / (sd / math.sqrt(len(xs)))
-  return float(2 * special.stdtr(len(xs) - 1, -t))
+  return t_pvalue_of(statistics.fmean(xs) / (sd / math.sqrt(len(xs))), len(xs))
 
 
 def holm(p_values: Sequence[float], confidence: float = CONFIDENCE) -> list[tuple[float, float]]:

@@ -26,6 +26,7 @@ import secrets
 import sys
 import time
 
+from jaxlab.rundir import atomic
 from jaxlab.rundir.layout import TENSORBOARD, WANDB_DIR, WANDB_ID_FILE
 
 TRACKERS = ('jsonl', 'tensorboard', 'wandb')
@@ -97,9 +98,7 @@ def wandb_run_id(run_path: pathlib.Path, configured: str) -> str:
   stored = json.loads(path.read_text())['id'] if path.exists() else None
   run_id = configured or stored or secrets.token_hex(4)
   if run_id != stored:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps({'id': run_id}) + '\n')
-    tmp.replace(path)
+    atomic.replace(path, json.dumps({'id': run_id}) + '\n')
   return run_id
 
 
