@@ -210,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help='run J points at a time, each in its own process (default 1: one '
                      'after another in this process); for CPUs: on a GPU or TPU keep 1, '
                      'each process takes the whole accelerator')
+  sweep.add_argument('--population', type=int, default=None, metavar='K',
+                     help='train points that share every shape and the growth plan as one '
+                     'program, K at most per program (seeds, optim.lr and optim.weight_decay '
+                     "may differ); default: the experiment's POPULATION, else 1 (each point "
+                     'on its own)')
   submit_options.add_options(sweep, sweep=True)
   sweep.set_defaults(func=_cmd_sweep)
   grow = sub.add_parser('grow', help='grow a checkpoint or an HF model into a new run')

@@ -100,3 +100,18 @@ def sweep_configs(experiment: str, grid_items: list[str], overrides: list[str],
 def _get(cfg, dotted: str):
   section, key = dotted.split('.')
   return getattr(getattr(cfg, section), key)
+
+
+def population_size(experiment: str, given: int | None) -> int:
+  """--population, else the experiment's POPULATION, else 1; ConfigError below 1."""
+  size = given
+  where = f'--population {given}'
+  if size is None:
+    module = None if (pathlib.Path(experiment) / config_lib.CONFIG_FILE).is_file() else \
+        config_lib.load_module(experiment)
+    size = getattr(module, 'POPULATION', 1)
+    where = f'POPULATION={size!r} in {experiment!r}'
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ConfigError(f'{where} must be an integer >= 1 (the most points one program trains '
+                      'together; 1 trains each point on its own)')
+  return size

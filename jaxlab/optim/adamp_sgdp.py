@@ -126,7 +126,7 @@ def _entries(params) -> jax.Array:
 
 def _decay(updates, params, fired, weight_decay, wd_ratio, scale, mask):
   """updates + weight_decay * scale * (wd_ratio where projected, else 1) * p, masked."""
-  if weight_decay == 0:
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0:   # an array: a population's
     return updates
   masks = jax.tree.map(lambda _: True, params) if mask is None else (
       mask(params) if callable(mask) else mask)

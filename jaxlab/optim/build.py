@@ -182,7 +182,9 @@ def _optimizer(cfg: OptimConfig, schedule, weight_decay: float, layout):
   if 'weight_decay' in takes:
     kwargs['weight_decay'] = weight_decay
   tx = factory(schedule, **kwargs)
-  if 'weight_decay' not in takes and weight_decay > 0:
+  # weight_decay is an array inside a population's step (jaxlab.train.population_program)
+  if 'weight_decay' not in takes and not (isinstance(weight_decay, (int, float))
+                                          and weight_decay <= 0):
     tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
   return tx
 

@@ -73,7 +73,7 @@ class Program:
                       self.shardings)
 
 
-def _schedules(cfg: Config, phases: list, k: int):
+def schedules(cfg: Config, phases: list, k: int):
   """(optimizer schedule, global-step lr schedule) for phase k."""
   steps = cfg.train.steps
   if k == 0 or cfg.growth.optimizer == 'grow' or phases[k].event == 'context':
@@ -125,7 +125,7 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
   phases = phases if phases is not None else growth.phases(cfg)
   model_cfg = phases[phase].model
   model = Transformer(model_cfg)
-  schedule, lr_schedule = _schedules(cfg, phases, phase)
+  schedule, lr_schedule = schedules(cfg, phases, phase)
   tx = make_optimizer(cfg.optim, model_cfg, schedule, seed=cfg.train.seed,
                       trainable=trainable_rows(cfg, phases, phase))
   # Inside a V-cycle the state also holds the params of every finer level (to interpolate

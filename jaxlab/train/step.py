@@ -95,9 +95,11 @@ def sum_over_microbatches(fn, batch, microbatches: int):
   return jax.lax.scan(body, zeros, pieces)[0]
 
 
-def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gate_fn=_no_gate,
-                    weight_stats: bool = False, microbatches: int = 1):
-  """lr_schedule: global step -> lr (logged only; the optimizer holds its own schedule).
+def train_step_fn(model, tx, lr_schedule, mesh, gate_fn=_no_gate, weight_stats: bool = False,
+                  microbatches: int = 1):
+  """The train step as a plain function (state, batch) -> (state, metrics), to jit
+  (make_train_step) or to vmap over a population (jaxlab.train.population_program).
+  lr_schedule: global step -> lr (logged only; the optimizer holds its own schedule).
   gate_fn: global step -> per-layer gate for the model (growth's ramp) or None.
   weight_stats: also return the weight diagnostics (train.weight_stats).
   microbatches: train.microbatches (gradient accumulation, the module docstring)."""
@@ -112,7 +114,7 @@ def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gat
 
   def train_step(state: TrainState, batch):
     gate = gate_fn(state.step)
-    with activation_rules(batch_sharding.mesh):
+    with activation_rules(mesh):
       loss, grads = loss_and_grads(state.params, batch, gate)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -124,7 +126,14 @@ def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gat
     if fired is not None:   # AdamP / SGDP: share of param entries projected this step
       metrics['proj_fired'] = fired
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return train_step
 
+
+def make_train_step(model, tx, lr_schedule, state_shardings, batch_sharding, gate_fn=_no_gate,
+                    weight_stats: bool = False, microbatches: int = 1):
+  """train_step_fn jitted over the state's and the batch's shardings; donates the state."""
+  train_step = train_step_fn(model, tx, lr_schedule, batch_sharding.mesh, gate_fn,
+                             weight_stats, microbatches)
   batch_shardings = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
   return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, None), donate_argnums=0)

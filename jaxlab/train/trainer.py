@@ -86,6 +86,10 @@ class Trainer:
     self.logged: dict | None = None    # the newest record written to metrics.jsonl
     self.summary: dict = {}
     self.changes = None                # config changes accepted on resume (RunDir)
+    # A population's member (jaxlab.train.population) takes its programs and its state
+    # after a growth event from the population: step -> Program, and state -> state.
+    self.program_source = None
+    self.enter_state = None
 
   def __enter__(self):
     return self
@@ -190,6 +194,8 @@ class Trainer:
                        'trains from random weights')
 
   def program_at(self, step: int) -> Program:
+    if self.program_source is not None:
+      return self.program_source(step)
     k = growth.phase_index(self.phases, step)
     if k not in self.programs:
       self.programs[k] = build_program(self.cfg, self.mesh, k, self.phases)
@@ -251,27 +257,42 @@ class Trainer:
             for name, weight, batches in sets]
 
   def _setup(self):
-    cfg, tc = self.cfg, self.cfg.train
+    self._prepare()
+    restored = self._restore(self.restore_at)
+    self._begin(restored, None if restored else self.program_at(0).init_state)
+
+  def _prepare(self):
+    """Every check and the run directory, before any state exists."""
     try:
-      tokenizer = data_lib.make_tokenizer(cfg.data)
+      tokenizer = data_lib.make_tokenizer(self.cfg.data)
     except ValueError as err:
       raise ConfigError(str(err)) from None
     self._preflight(tokenizer)
-    self.phases = growth.phases(cfg)   # the growth plan's own checks (sizes, timing)
+    self.phases = growth.phases(self.cfg)   # the growth plan's own checks (sizes, timing)
     self._open_run_dir()
     self._check_data(tokenizer)
     self._check_shapes()
-    val_sets = self._data(tokenizer)
+    self.val_sets = self._data(tokenizer)
+    self.tokenizer = tokenizer
     self._stop_if_signalled()
 
+  def _restore(self, at_most: int | None):
+    """The newest verified checkpoint at or before at_most (None: any), or None; sets the
+    data iterator to match. Checkpoints after it are set aside (kept, never restored)."""
     restored, self.iterator = self.ckpt.restore_latest(
-        lambda s: self.program_at(s).abstract_state, self.make_iterator, self.restore_at)
-    superseded = [] if self.restore_at is None else self.ckpt.set_aside_after(self.restore_at)
-    if restored is None and cfg.growth.source:
+        lambda s: self.program_at(s).abstract_state, self.make_iterator, at_most)
+    self.superseded = [] if at_most is None else self.ckpt.set_aside_after(at_most)
+    if restored is None and self.cfg.growth.source:
       raise self._grown_without_checkpoint()
+    return restored
+
+  def _begin(self, restored, init):
+    """The run directory put in the state of `restored` (or a fresh start, whose state
+    init() makes), then the hooks."""
+    cfg, tc = self.cfg, self.cfg.train
     if restored is None:
       self.program = self.program_at(0)
-      self.state = self.program.init_state()
+      self.state = init()
       self.run_dir.start_fresh()
       self.run_dir.write_provenance(self.origin)
     else:
@@ -279,15 +300,15 @@ class Trainer:
       self.tokens, self.flops = int(restored.meta['tokens']), float(restored.meta['flops'])
       self.program = self.program_at(self.step)
       self._fit_iterator()
-      copies = self.run_dir.keep_copies() if superseded else []
+      copies = self.run_dir.keep_copies() if self.superseded else []
       self.run_dir.resume_metrics(self.step, restored.record)
       new_length = self.changes and self.changes.new_length   # a changed train.steps
-      print(length.describe(new_length, self.run_dir.path, self.step, superseded, copies)
+      print(length.describe(new_length, self.run_dir.path, self.step, self.superseded, copies)
             if new_length else f'resuming {self.run_dir.path} from step {self.step}', flush=True)
     self.run_dir.write_config(cfg, self.changes, fresh=restored is None, step=self.step)
     if restored is None or (self.changes and self.changes.changes.get('data')) or \
         self.run_dir.read_data_identity() is None:   # a fresh start, an accepted change
-      self.run_dir.write_data_identity(identity.describe(cfg.data, tokenizer))
+      self.run_dir.write_data_identity(identity.describe(cfg.data, self.tokenizer))
     self._stop_if_signalled()
 
     self.device_kind = jax.devices()[0].device_kind
@@ -295,7 +316,7 @@ class Trainer:
     if self.run_dir.writer:
       print(self._header(), flush=True)
     edges = position_edges(cfg.data.seq_len) if tc.eval_positions else ()
-    evaluator = hooks_lib.EvalHook(val_sets, tc.eval_every, edges)
+    evaluator = hooks_lib.EvalHook(self.val_sets, tc.eval_every, edges)
     diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
     log = hooks_lib.LogHook(self, tc.log_every, [evaluator, diagnostics], self.step)
     profiler = hooks_lib.ProfileHook(self, profile_range(tc.profile_steps), tc.profile_process)
@@ -335,7 +356,7 @@ class Trainer:
   def enter_phase(self, step: int):
     """The growth plan's transition into the phase that holds `step` (GrowthHook)."""
     self.program = self.program_at(step)
-    self.state = self.program.enter(self.state)
+    self.state = (self.enter_state or self.program.enter)(self.state)
     self._fit_iterator()
     self._measure_model()
 
