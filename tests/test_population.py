@@ -149,3 +149,19 @@ def test_bad_population_options_are_one_line(extra, message, capsys, tmp_path):
                  f'train.workdir={tmp_path}'])
   err = capsys.readouterr().err
   assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_population_that_does_not_fit_names_the_most_that_would(tmp_path, monkeypatch):
+  from jaxlab import growth
+  from jaxlab.parallel import make_mesh
+  from jaxlab.train import population_program as pp
+  cfgs = [load(STEPS + [f'optim.lr={lr}'], f'pop{k}', tmp_path)
+          for k, lr in enumerate(['1e-3', '3e-3', '1e-2', '3e-2'])]
+  program = pp.build_population_program(cfgs[0], make_mesh(cfgs[0].mesh), 4, 0,
+                                        growth.phases(cfgs[0]))
+  _, need = pp.compile_step(program, pp.hyper_arrays(cfgs))
+  monkeypatch.setattr(pp, 'device_memory', lambda: (int(need * 0.6), 'a test device'))
+  with pytest.raises(ConfigError, match=r'--population 4: one program of 4 members needs .* '
+                     r'more than a test device .*; at most 2 member\(s\) fit \(--population 2\)'):
+    train_population(cfgs)
+  assert not any(any((tmp_path / f'pop{k}').glob('checkpoints/*')) for k in range(4))

@@ -23,7 +23,7 @@ import time
 import jax
 
 from jaxlab import growth
-from jaxlab.config.types import Config
+from jaxlab.config.types import Config, ConfigError
 from jaxlab.parallel import initialize_distributed
 from jaxlab.train import hooks as hooks_lib
 from jaxlab.train import population_program as pp
@@ -79,6 +79,7 @@ class Population:
         break
       at = min(steps)
     self.step = steps.pop()
+    self._compile_and_check_memory()
     self.program = self.program_at(self.step)
     if restored[0] is None:
       fresh = pp.unstack(pp.init_states(self.program, self.cfgs), len(self.members))
@@ -91,6 +92,25 @@ class Population:
                                 self.program.shardings)
     print(f'population of {len(self.members)}: one program for '
           f'{", ".join(str(m.run_dir.path) for m in self.members)}', flush=True)
+
+  def _compile_and_check_memory(self):
+    """Every phase's population step compiled now (before any state exists), each checked
+    against the device's memory: a population that cannot fit stops with one line naming
+    the most members that would (the step's bytes grow in proportion to K)."""
+    limit, what = pp.device_memory()
+    size = len(self.members)
+    self.compiled = {}
+    for k in range(growth.phase_index(self.phases, self.step), len(self.phases)):
+      phase = self.phases[k]
+      program = self.program_at(phase.start_step)
+      self.compiled[k], need = pp.compile_step(program, self.hyper)
+      if need > limit:
+        fits = int(limit // (need / size))
+        raise ConfigError(
+            f'--population {size}: one program of {size} members needs '
+            f'{need / 2 ** 30:.2f} GiB for {growth.plan.describe(phase.model)}, more than '
+            f'{what} ({limit / 2 ** 30:.2f} GiB); at most {fits} member(s) fit '
+            f'(--population {max(fits, 1)}' + (')' if fits else ', or a smaller model)'))
 
   def _enter(self, k: int):
     """Member k's state after this step's growth event: the population's transition is
@@ -130,7 +150,8 @@ class Population:
       host = [next(m.iterator) for m in members]
       waited = time.perf_counter() - t0
       batch = _to_global(pp.stack_batches(host), self.program.batch_sharding)
-      self.state, step_metrics = self.program.train_step(self.state, batch, self.hyper)
+      self.state, step_metrics = self.compiled[self.program.base.phase](self.state, batch,
+                                                                       self.hyper)
       self.step += 1
       pending.append((self.step, step_metrics))
       stopping = self.stop.at_step(self.step)

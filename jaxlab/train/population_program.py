@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import jax
@@ -94,6 +95,39 @@ def build_population_program(cfg: Config, mesh, size: int, phase: int,
     enter = jax.jit(jax.vmap(one_enter), out_shardings=shardings)
   return PopulationProgram(base=base, size=size, shardings=shardings,
                            batch_sharding=batch_sharding, train_step=train_step, enter=enter)
+
+
+def device_memory() -> tuple[int, str]:
+  """(bytes one device can hold, what that is): the accelerator's limit, or on a CPU the
+  memory the system has available now (MemAvailable)."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit']), f'one {device.device_kind}'
+  try:
+    for line in open('/proc/meminfo'):
+      if line.startswith('MemAvailable:'):
+        return int(line.split()[1]) * 1024, 'the memory available to this CPU host'
+  except OSError:
+    pass
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'), 'this host\'s memory'
+
+
+def compile_step(program: PopulationProgram, hyper) -> tuple[Any, int]:
+  """(the train step compiled for the population's shapes, the bytes it needs on a
+  device: arguments, outputs not aliased to them, and temporaries)."""
+  base = program.base
+  state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct((program.size, *a.shape), a.dtype, sharding=s),
+      base.abstract_state, program.shardings)
+  row = (program.size, base.rows, base.seq_len + 1)
+  batch = jax.ShapeDtypeStruct(row, jnp.int32, sharding=program.batch_sharding)
+  compiled = program.train_step.lower(state, {'tokens': batch, 'segment_ids': batch},
+                                      hyper).compile()
+  mem = compiled.memory_analysis()
+  need = 0 if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  return compiled, need
 
 
 def growth_rngs(cfgs: list[Config], start_step: int):
