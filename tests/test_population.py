@@ -165,3 +165,23 @@ def test_population_that_does_not_fit_names_the_most_that_would(tmp_path, monkey
                      r'more than a test device .*; at most 2 member\(s\) fit \(--population 2\)'):
     train_population(cfgs)
   assert not any(any((tmp_path / f'pop{k}').glob('checkpoints/*')) for k in range(4))
+
+
+def test_members_spread_over_devices_equal_separate_runs(tmp_path):
+  """4 CPU devices: a population of 4 puts one whole member on each device (the member
+  axis on the mesh's data axis); each equals its separate run, whose batch is split over
+  the 4 devices."""
+  import xla_env
+  common = ['tiny', '--grid', 'optim.lr=3e-3,1e-2', '--seeds', '2', 'train.steps=20',
+            'train.log_every=1', 'train.eval_every=10', 'train.checkpoint_every=0']
+  env = xla_env.env(4)
+  for name, k in (('sep', '1'), ('pop', '4')):
+    done = subprocess.run([sys.executable, 'launch.py', 'sweep', *common, '--population', k,
+                           f'train.workdir={tmp_path}/{name}'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+  assert 'population of 4, one program, 4 devices each train 1 whole member(s)' in done.stdout
+  runs = sorted((tmp_path / 'sep' / 'tiny').glob('*/seed*'))
+  assert len(runs) == 4
+  for run in runs:
+    assert_same_run(run, tmp_path / 'pop' / 'tiny' / run.parent.name / run.name)

@@ -82,15 +82,18 @@ class Population:
     self._compile_and_check_memory()
     self.program = self.program_at(self.step)
     if restored[0] is None:
-      fresh = pp.unstack(pp.init_states(self.program, self.cfgs), len(self.members))
+      fresh = pp.unstack(self.program, pp.init_states(self.program, self.cfgs))
       for m, state in zip(self.members, fresh):
         m._begin(None, lambda state=state: state)
     else:
       for m, r in zip(self.members, restored):
         m._begin(r, None)
-    self.state = jax.device_put(pp.stack([m.state for m in self.members]),
-                                self.program.shardings)
-    print(f'population of {len(self.members)}: one program for '
+    self.state = pp.stack(self.program, [m.state for m in self.members])
+    mesh = self.members[0].mesh
+    where = (f'{mesh.shape["data"]} devices each train {len(self.members) // mesh.shape["data"]}'
+             ' whole member(s)' if pp.members_axis(mesh, len(self.members))
+             else 'every member on every device (vmap)')
+    print(f'population of {len(self.members)}, one program, {where}: '
           f'{", ".join(str(m.run_dir.path) for m in self.members)}', flush=True)
 
   def _compile_and_check_memory(self):
@@ -120,7 +123,7 @@ class Population:
       rngs = pp.growth_rngs(self.cfgs, self.phases[new.base.phase].start_step)
       self.state = new.enter(self.state, self.hyper, rngs)
       self.program = new
-      self._grown = (self.step, pp.unstack(self.state, len(self.members)))
+      self._grown = (self.step, pp.unstack(new, self.state))
     return self._grown[1][k]
 
   # -------------------------------------------------------------------------- loop
@@ -165,7 +168,7 @@ class Population:
       if not any(due.values()):
         continue
       fetched, pending = jax.device_get(pending), []
-      states = pp.unstack(self.state, len(members))
+      states = pp.unstack(self.program, self.state)
       paused, preempted = 0.0, None
       for k, hooks in due.items():
         m = members[k]

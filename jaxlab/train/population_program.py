@@ -16,7 +16,6 @@ abstract shapes and shardings) is member 0's Program (jaxlab.train.program), sha
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxlab.config.types import Config
 from jaxlab.growth import events
 from jaxlab.optim import make_optimizer
+from jaxlab.parallel import DEFAULT_RULES
 from jaxlab.train.program import (Program, build_program, layer_gate_fn, schedules,
                                   trainable_rows)
 from jaxlab.train.state import _init
@@ -48,9 +48,30 @@ def member_config(cfg: Config, hyper: dict) -> Config:
   return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **hyper))
 
 
-def _stacked(sharding: NamedSharding) -> NamedSharding:
-  """A member's sharding with the member axis in front (not split: on one device, a vmap)."""
-  return NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+def members_axis(mesh, size: int) -> str | None:
+  """'data' when the population's members spread over the mesh's data axis (each device
+  then trains whole members, with no collective between them: data parallelism over
+  members), else None (every member's batch splits over the data-parallel axes as its
+  separate run's does). Spread when the data axis is > 1 and divides the population, in
+  one process (a process feeds its share of every member's rows)."""
+  data = mesh.shape['data']
+  return 'data' if data > 1 and size % data == 0 and jax.process_count() == 1 else None
+
+
+def _without(entry, axis):
+  """One PartitionSpec entry with a mesh axis taken out."""
+  if entry is None or axis is None:
+    return entry
+  if isinstance(entry, str):
+    return None if entry == axis else entry
+  kept = tuple(a for a in entry if a != axis)
+  return kept if len(kept) > 1 else (kept[0] if kept else None)
+
+
+def _stacked(sharding: NamedSharding, axis: str | None) -> NamedSharding:
+  """A member's sharding with the member axis in front, on `axis` (members_axis)."""
+  return NamedSharding(sharding.mesh,
+                       PartitionSpec(axis, *(_without(e, axis) for e in sharding.spec)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +82,7 @@ class PopulationProgram:
   batch_sharding: Any     # K x rows x (seq_len + 1)
   train_step: Callable    # (state, batch, hyper) -> (state, metrics K); donates state
   enter: Callable | None  # (state of the previous phase, hyper, rngs K) -> state
+  split: Callable         # state -> [member state] (unstack)
 
 
 def build_population_program(cfg: Config, mesh, size: int, phase: int,
@@ -69,6 +91,8 @@ def build_population_program(cfg: Config, mesh, size: int, phase: int,
   base = build_program(cfg, mesh, phase, phases)
   model = base.model
   gate_fn = layer_gate_fn(cfg, phases, phase)
+  axis = members_axis(mesh, size)
+  rules = tuple((name, _without(mesh_axes, axis)) for name, mesh_axes in DEFAULT_RULES)
 
   def member_tx(hyper):
     c = member_config(cfg, hyper)
@@ -80,21 +104,25 @@ def build_population_program(cfg: Config, mesh, size: int, phase: int,
   def one_step(state, batch, hyper):
     tx, lr_schedule = member_tx(hyper)
     step = train_step_fn(model, tx, lr_schedule, mesh, gate_fn, cfg.train.weight_stats,
-                         cfg.train.microbatches)
+                         cfg.train.microbatches, rules)
     return step(state, batch)
 
-  shardings = jax.tree.map(_stacked, base.shardings)
-  batch_sharding = _stacked(base.batch_sharding)
+  shardings = jax.tree.map(lambda s: _stacked(s, axis), base.shardings)
+  batch_sharding = _stacked(base.batch_sharding, axis)
   batches = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
-  train_step = jax.jit(jax.vmap(one_step), in_shardings=(shardings, batches, None),
+  train_step = jax.jit(jax.vmap(one_step, spmd_axis_name=axis),
+                       in_shardings=(shardings, batches, None),
                        out_shardings=(shardings, None), donate_argnums=0)
   enter = None
   if phase:
     def one_enter(state, hyper, rng):
       return events.transition(cfg, phases, phase, state, tx=member_tx(hyper)[0], rng=rng)
-    enter = jax.jit(jax.vmap(one_enter), out_shardings=shardings)
+    enter = jax.jit(jax.vmap(one_enter, spmd_axis_name=axis), out_shardings=shardings)
+  split = jax.jit(lambda state: [jax.tree.map(lambda x, k=k: x[k], state) for k in range(size)],
+                  out_shardings=[base.shardings] * size)
   return PopulationProgram(base=base, size=size, shardings=shardings,
-                           batch_sharding=batch_sharding, train_step=train_step, enter=enter)
+                           batch_sharding=batch_sharding, train_step=train_step, enter=enter,
+                           split=split)
 
 
 def device_memory() -> tuple[int, str]:
@@ -143,19 +171,22 @@ def init_states(program: PopulationProgram, cfgs: list[Config]):
 
   def one(rng):
     return _init(base.model, base.tx, cfgs[0].data.seq_len, rng, boxed=False)
-  init = jax.jit(jax.vmap(one), out_shardings=program.shardings)
+  init = jax.jit(jax.vmap(one, spmd_axis_name=members_axis(base.batch_sharding.mesh,
+                                                          program.size)),
+                 out_shardings=program.shardings)
   return init(jnp.stack([jax.random.key(c.train.seed) for c in cfgs]))
 
 
-def stack(states: list):
-  """[member state] -> the population's state (member axis in front)."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+def stack(program: PopulationProgram, states: list):
+  """[member state] -> the population's state (member axis in front), in its shardings."""
+  return jax.jit(lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs),
+                 out_shardings=program.shardings)(states)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def unstack(state, size: int) -> list:
-  """The population's state -> [member state], in one dispatch."""
-  return [jax.tree.map(lambda x, k=k: x[k], state) for k in range(size)]
+def unstack(program: PopulationProgram, state) -> list:
+  """The population's state -> [member state] in a member's shardings (as its separate
+  run holds it: what its eval steps and checkpoints take), in one dispatch."""
+  return program.split(state)
 
 
 def stack_batches(batches: list[dict]) -> dict:

@@ -23,7 +23,7 @@ import optax
 
 from jaxlab.models.transformer import positions_from_segments
 from jaxlab.optim import fired_fraction
-from jaxlab.parallel import activation_rules
+from jaxlab.parallel import DEFAULT_RULES, activation_rules
 from jaxlab.train import measure
 from jaxlab.train.state import TrainState
 
@@ -96,13 +96,15 @@ def sum_over_microbatches(fn, batch, microbatches: int):
 
 
 def train_step_fn(model, tx, lr_schedule, mesh, gate_fn=_no_gate, weight_stats: bool = False,
-                  microbatches: int = 1):
+                  microbatches: int = 1, rules=DEFAULT_RULES):
   """The train step as a plain function (state, batch) -> (state, metrics), to jit
   (make_train_step) or to vmap over a population (jaxlab.train.population_program).
   lr_schedule: global step -> lr (logged only; the optimizer holds its own schedule).
   gate_fn: global step -> per-layer gate for the model (growth's ramp) or None.
   weight_stats: also return the weight diagnostics (train.weight_stats).
-  microbatches: train.microbatches (gradient accumulation, the module docstring)."""
+  microbatches: train.microbatches (gradient accumulation, the module docstring).
+  rules: the logical axis rules of the activations (a population whose members are spread
+  over the devices splits a member's batch over fsdp only)."""
   def loss_and_grads(params, batch, gate):
     """(the batch's mean token loss, its gradient)."""
     count = jnp.maximum(jnp.sum(target_mask(batch['segment_ids'])), 1)
@@ -114,7 +116,7 @@ def train_step_fn(model, tx, lr_schedule, mesh, gate_fn=_no_gate, weight_stats: 
 
   def train_step(state: TrainState, batch):
     gate = gate_fn(state.step)
-    with activation_rules(mesh):
+    with activation_rules(mesh, rules):
       loss, grads = loss_and_grads(state.params, batch, gate)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
