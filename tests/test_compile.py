@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxlab import aot
+from jaxlab.aot import report as aot_report
 from jaxlab.launch import cli
 from jaxlab.launch import compile as compile_lib
 from jaxlab.models import flops as metrics
@@ -225,3 +226,23 @@ def test_estimate_is_withheld_when_xla_adds_loops(monkeypatch):
   est = check.estimate_step(cfg, mesh, cfg.model, {})
   assert est['seconds'] is None and est['xla_flops_per_device'] is None
   assert 'while loops into the 0- and 1-layer steps (0 and 22' in est['note']
+
+
+@needs_libtpu
+def test_population_compiles_and_counts_every_member():
+  """`launch.py compile --population 4`: the one step trains four members: XLA counts four
+  times one run's FLOPs (the vmapped step adds no work of its own beyond 1%), the state
+  needs more HBM than one run's, and member-steps/s per chip is K over the estimated step
+  time. (No eval step, and one run's estimate alone: five compiles in all.)"""
+  cfg = config_lib.load('tiny', [*WIDER, 'train.eval_batches=0'])
+  target = targets.parse_target('tpu:v5e:1x1')
+  [four] = aot.check_run(cfg, target, log=lambda line: None, population=4)
+  mesh = check.target_mesh(cfg, target)
+  one = check.estimate_step(cfg, mesh, cfg.model, {})
+  assert four['population'] == 4
+  assert four['xla_flops_per_step'] == pytest.approx(4 * one['xla_flops_per_device'], rel=0.01)
+  state = four['memory']['train']['argument']
+  assert state > 4 * 4 * 2 * (128 * 512 * 3)   # four members' fp32 MLP kernels, at least
+  assert four['member_steps_per_second_per_chip'] == pytest.approx(
+      4 / four['estimated_step_seconds'])
+  assert 'a population of 4' in aot_report.table([four])

@@ -28,11 +28,9 @@ TOL = 1e-5
 GRAD_TOL = 1e-4
 STEPS = ['train.steps=50', 'train.log_every=1', 'train.eval_every=25',
          'train.checkpoint_every=25']
-# Seeds x lrs, weight decays differing too: four members, one program.
-MEMBERS = [['train.seed=0', 'data.seed=0', 'optim.lr=3e-3', 'optim.weight_decay=0.1'],
-           ['train.seed=0', 'data.seed=0', 'optim.lr=1e-2', 'optim.weight_decay=0.1'],
-           ['train.seed=1', 'data.seed=1', 'optim.lr=3e-3', 'optim.weight_decay=0.3'],
-           ['train.seed=1', 'data.seed=1', 'optim.lr=1e-2', 'optim.weight_decay=0.0']]
+# The sweep most tests train as a population: 2 lrs x 2 seeds (init and data order).
+SWEEP = ['tiny', '--grid', 'optim.lr=3e-3,1e-2', '--seeds', '2', *STEPS]
+POINTS = [(lr, k) for k in (0, 1) for lr in ('3e-3', '1e-2')]
 
 
 def records(run_dir: pathlib.Path) -> list[dict]:
@@ -57,6 +55,24 @@ def load(overrides, name, workdir):
   return config_lib.load('tiny', [*overrides, f'name={name}', f'train.workdir={workdir}'])
 
 
+def point(lr: str, k: int) -> list[str]:
+  """The overrides that make SWEEP's point (lr, seed k) as a run of its own."""
+  return [f'optim.lr={lr}', f'train.seed={k}', f'data.seed={k}']
+
+
+@pytest.fixture(scope='module')
+def separate(tmp_path_factory) -> dict:
+  """SWEEP's four points, each trained on its own: {(lr, k): run dir}."""
+  workdir = tmp_path_factory.mktemp('separate')
+  for lr, k in POINTS:
+    train(load(STEPS + point(lr, k), f'{lr}_{k}', workdir))
+  return {(lr, k): workdir / f'{lr}_{k}' for lr, k in POINTS}
+
+
+def member_dir(sweep: pathlib.Path, lr: str, k: int) -> pathlib.Path:
+  return sweep / 'tiny' / f'optim.lr={lr}' / f'seed{k}'
+
+
 def equivalent(tmp_path, common, members):
   for k, extra in enumerate(members):
     train(load(common + extra, f'sep{k}', tmp_path))
@@ -67,12 +83,16 @@ def equivalent(tmp_path, common, members):
     assert_same_run(tmp_path / f'sep{k}', tmp_path / f'pop{k}')
 
 
-def test_seeds_and_lrs_equal_separate_runs(tmp_path):
-  equivalent(tmp_path, STEPS, MEMBERS)
+def test_seeds_and_lrs_equal_separate_runs(tmp_path, separate):
+  status = train_population([load(STEPS + point(lr, k), f'pop_{lr}_{k}', tmp_path)
+                             for lr, k in POINTS])
+  assert status == ['completed'] * 4
+  for lr, k in POINTS:
+    assert_same_run(separate[lr, k], tmp_path / f'pop_{lr}_{k}')
   # The members really differ (the test above could not pass with one member's numbers
   # copied into every directory).
-  losses = [records(tmp_path / f'pop{k}')[-1]['loss'] for k in range(len(MEMBERS))]
-  assert len({round(x, 4) for x in losses}) == len(MEMBERS)
+  losses = [records(tmp_path / f'pop_{lr}_{k}')[-1]['loss'] for lr, k in POINTS]
+  assert len({round(x, 4) for x in losses}) == 4
 
 
 def test_mup_population_equals_separate_runs(tmp_path):
@@ -82,9 +102,12 @@ def test_mup_population_equals_separate_runs(tmp_path):
 
 
 def test_growth_population_equals_separate_runs(tmp_path):
+  """G_stack at step 20 of 50 for both members, whose lrs, seeds and weight decays differ."""
   grow = ['model.n_layers=4', 'growth.method=stack', 'growth.factor=2',
-          'growth.at_tokens=2560']   # step 20 of 50 (128 tokens per step)
-  equivalent(tmp_path, STEPS + grow, MEMBERS[1:3])
+          'growth.at_tokens=2560']   # 128 tokens per step
+  equivalent(tmp_path, STEPS + grow, [
+      ['optim.lr=1e-2', 'optim.weight_decay=0.1'],
+      ['optim.lr=3e-3', 'optim.weight_decay=0.3', 'train.seed=1', 'data.seed=1']])
   events = [r for r in records(tmp_path / 'pop0') if r.get('event') == 'grow']
   assert [e['step'] for e in events] == [20]
 
@@ -99,17 +122,16 @@ def test_diverged_member_stops_alone(tmp_path):
   assert records(tmp_path / 'pop0')[-1]['step'] == 50
 
 
-def test_population_resumes_exactly_after_kill(tmp_path):
+def test_population_resumes_exactly_after_kill(tmp_path, separate):
   """kill -9 mid-way, the same sweep again: every member's metrics as one uninterrupted
-  run's (the separate runs'), and a member's checkpoint restores as a run of its own."""
-  args = [sys.executable, 'launch.py', 'sweep', 'tiny', '--grid', 'optim.lr=3e-3,1e-2',
-          '--seeds', '2', '--population', '4', *STEPS, 'train.checkpoint_every=10',
-          f'train.workdir={tmp_path}/sweep']
+  run's (its separate run's), and a member's checkpoint restores as a run of its own."""
+  args = [sys.executable, 'launch.py', 'sweep', *SWEEP, '--population', '4',
+          'train.checkpoint_every=10', f'train.workdir={tmp_path}']
   proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
-  run = tmp_path / 'sweep' / 'tiny' / 'optim.lr=1e-2' / 'seed1'
+  last = member_dir(tmp_path, '1e-2', 1)
   for line in proc.stdout:   # the last member's checkpoint at step 30 exists: kill
-    if (run / 'checkpoints' / '30').is_dir():
+    if (last / 'checkpoints' / '30').is_dir():
       proc.send_signal(signal.SIGKILL)
       break
   proc.wait()
@@ -118,12 +140,9 @@ def test_population_resumes_exactly_after_kill(tmp_path):
   assert done.returncode == 0, done.stdout + done.stderr
   assert '1 population(s) for 4 of 4 points' in done.stdout
   assert 'resuming' in done.stdout
-  for lr, seed in [('3e-3', 0), ('1e-2', 1)]:
-    train(load(STEPS + [f'optim.lr={lr}', f'train.seed={seed}', f'data.seed={seed}'],
-               f'sep_{lr}_{seed}', tmp_path))
-    assert_same_run(tmp_path / f'sep_{lr}_{seed}',
-                    tmp_path / 'sweep' / 'tiny' / f'optim.lr={lr}' / f'seed{seed}')
-  again = subprocess.run([sys.executable, 'launch.py', 'run', str(run)], cwd=ROOT,
+  for lr, k in POINTS:
+    assert_same_run(separate[lr, k], member_dir(tmp_path, lr, k))
+  again = subprocess.run([sys.executable, 'launch.py', 'run', str(last)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and 'already finished at step 50' in again.stdout
 
@@ -167,21 +186,14 @@ def test_population_that_does_not_fit_names_the_most_that_would(tmp_path, monkey
   assert not any(any((tmp_path / f'pop{k}').glob('checkpoints/*')) for k in range(4))
 
 
-def test_members_spread_over_devices_equal_separate_runs(tmp_path):
+def test_members_spread_over_devices_equal_separate_runs(tmp_path, separate):
   """4 CPU devices: a population of 4 puts one whole member on each device (the member
-  axis on the mesh's data axis); each equals its separate run, whose batch is split over
-  the 4 devices."""
+  axis on the mesh's data axis); each equals its separate run on one device."""
   import xla_env
-  common = ['tiny', '--grid', 'optim.lr=3e-3,1e-2', '--seeds', '2', 'train.steps=20',
-            'train.log_every=1', 'train.eval_every=10', 'train.checkpoint_every=0']
-  env = xla_env.env(4)
-  for name, k in (('sep', '1'), ('pop', '4')):
-    done = subprocess.run([sys.executable, 'launch.py', 'sweep', *common, '--population', k,
-                           f'train.workdir={tmp_path}/{name}'], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+  done = subprocess.run([sys.executable, 'launch.py', 'sweep', *SWEEP, '--population', '4',
+                         f'train.workdir={tmp_path}'], cwd=ROOT, env=xla_env.env(4),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout + done.stderr
   assert 'population of 4, one program, 4 devices each train 1 whole member(s)' in done.stdout
-  runs = sorted((tmp_path / 'sep' / 'tiny').glob('*/seed*'))
-  assert len(runs) == 4
-  for run in runs:
-    assert_same_run(run, tmp_path / 'pop' / 'tiny' / run.parent.name / run.name)
+  for lr, k in POINTS:
+    assert_same_run(separate[lr, k], member_dir(tmp_path, lr, k))

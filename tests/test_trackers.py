@@ -130,3 +130,28 @@ def test_bad_tracker_and_profile_settings_name_the_key(override, needle):
   with pytest.raises(ConfigError) as err:
     load('tiny', [override])
   assert needle in str(err.value)
+
+
+def test_each_population_member_logs_to_its_own_wandb_run(tmp_path):
+  """Two runs trained as one population (launch.py sweep --population 2) in one process:
+  each member's W&B run holds its own metrics.jsonl, not the first member's."""
+  env = dict(os.environ, WANDB_MODE='offline', WANDB_API_KEY=SECRET,
+             WANDB_CONFIG_DIR=str(tmp_path / 'wandb-config'),
+             WANDB_CACHE_DIR=str(tmp_path / 'wandb-cache'),
+             WANDB_DATA_DIR=str(tmp_path / 'wandb-data'))
+  done = subprocess.run([sys.executable, 'launch.py', 'sweep', 'tiny', '--grid',
+                         'optim.lr=1e-3,1e-2', '--population', '2', 'train.steps=6',
+                         'train.log_every=1', 'train.trackers=jsonl,wandb',
+                         'train.wandb_project=jaxlab-test', f'train.workdir={tmp_path}'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert done.returncode == 0, done.stdout + done.stderr
+  losses = []
+  for lr in ('1e-3', '1e-2'):
+    run_dir = tmp_path / 'tiny' / f'optim.lr={lr}'
+    run_id = json.loads((run_dir / 'wandb.json').read_text())['id']
+    [path] = glob.glob(str(run_dir / 'wandb' / 'offline-run-*' / f'run-{run_id}.wandb'))
+    logged = {r['step']: r['loss'] for r in map(json.loads,
+                                                 (run_dir / 'metrics.jsonl').open())}
+    assert {step: row['loss'] for step, row in history(path).items()} == logged
+    losses.append(logged[6])
+  assert losses[0] != losses[1]

@@ -46,6 +46,7 @@ from jaxlab.config.checks import check_microbatches
 from jaxlab.config.types import Config, ConfigError
 from jaxlab.growth.plan import Phase
 from jaxlab.parallel import make_mesh
+from jaxlab.train import population_program as pp
 from jaxlab.train.program import Program, build_program
 from jaxlab.train.runnable import resolve
 
@@ -159,17 +160,32 @@ def _cost(compiled) -> tuple[float, float, bool, int]:
           text.count(_UNCOSTED), 'splash_' in text, text.count(' while('))
 
 
-def estimate_step(cfg: Config, mesh, model, cache: dict, seq_len: int = 0) -> dict:
+def build(cfg: Config, mesh, k: int, phases: list, population: int = 1):
+  """Phase k's Program, or with population > 1 its PopulationProgram (K members)."""
+  if population > 1:
+    return pp.build_population_program(cfg, mesh, population, k, phases)
+  return build_program(cfg, mesh, k, phases)
+
+
+def train_args(cfg: Config, program) -> tuple:
+  """(train step, its abstract arguments) of a Program or a PopulationProgram."""
+  if isinstance(program, pp.PopulationProgram):
+    return program.train_step, pp.abstract_args(program)
+  return program.train_step, (program.abstract_state, abstract_batch(cfg, program))
+
+
+def estimate_step(cfg: Config, mesh, model, cache: dict, seq_len: int = 0,
+                  population: int = 1) -> dict:
   """Loop-corrected XLA FLOPs and time of one train step of `model` (see the docstring),
-  at `seq_len` (0: data.seq_len; a context-growth phase's length otherwise)."""
-  key = (dataclasses.replace(model, n_layers=0), seq_len)
+  at `seq_len` (0: data.seq_len; a context-growth phase's length otherwise), for one run
+  or a population of that many members (all of them in one step)."""
+  key = (dataclasses.replace(model, n_layers=0), seq_len, population)
   if key not in cache:
     costs, seconds = [], 0.0
     for n in (0, 1):
       variant = [Phase(0, dataclasses.replace(model, n_layers=n), None, seq_len=seq_len)]
-      program = build_program(cfg, mesh, 0, variant)
-      compiled, dt = compile_for(program.train_step,
-                                 (program.abstract_state, abstract_batch(cfg, program)), mesh)
+      compiled, dt = compile_for(*train_args(cfg, build(cfg, mesh, 0, variant, population)),
+                                 mesh)
       costs.append(_cost(compiled))
       seconds += dt
     cache[key] = (costs, seconds)
@@ -233,23 +249,32 @@ def _program_memory(fn, args, mesh, extra: int = 0) -> dict:
 
 def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: int,
                 cache: dict | None) -> dict:
-  """One phase's row of compile.json (plus the jax Compiled objects under 'compiled')."""
-  program = programs[k]
+  """One phase's row of compile.json (plus the jax Compiled objects under 'compiled').
+  programs: Programs, or PopulationPrograms (`--population K`: the train step steps all K
+  members; the eval step is one member's, with the whole population's state resident)."""
+  population = programs[k].size if isinstance(programs[k], pp.PopulationProgram) else 1
+  program = programs[k].base if population > 1 else programs[k]
   model = program.model.cfg
-  batch = abstract_batch(cfg, program)
-  state = program.abstract_state
+  train_step, train_arguments = train_args(cfg, programs[k])
+  state = train_arguments[0]
   row = {'phase': k, 'start_step': program.start_step, 'event': program.phases[k].event,
          'model': growth.plan.describe(model), 'target': target.name, 'chips': target.chips,
          'hosts': target.hosts, 'mesh': dict(mesh.shape), 'attention': model.attention,
          'remat': model.remat, 'hbm_capacity_bytes': target.hbm_bytes,
+         'population': population,
          'flops_per_step': flops_lib.flops_per_token(model, program.seq_len) *
-         cfg.train.batch_size * cfg.data.seq_len}
-  programs_run = {'train': (program.train_step, (state, batch), 0)}
+         cfg.train.batch_size * cfg.data.seq_len * population}
+  programs_run = {'train': (train_step, train_arguments, 0)}
   if cfg.train.eval_batches:
-    resident = per_chip_bytes(state) - per_chip_bytes(state.params)
-    programs_run['eval'] = (program.eval_step, (state.params, abstract_batch(cfg, program, True),
-                                                state.step), resident)
-  if k:
+    member = program.abstract_state
+    resident = per_chip_bytes(state) - per_chip_bytes(member.params)
+    programs_run['eval'] = (program.eval_step, (member.params, abstract_batch(cfg, program, True),
+                                                member.step), resident)
+  if k and population > 1:
+    before = pp.abstract_args(programs[k - 1])
+    programs_run['enter'] = (programs[k].enter, (before[0], before[2],
+                                                 pp.abstract_rngs(programs[k])), 0)
+  elif k:
     programs_run['enter'] = (program.enter, (programs[k - 1].abstract_state,), 0)
   compiled, mem, seconds = {}, {}, 0.0
   try:
@@ -280,7 +305,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
   if _cost(compiled['train']) is None:
     row['estimate_note'] = 'the compiler gives no cost analysis for this target'
     return row
-  est = estimate_step(cfg, mesh, model, cache, program.seq_len)
+  est = estimate_step(cfg, mesh, model, cache, program.seq_len, population)
   peak_flops = flops_lib.peak_flops_per_device(target_device_kind(mesh))
   flops = est['xla_flops_per_device']
   row.update(xla_flops_per_step=None if flops is None else flops * mesh.size,
@@ -290,6 +315,7 @@ def check_phase(cfg: Config, target: Target, mesh, programs: list[Program], k: i
     mfu = row['flops_per_step'] / (est['seconds'] * peak_flops * mesh.size)
     if mfu <= 1:
       row['estimated_mfu'] = mfu
+      row['member_steps_per_second_per_chip'] = population / est['seconds'] / mesh.size
     else:   # a roofline that undercounts: said, never printed as a result
       row.update(estimated_step_seconds=None,
                  estimate_note=f'not estimated: XLA\'s {est["seconds"]:.3f} s step implies '
@@ -301,15 +327,18 @@ def target_device_kind(mesh) -> str:
   return mesh.devices.flat[0].device_kind
 
 
-def check_run(cfg: Config, target: Target, log=print, estimate: bool = True) -> list[dict]:
+def check_run(cfg: Config, target: Target, log=print, estimate: bool = True,
+              population: int = 1) -> list[dict]:
   """Compiles every phase of cfg's run for the target; one row per phase. estimate=False
-  skips the extra compiles behind XLA's FLOPs and step-time estimate. The config is
-  resolved first (jaxlab.train.runnable: Step Law's values, the rules that need the model),
-  as a run would be."""
+  skips the extra compiles behind XLA's FLOPs and step-time estimate. population > 1:
+  the run as a member of a population of that many (`launch.py sweep --population`),
+  whose members differ only in seeds and jaxlab.train.population_program.VARYING. The
+  config is resolved first (jaxlab.train.runnable: Step Law's values, the rules that need
+  the model), as a run would be."""
   cfg = resolve(cfg)
   mesh = target_mesh(cfg, target)
   phases = growth.phases(cfg)
-  programs = [build_program(cfg, mesh, k, phases) for k in range(len(phases))]
+  programs = [build(cfg, mesh, k, phases, population) for k in range(len(phases))]
   rows, cache = [], ({} if estimate else None)
   for k in range(len(phases)):
     log(f'phase {k}: {growth.plan.describe(phases[k].model)} on {target.name} '

@@ -48,6 +48,12 @@ def table(rows: list[dict]) -> str:
                  f"{_tflop(r['flops_per_step'])} | {_tflop(r.get('xla_flops_per_step'))} | "
                  f"{step} | {mfu} | {r['compile_seconds']:.1f} |")
   lines.append('')
+  for r in rows:
+    if r.get('population', 1) > 1:
+      rate = r.get('member_steps_per_second_per_chip')
+      lines.append(f"phase {r['phase']}: a population of {r['population']} (one step trains "
+                   'every member; TFLOP/step counts them all): est. member-steps/s per chip '
+                   + ('-' if rate is None else f'{rate:.4g}'))
   lines.append('est. step / est. MFU: compile-time estimates from XLA\'s cost model (a per-op '
                'roofline), not measurements.')
   return '\n'.join(lines + notes)

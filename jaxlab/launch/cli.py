@@ -153,6 +153,10 @@ def _add_compile(sub) -> None:
   comp.add_argument('--slices', type=int, default=1, metavar='N',
                     help='TPU: N such slices over the data-center network (set mesh.dcn_* to '
                     'span them); GPU: N such hosts')
+  comp.add_argument('--population', type=int, default=1, metavar='K',
+                    help='compile the run as a member of a population of K (launch.py sweep '
+                    '--population): one step trains all K; the table adds member-steps/s '
+                    'per chip')
   comp.add_argument('--no-estimate', action='store_true',
                     help="skip XLA's FLOPs and step-time estimate (two more compiles per "
                     'phase, of the step with 0 and 1 layers)')

@@ -9,19 +9,20 @@ from jaxlab import config as config_lib
 from jaxlab.aot import report
 from jaxlab.aot.check import check_run
 from jaxlab.aot.targets import parse_target, use_cpu_host
-from jaxlab.config.types import Config
+from jaxlab.config.types import Config, ConfigError
 from jaxlab.rundir.layout import run_dir_of
 from jaxlab.train.runnable import resolve
 
 
 def compile_and_report(cfg: Config, target_text: str, slices: int = 1,
-                       estimate: bool = True) -> tuple[list[dict], int]:
+                       estimate: bool = True, population: int = 1) -> tuple[list[dict], int]:
   """`launch.py compile`: compiles, prints the table, writes <run dir>/compile.json;
   returns (rows, exit code): 0 when every phase fits, 2 (after printing which phase and
   the remedies) when one does not."""
   target = parse_target(target_text, slices)
   print(target.describe(), flush=True)
-  rows = check_run(cfg, target, log=lambda line: print(line, flush=True), estimate=estimate)
+  rows = check_run(cfg, target, log=lambda line: print(line, flush=True), estimate=estimate,
+                   population=population)
   path = report.write(rows, run_dir_of(cfg))
   print(report.table(rows))
   print(f'wrote {path}')
@@ -34,5 +35,8 @@ def compile_and_report(cfg: Config, target_text: str, slices: int = 1,
 
 def main(args) -> int:
   use_cpu_host()
+  if args.population < 1:
+    raise ConfigError(f'--population {args.population} must be an integer >= 1')
   cfg = resolve(config_lib.load(args.experiment, args.overrides))
-  return compile_and_report(cfg, args.target, args.slices, not args.no_estimate)[1]
+  return compile_and_report(cfg, args.target, args.slices, not args.no_estimate,
+                            args.population)[1]

@@ -110,6 +110,9 @@ class Wandb(Tracker):
     self._run = wandb.init(
         project=project, entity=entity or None, name=name, id=wandb_run_id(run_path, run_id),
         resume='allow', dir=str(run_path), config=config,
+        # A population's members are runs of one process: each its own W&B run (the
+        # default outside notebooks would hand every member the first one's run).
+        reinit='create_new',
         settings=wandb.Settings(console='off', x_disable_stats=True, silent=True))
 
   def log(self, step, scalars):

@@ -141,17 +141,29 @@ def device_memory() -> tuple[int, str]:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'), 'this host\'s memory'
 
 
-def compile_step(program: PopulationProgram, hyper) -> tuple[Any, int]:
-  """(the train step compiled for the population's shapes, the bytes it needs on a
-  device: arguments, outputs not aliased to them, and temporaries)."""
+def abstract_args(program: PopulationProgram) -> tuple:
+  """(state, batch, hyper) of the population's train step as ShapeDtypeStructs carrying
+  their shardings: what compile_step and `launch.py compile --population` lower it for."""
   base = program.base
   state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct((program.size, *a.shape), a.dtype, sharding=s),
       base.abstract_state, program.shardings)
   row = (program.size, base.rows, base.seq_len + 1)
   batch = jax.ShapeDtypeStruct(row, jnp.int32, sharding=program.batch_sharding)
-  compiled = program.train_step.lower(state, {'tokens': batch, 'segment_ids': batch},
-                                      hyper).compile()
+  hyper = {k: jax.ShapeDtypeStruct((program.size,), jnp.float32) for k in VARYING}
+  return state, {'tokens': batch, 'segment_ids': batch}, hyper
+
+
+def abstract_rngs(program: PopulationProgram):
+  """The members' growth keys (growth_rngs) as a ShapeDtypeStruct."""
+  return jax.eval_shape(lambda: jnp.stack([jax.random.key(0)] * program.size))
+
+
+def compile_step(program: PopulationProgram, hyper) -> tuple[Any, int]:
+  """(the train step compiled for the population's shapes, the bytes it needs on a
+  device: arguments, outputs not aliased to them, and temporaries)."""
+  state, batch, _ = abstract_args(program)
+  compiled = program.train_step.lower(state, batch, hyper).compile()
   mem = compiled.memory_analysis()
   need = 0 if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes
                                 - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
