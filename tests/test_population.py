@@ -197,3 +197,11 @@ def test_members_spread_over_devices_equal_separate_runs(tmp_path, separate):
   assert 'population of 4, one program, 4 devices each train 1 whole member(s)' in done.stdout
   for lr, k in POINTS:
     assert_same_run(separate[lr, k], member_dir(tmp_path, lr, k))
+
+
+def test_profile_of_a_population_is_the_first_members(tmp_path):
+  cfgs = [load(['train.steps=4', 'train.profile_steps=2-3', f'optim.lr={lr}'], f'pop{k}',
+               tmp_path) for k, lr in enumerate(['1e-3', '1e-2'])]
+  assert train_population(cfgs) == ['completed', 'completed']
+  assert any((tmp_path / 'pop0' / 'profile').rglob('*.xplane.pb'))
+  assert not (tmp_path / 'pop1' / 'profile').exists()

@@ -147,12 +147,17 @@ def mixture_record(counts: dict | None) -> dict[str, float]:
   return out
 
 
+# One jitted function for every run in the process (a population's members share its
+# compile); it retraces at growth (the model config is static).
+_top_singular_values = jax.jit(top_singular_values, static_argnums=1)
+
+
 class DiagnosticsHook(Hook):
   """Spectral norms every `every` steps and at the last (train.spectral_every)."""
 
   def __init__(self, every: int):
     self.every = every
-    self._fn = jax.jit(top_singular_values, static_argnums=1)   # retraces at growth
+    self._fn = _top_singular_values
 
   def due(self, t) -> bool:
     return bool(self.every and (t.last or t.step % self.every == 0))

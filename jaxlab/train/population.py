@@ -47,6 +47,7 @@ class Population:
     self.dead: set[int] = set()
     self._grown = None   # (step, [member state]) of the growth event being taken
     for k, m in enumerate(self.members):
+      m.profiles = k == 0   # one trace per process (train.profile_steps): member 0's
       m.program_source = lambda step: self.program_at(step).base
       m.enter_state = lambda state, k=k: self._enter(k)
 

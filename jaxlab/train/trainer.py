@@ -90,6 +90,7 @@ class Trainer:
     # after a growth event from the population: step -> Program, and state -> state.
     self.program_source = None
     self.enter_state = None
+    self.profiles = True              # train.profile_steps traces here (one member does)
 
   def __enter__(self):
     return self
@@ -319,7 +320,8 @@ class Trainer:
     evaluator = hooks_lib.EvalHook(self.val_sets, tc.eval_every, edges)
     diagnostics = hooks_lib.DiagnosticsHook(tc.spectral_every)
     log = hooks_lib.LogHook(self, tc.log_every, [evaluator, diagnostics], self.step)
-    profiler = hooks_lib.ProfileHook(self, profile_range(tc.profile_steps), tc.profile_process)
+    profiler = hooks_lib.ProfileHook(self, profile_range(tc.profile_steps) if self.profiles
+                                     else None, tc.profile_process)
     self.hooks = [evaluator, diagnostics, log, hooks_lib.GrowthHook(cfg, evaluator, log),
                   hooks_lib.CheckpointHook(tc.checkpoint_every), hooks_lib.PreemptionHook(),
                   profiler]
