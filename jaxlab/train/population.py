@@ -30,7 +30,8 @@ from jaxlab.train import population_program as pp
 from jaxlab.train.runnable import resolve
 from jaxlab.train.stop import Preempted, StopAgreement
 from jaxlab.train.storage import QuietStorageNoise, storage_error
-from jaxlab.train.trainer import Trainer, _to_global
+from jaxlab.train.hosts import to_global
+from jaxlab.train.trainer import Trainer
 
 
 class Population:
@@ -153,7 +154,7 @@ class Population:
       t0 = time.perf_counter()
       host = [next(m.iterator) for m in members]
       waited = time.perf_counter() - t0
-      batch = _to_global(pp.stack_batches(host), self.program.batch_sharding)
+      batch = to_global(pp.stack_batches(host), self.program.batch_sharding)
       self.state, step_metrics = self.compiled[self.program.base.phase](self.state, batch,
                                                                        self.hyper)
       self.step += 1

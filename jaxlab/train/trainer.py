@@ -35,33 +35,12 @@ from jaxlab.rundir.mirror import mirror_url
 from jaxlab.rundir.provenance import Origin
 from jaxlab.rundir.directory import RunDir
 from jaxlab.train import hooks as hooks_lib
+from jaxlab.train import hosts
 from jaxlab.train import length
 from jaxlab.train.program import Program, build_program
 from jaxlab.train.step import position_edges
 from jaxlab.train.stop import Preempted, StopAgreement
 from jaxlab.train.storage import QuietStorageNoise, storage_error
-
-
-def _to_global(batch: dict, sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def _agree(ok: bool) -> bool:
-  """Process 0's answer, on every process (a decision only process 0 can take)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  return bool(multihost_utils.broadcast_one_to_all(jnp.asarray(ok, jnp.int32)))
-
-
-def _step_of_process_0(step: int | None) -> int | None:
-  """Process 0's step (or None), on every process."""
-  if jax.process_count() == 1:
-    return step
-  from jax.experimental import multihost_utils
-  shared = multihost_utils.broadcast_one_to_all(jnp.asarray(-1 if step is None else step,
-                                                            jnp.int32))
-  return None if int(shared) < 0 else int(shared)
 
 
 class Trainer:
@@ -131,7 +110,7 @@ class Trainer:
         result = fn()
       except ConfigError as err:
         error = err
-    if not _agree(error is None):
+    if not hosts.agree(error is None):
       raise error or ConfigError(f'process 0 could not {what} (see its log)')
     return result
 
@@ -157,7 +136,7 @@ class Trainer:
           new_length=lambda old: length.plan(self.cfg, old, steps, self.run_dir.path))
     self.changes = self._on_process_0('resume its run directory', guard)
     new_length = self.changes.new_length if self.changes else None
-    self.restore_at = _step_of_process_0(new_length and new_length.restore_at)
+    self.restore_at = hosts.step_of_process_0(new_length and new_length.restore_at)
     if self.cfg.growth.source and not has_checkpoints:
       raise self._grown_without_checkpoint()
     self.has_checkpoints = has_checkpoints
@@ -254,7 +233,7 @@ class Trainer:
     if note and tc.eval_batches == 'all' and self.run_dir.writer:
       print(note, flush=True)
     sharding = self.program_at(0).batch_sharding
-    return [(name, weight, [_to_global(b, sharding) for b in batches])
+    return [(name, weight, [hosts.to_global(b, sharding) for b in batches])
             for name, weight, batches in sets]
 
   def _setup(self):
@@ -393,7 +372,7 @@ class Trainer:
       t0 = time.perf_counter()
       host_batch = next(self.iterator)
       self.throughput.waited(time.perf_counter() - t0)
-      batch = _to_global(host_batch, self.program.batch_sharding)
+      batch = hosts.to_global(host_batch, self.program.batch_sharding)
       self.state, step_metrics = self.program.train_step(self.state, batch)
       self.step += 1
       self.tokens += tps
