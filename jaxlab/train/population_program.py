@@ -30,7 +30,7 @@ from jaxlab.optim import make_optimizer
 from jaxlab.parallel import DEFAULT_RULES
 from jaxlab.train.program import (Program, build_program, layer_gate_fn, schedules,
                                   trainable_rows)
-from jaxlab.train.state import _init
+from jaxlab.train.state import fresh_state
 from jaxlab.train.step import train_step_fn
 
 # The optim fields a population's members may differ in (each a float32 array of shape K
@@ -182,7 +182,7 @@ def init_states(program: PopulationProgram, cfgs: list[Config]):
   base = program.base
 
   def one(rng):
-    return _init(base.model, base.tx, cfgs[0].data.seq_len, rng, boxed=False)
+    return fresh_state(base.model, base.tx, cfgs[0].data.seq_len, rng, boxed=False)
   init = jax.jit(jax.vmap(one, spmd_axis_name=members_axis(base.batch_sharding.mesh,
                                                           program.size)),
                  out_shardings=program.shardings)

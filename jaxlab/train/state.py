@@ -21,8 +21,10 @@ class TrainState(struct.PyTreeNode):
   stash: Any      # {} -- inside a V-cycle, {str(level): params} of the finer levels
 
 
-def _init(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, rng,
-          boxed: bool, stash_models: dict | None = None) -> TrainState:
+def fresh_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int, rng,
+                boxed: bool, stash_models: dict | None = None) -> TrainState:
+  """Step 0: params initialised from rng, the optimizer's initial state (traceable: jit it
+  into its shards, or vmap it over a population's keys)."""
   tokens_BxT = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, tokens_BxT)['params']
   stash = {k: m.init(rng, tokens_BxT)['params'] for k, m in (stash_models or {}).items()}
@@ -38,7 +40,7 @@ def state_shardings(model, tx, seq_len: int, mesh, stash_models=None):
   """(abstract TrainState, matching pytree of NamedShardings), without allocating.
   stash_models: {name: model} whose params the state stashes (V-cycle), or None."""
   rng = jax.random.key(0)
-  _init_fn = functools.partial(_init, stash_models=stash_models)
+  _init_fn = functools.partial(fresh_state, stash_models=stash_models)
   boxed = jax.eval_shape(functools.partial(_init_fn, model, tx, seq_len, boxed=True), rng)
   specs = nn.get_partition_spec(boxed)
   check_divisible(boxed, specs, mesh, keys={a: ax.key for a, ax in schema.AXES.items()})
@@ -51,7 +53,7 @@ def state_shardings(model, tx, seq_len: int, mesh, stash_models=None):
 
 def init_state(model, tx, seq_len: int, seed: int, shardings) -> TrainState:
   """Initialises the state directly into its shards (no full copy on one device)."""
-  init = jax.jit(functools.partial(_init, model, tx, seq_len, boxed=False),
+  init = jax.jit(functools.partial(fresh_state, model, tx, seq_len, boxed=False),
                  out_shardings=shardings)
   return init(jax.random.key(seed))
 
