@@ -187,7 +187,7 @@ def measure_width(cfg: Config, n_seeds: int, batches: dict | None = None) -> dic
   measure = make_measure(program)
   # Program.init_state's own initialiser (state.init_state), jitted once for all seeds
   # (init_state would compile it again for each seed).
-  init = jax.jit(functools.partial(state_lib._init, program.model, program.tx,
+  init = jax.jit(functools.partial(state_lib.fresh_state, program.model, program.tx,
                                    cfg.data.seq_len, boxed=False),
                  out_shardings=program.shardings)
   steps = cfg.train.steps
