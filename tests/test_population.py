@@ -83,9 +83,10 @@ def equivalent(tmp_path, common, members):
     assert_same_run(tmp_path / f'sep{k}', tmp_path / f'pop{k}')
 
 
-def test_seeds_and_lrs_equal_separate_runs(tmp_path, separate):
+@pytest.mark.parametrize('batching', ['vmap', 'map'])
+def test_seeds_and_lrs_equal_separate_runs(tmp_path, separate, batching):
   status = train_population([load(STEPS + point(lr, k), f'pop_{lr}_{k}', tmp_path)
-                             for lr, k in POINTS])
+                             for lr, k in POINTS], batching=batching)
   assert status == ['completed'] * 4
   for lr, k in POINTS:
     assert_same_run(separate[lr, k], tmp_path / f'pop_{lr}_{k}')

@@ -59,7 +59,8 @@ def describe(groups: list[list], total: int) -> str:
   return '\n'.join(lines)
 
 
-def run(points: list, total: int, size: int) -> tuple[dict[str, str], int]:
+def run(points: list, total: int, size: int,
+        batching: str = 'vmap') -> tuple[dict[str, str], int]:
   """Trains the points not finished earlier as populations of at most `size`; returns
   ({label: status}, exit code: 0, or 128 + signal when stopped)."""
   outcome, todo = {}, []
@@ -76,7 +77,8 @@ def run(points: list, total: int, size: int) -> tuple[dict[str, str], int]:
     print(f'population {n + 1}/{len(groups)}: {", ".join(p.label for _, p in members)}',
           flush=True)
     try:
-      status = train_population([p.cfg for _, p in members], [p.origin for _, p in members])
+      status = train_population([p.cfg for _, p in members], [p.origin for _, p in members],
+                                batching)
     except Preempted as err:
       print(str(err), file=sys.stderr)
       return outcome, 128 + err.signum

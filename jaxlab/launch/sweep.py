@@ -47,7 +47,7 @@ def main(args) -> int:
     return 0
   gpu_flags.apply_and_log()   # before the point subprocesses too: they inherit XLA_FLAGS
   if population > 1 and len(points) > 1:
-    outcome, code = populations.run(points, len(runs), population)
+    outcome, code = populations.run(points, len(runs), population, args.population_batching)
     if code:
       return code
     print(sweep_jobs.outcome_line(sweep_dir, outcome))

@@ -38,8 +38,8 @@ class Population:
   """Use as `with Population(cfgs, stop, quiet, origins) as p: outcome = p.run()`."""
 
   def __init__(self, cfgs: list[Config], stop: StopAgreement, quiet: QuietStorageNoise,
-               origins: list | None = None):
-    self.cfgs, self.stop = cfgs, stop
+               origins: list | None = None, batching: str = 'vmap'):
+    self.cfgs, self.stop, self.batching = cfgs, stop, batching
     self.members = [Trainer(c, stop, quiet, o)
                     for c, o in zip(cfgs, origins or [None] * len(cfgs))]
     self.phases = growth.phases(cfgs[0])
@@ -65,7 +65,7 @@ class Population:
     k = growth.phase_index(self.phases, step)
     if k not in self.programs:
       self.programs[k] = pp.build_population_program(
-          self.cfgs[0], self.members[0].mesh, len(self.members), k, self.phases)
+          self.cfgs[0], self.members[0].mesh, len(self.members), k, self.phases, self.batching)
     return self.programs[k]
 
   # ------------------------------------------------------------------------ set-up
@@ -94,7 +94,7 @@ class Population:
     mesh = self.members[0].mesh
     where = (f'{mesh.shape["data"]} devices each train {len(self.members) // mesh.shape["data"]}'
              ' whole member(s)' if pp.members_axis(mesh, len(self.members))
-             else 'every member on every device (vmap)')
+             else f'every member on every device ({self.batching})')
     print(f'population of {len(self.members)}, one program, {where}: '
           f'{", ".join(str(m.run_dir.path) for m in self.members)}', flush=True)
 
@@ -201,13 +201,15 @@ class Population:
         m.finish('completed')
 
 
-def train_population(cfgs: list[Config], origins: list | None = None) -> list[str]:
+def train_population(cfgs: list[Config], origins: list | None = None,
+                     batching: str = 'vmap') -> list[str]:
   """Trains (or resumes) the runs `cfgs` as one population (they must share every shape
   and the growth plan: jaxlab.launch.populations groups a sweep's points so); returns
   each member's status (completed, diverged). Raises Preempted after every member's
-  checkpoint and summary."""
+  checkpoint and summary. batching: vmap or map
+  (jaxlab.train.population_program.over_members)."""
   cfgs = [resolve(c) for c in cfgs]
   initialize_distributed(cfgs[0].mesh)
   with StopAgreement() as stop, QuietStorageNoise() as quiet, \
-      Population(cfgs, stop, quiet, origins) as population:
+      Population(cfgs, stop, quiet, origins, batching) as population:
     return population.run()

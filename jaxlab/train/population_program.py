@@ -85,9 +85,25 @@ class PopulationProgram:
   split: Callable         # state -> [member state] (unstack)
 
 
-def build_population_program(cfg: Config, mesh, size: int, phase: int,
-                             phases: list) -> PopulationProgram:
-  """cfg: member 0's config (every member shares what is not VARYING or a seed)."""
+BATCHING = ('vmap', 'map')
+
+
+def over_members(fn, axis: str | None, batching: str):
+  """fn of one member -> fn of the population (member axis in front of every argument).
+  vmap: the members' arrays batched into each op (what an accelerator wants; required to
+  spread the members over devices, `axis`). map: jax.lax.map, the members one after
+  another inside the one program, each computing exactly what its separate run does."""
+  if batching == 'map' and axis is None:
+    return lambda *args: jax.lax.map(lambda member: fn(*member), args)
+  return jax.vmap(fn, spmd_axis_name=axis)
+
+
+def build_population_program(cfg: Config, mesh, size: int, phase: int, phases: list,
+                             batching: str = 'vmap') -> PopulationProgram:
+  """cfg: member 0's config (every member shares what is not VARYING or a seed).
+  batching: how the step runs the members (over_members)."""
+  if batching not in BATCHING:
+    raise ValueError(f'batching={batching!r}: expected one of {BATCHING}')
   base = build_program(cfg, mesh, phase, phases)
   model = base.model
   gate_fn = layer_gate_fn(cfg, phases, phase)
@@ -110,14 +126,14 @@ def build_population_program(cfg: Config, mesh, size: int, phase: int,
   shardings = jax.tree.map(lambda s: _stacked(s, axis), base.shardings)
   batch_sharding = _stacked(base.batch_sharding, axis)
   batches = {'tokens': batch_sharding, 'segment_ids': batch_sharding}
-  train_step = jax.jit(jax.vmap(one_step, spmd_axis_name=axis),
+  train_step = jax.jit(over_members(one_step, axis, batching),
                        in_shardings=(shardings, batches, None),
                        out_shardings=(shardings, None), donate_argnums=0)
   enter = None
   if phase:
     def one_enter(state, hyper, rng):
       return events.transition(cfg, phases, phase, state, tx=member_tx(hyper)[0], rng=rng)
-    enter = jax.jit(jax.vmap(one_enter, spmd_axis_name=axis), out_shardings=shardings)
+    enter = jax.jit(over_members(one_enter, axis, batching), out_shardings=shardings)
   split = jax.jit(lambda state: [jax.tree.map(lambda x, k=k: x[k], state) for k in range(size)],
                   out_shardings=[base.shardings] * size)
   return PopulationProgram(base=base, size=size, shardings=shardings,
