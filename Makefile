@@ -33,7 +33,7 @@ demo: $(STAMP)
 	@echo "report: runs/demo/report.md"
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_step.py
