@@ -40,6 +40,11 @@ SETTINGS = (('--jobs', 1, 'vmap'), ('--jobs', 2, 'vmap'), ('--population', 6, 'v
             ('--population', 18, 'map'))
 
 
+def key(option: str, value: int, batching: str) -> str:
+  """'jobs2', 'pop18-map': a setting's name for --settings."""
+  return f'jobs{value}' if option == '--jobs' else f'pop{value}-{batching}'
+
+
 def label(option: str, value: int, batching: str) -> str:
   return f'{option} {value}' + (f' ({batching})' if option == '--population' else '')
 
@@ -128,14 +133,18 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=1)
   parser.add_argument('--step-repeats', type=int, default=10)
   parser.add_argument('--skip-sweeps', action='store_true', help='only part (b)')
+  parser.add_argument('--settings', default=None,
+                      help='part (a)\'s settings to run, comma-separated, of: ' + ', '.join(
+                          key(*s) for s in SETTINGS) + ' (default: all)')
   parser.add_argument('--step-experiment', default='demo',
                       help="part (b)'s model (default demo; tiny for a smoke run)")
   args = parser.parse_args()
-  results: dict[tuple, list[dict]] = {s: [] for s in SETTINGS}
+  chosen = [s for s in SETTINGS if args.settings is None or key(*s) in args.settings.split(',')]
+  results: dict[tuple, list[dict]] = {s: [] for s in chosen}
   if not args.skip_sweeps:
     with tempfile.TemporaryDirectory() as tmp:
       for r in range(args.repeats):
-        for option, value, batching in SETTINGS:
+        for option, value, batching in chosen:
           got = sweep(option, value, batching, args.steps,
                       pathlib.Path(tmp) / f'{option[2:]}{value}{batching}_{r}')
           results[(option, value, batching)].append(got)
@@ -146,8 +155,8 @@ def main() -> None:
           f'(no growth), {os.cpu_count()} cores, load average at the end {load:.1f}; '
           'medians over repeats\n')
     print('| setting | wall s (each repeat) | member-steps/s (wall) | steady member-steps/s | '
-          'wall speedup vs --jobs 1 |\n|---|---|---:|---:|---:|')
-    base = statistics.median(g['wall'] for g in results[SETTINGS[0]])
+          f'wall speedup vs {label(*chosen[0])} |\n|---|---|---:|---:|---:|')
+    base = statistics.median(g['wall'] for g in results[chosen[0]])
     for (option, value, batching), runs in results.items():
       wall = statistics.median(g['wall'] for g in runs)
       walls = ', '.join(f"{g['wall']:.0f}" for g in runs)

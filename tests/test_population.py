@@ -73,11 +73,11 @@ def member_dir(sweep: pathlib.Path, lr: str, k: int) -> pathlib.Path:
   return sweep / 'tiny' / f'optim.lr={lr}' / f'seed{k}'
 
 
-def equivalent(tmp_path, common, members):
+def equivalent(tmp_path, common, members, batching='auto'):
   for k, extra in enumerate(members):
     train(load(common + extra, f'sep{k}', tmp_path))
   status = train_population([load(common + extra, f'pop{k}', tmp_path)
-                             for k, extra in enumerate(members)])
+                             for k, extra in enumerate(members)], batching=batching)
   assert status == ['completed'] * len(members)
   for k in range(len(members)):
     assert_same_run(tmp_path / f'sep{k}', tmp_path / f'pop{k}')
@@ -102,13 +102,14 @@ def test_mup_population_equals_separate_runs(tmp_path):
   equivalent(tmp_path, STEPS + mup, [['optim.lr=1e-2'], ['optim.lr=3e-2', 'train.seed=1']])
 
 
-def test_growth_population_equals_separate_runs(tmp_path):
+@pytest.mark.parametrize('batching', ['vmap', 'map'])
+def test_growth_population_equals_separate_runs(tmp_path, batching):
   """G_stack at step 20 of 50 for both members, whose lrs, seeds and weight decays differ."""
   grow = ['model.n_layers=4', 'growth.method=stack', 'growth.factor=2',
           'growth.at_tokens=2560']   # 128 tokens per step
   equivalent(tmp_path, STEPS + grow, [
       ['optim.lr=1e-2', 'optim.weight_decay=0.1'],
-      ['optim.lr=3e-3', 'optim.weight_decay=0.3', 'train.seed=1', 'data.seed=1']])
+      ['optim.lr=3e-3', 'optim.weight_decay=0.3', 'train.seed=1', 'data.seed=1']], batching)
   events = [r for r in records(tmp_path / 'pop0') if r.get('event') == 'grow']
   assert [e['step'] for e in events] == [20]
 
@@ -177,8 +178,9 @@ def test_population_that_does_not_fit_names_the_most_that_would(tmp_path, monkey
   from jaxlab.train import population_program as pp
   cfgs = [load(STEPS + [f'optim.lr={lr}'], f'pop{k}', tmp_path)
           for k, lr in enumerate(['1e-3', '3e-3', '1e-2', '3e-2'])]
-  program = pp.build_population_program(cfgs[0], make_mesh(cfgs[0].mesh), 4, 0,
-                                        growth.phases(cfgs[0]))
+  mesh = make_mesh(cfgs[0].mesh)
+  program = pp.build_population_program(cfgs[0], mesh, 4, 0, growth.phases(cfgs[0]),
+                                        pp.choose_batching('auto', mesh, 4))
   _, need = pp.compile_step(program, pp.hyper_arrays(cfgs))
   monkeypatch.setattr(pp, 'device_memory', lambda: (int(need * 0.6), 'a test device'))
   with pytest.raises(ConfigError, match=r'--population 4: one program of 4 members needs .* '

@@ -219,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                      'program, K at most per program (seeds, optim.lr and optim.weight_decay '
                      "may differ); default: the experiment's POPULATION, else 1 (each point "
                      'on its own)')
-  sweep.add_argument('--population-batching', choices=['vmap', 'map'], default='vmap',
+  sweep.add_argument('--population-batching', choices=['auto', 'vmap', 'map'], default='auto',
                      help="how a population's step runs its members: vmap (batched into "
-                     'each op; what a GPU or TPU wants) or map (one after another inside '
-                     'the one program)')
+                     'each op; what a GPU or TPU wants), map (one after another inside the '
+                     'one program; faster on a CPU), auto (default: map on a CPU, else vmap)')
   submit_options.add_options(sweep, sweep=True)
   sweep.set_defaults(func=_cmd_sweep)
   grow = sub.add_parser('grow', help='grow a checkpoint or an HF model into a new run')

@@ -60,7 +60,7 @@ def describe(groups: list[list], total: int) -> str:
 
 
 def run(points: list, total: int, size: int,
-        batching: str = 'vmap') -> tuple[dict[str, str], int]:
+        batching: str = 'auto') -> tuple[dict[str, str], int]:
   """Trains the points not finished earlier as populations of at most `size`; returns
   ({label: status}, exit code: 0, or 128 + signal when stopped)."""
   outcome, todo = {}, []

@@ -38,7 +38,7 @@ class Population:
   """Use as `with Population(cfgs, stop, quiet, origins) as p: outcome = p.run()`."""
 
   def __init__(self, cfgs: list[Config], stop: StopAgreement, quiet: QuietStorageNoise,
-               origins: list | None = None, batching: str = 'vmap'):
+               origins: list | None = None, batching: str = 'auto'):
     self.cfgs, self.stop, self.batching = cfgs, stop, batching
     self.members = [Trainer(c, stop, quiet, o)
                     for c, o in zip(cfgs, origins or [None] * len(cfgs))]
@@ -64,6 +64,8 @@ class Population:
   def program_at(self, step: int) -> pp.PopulationProgram:
     k = growth.phase_index(self.phases, step)
     if k not in self.programs:
+      self.batching = pp.choose_batching(self.batching, self.members[0].mesh,
+                                         len(self.members))
       self.programs[k] = pp.build_population_program(
           self.cfgs[0], self.members[0].mesh, len(self.members), k, self.phases, self.batching)
     return self.programs[k]
@@ -202,12 +204,12 @@ class Population:
 
 
 def train_population(cfgs: list[Config], origins: list | None = None,
-                     batching: str = 'vmap') -> list[str]:
+                     batching: str = 'auto') -> list[str]:
   """Trains (or resumes) the runs `cfgs` as one population (they must share every shape
   and the growth plan: jaxlab.launch.populations groups a sweep's points so); returns
   each member's status (completed, diverged). Raises Preempted after every member's
-  checkpoint and summary. batching: vmap or map
-  (jaxlab.train.population_program.over_members)."""
+  checkpoint and summary. batching: vmap, map or auto
+  (jaxlab.train.population_program.over_members, choose_batching)."""
   cfgs = [resolve(c) for c in cfgs]
   initialize_distributed(cfgs[0].mesh)
   with StopAgreement() as stop, QuietStorageNoise() as quiet, \

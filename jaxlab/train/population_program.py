@@ -88,6 +88,16 @@ class PopulationProgram:
 BATCHING = ('vmap', 'map')
 
 
+def choose_batching(batching: str, mesh, size: int) -> str:
+  """'auto' -> map on a CPU whose members are not spread over devices (measured faster
+  there at every K: bench/population_sweep.py, docs/running.md), vmap otherwise (what a
+  GPU or TPU wants, and the only way to spread members); vmap / map as given."""
+  if batching != 'auto':
+    return batching
+  cpu = mesh.devices.flat[0].platform == 'cpu'
+  return 'map' if cpu and members_axis(mesh, size) is None else 'vmap'
+
+
 def over_members(fn, axis: str | None, batching: str):
   """fn of one member -> fn of the population (member axis in front of every argument).
   vmap: the members' arrays batched into each op (what an accelerator wants; required to
