@@ -208,3 +208,22 @@ def test_profile_of_a_population_is_the_first_members(tmp_path):
   assert train_population(cfgs) == ['completed', 'completed']
   assert any((tmp_path / 'pop0' / 'profile').rglob('*.xplane.pb'))
   assert not (tmp_path / 'pop1' / 'profile').exists()
+
+
+def test_an_experiments_population_is_the_sweeps_default(tmp_path, capsys):
+  """POPULATION = K in an experiment file: its sweep groups by default; --population 1
+  turns it off; with --jobs it is refused until --population 1 is given."""
+  from jaxlab.launch import cli
+  exp = tmp_path / 'pop_exp.py'
+  exp.write_text((ROOT / 'experiments' / 'tiny.py').read_text()
+                 + '\nPOPULATION = 2\n\ndef sweep():\n  return {"optim.lr": [1e-3, 3e-3]}\n')
+  args = ['sweep', str(exp), '--dry-run', f'train.workdir={tmp_path}']
+  assert cli.main(args) == 0
+  assert '1 population(s) for 2 of 2 points' in capsys.readouterr().out
+  assert cli.main(args + ['--population', '1']) == 0
+  assert 'population(s)' not in capsys.readouterr().out
+  assert cli.main(args + ['--jobs', '2']) == 2
+  assert 'or set --population 1' in capsys.readouterr().err
+  exp.write_text(exp.read_text().replace('POPULATION = 2', 'POPULATION = 0'))
+  assert cli.main(args) == 2
+  assert f"POPULATION=0 in '{exp}' must be an integer >= 1" in capsys.readouterr().err
