@@ -173,20 +173,13 @@ class Population:
         continue
       fetched, pending = jax.device_get(pending), []
       states = pp.unstack(self.program, self.state)
-      paused, preempted = 0.0, None
+      paused, preempted = [], None
       for k, hooks in due.items():
         m = members[k]
         m.state = states[k]
         mine = [(s, {name: v[k] for name, v in metrics.items()}) for s, metrics in fetched]
         try:
-          hooks_lib.nan_guard(m, mine)
-          m.last_metrics = mine[-1][1]
-          m.last_loss = float(m.last_metrics['loss'])
-          record = {}
-          for hook in hooks:
-            t0 = time.perf_counter()
-            hook.run(m, record)
-            paused += (time.perf_counter() - t0) if hook.pauses_clock else 0.0
+          m.run_hooks(hooks, mine, paused.append)
         except hooks_lib.Diverged as err:
           print(f'{m.run_dir.path}: {err}; the rest of the population goes on',
                 file=sys.stderr, flush=True)
@@ -194,7 +187,7 @@ class Population:
         except Preempted as err:
           preempted = err
       for m in members:   # every member waited while any member's hooks ran
-        m.throughput.exclude(paused)
+        m.throughput.exclude(sum(paused))
       if preempted is not None:
         raise preempted
     for k, m in enumerate(members):

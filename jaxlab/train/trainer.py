@@ -385,17 +385,22 @@ class Trainer:
       if not due:
         continue
       fetched, pending = jax.device_get(pending), []
-      hooks_lib.nan_guard(self, fetched)
-      self.last_metrics = fetched[-1][1]
-      self.last_loss = float(self.last_metrics['loss'])
-      record = {}
-      for hook in due:
-        t0 = time.perf_counter()
-        hook.run(self, record)
-        if hook.pauses_clock:
-          self.throughput.exclude(time.perf_counter() - t0)
+      self.run_hooks(due, fetched, self.throughput.exclude)
     self.ckpt.wait()
     return self.finish('completed')
+
+  def run_hooks(self, due: list, fetched: list, paused) -> None:
+    """At a sync: the NaN guard over the steps `fetched` since the last one, then the due
+    hooks in order; paused(seconds) gets the time of each hook that pauses the clock."""
+    hooks_lib.nan_guard(self, fetched)
+    self.last_metrics = fetched[-1][1]
+    self.last_loss = float(self.last_metrics['loss'])
+    record = {}
+    for hook in due:
+      t0 = time.perf_counter()
+      hook.run(self, record)
+      if hook.pauses_clock:
+        paused(time.perf_counter() - t0)
 
   def _summary_from_metrics(self) -> dict:
     """A finished run whose summary.json is gone (deleted, or the session was killed
