@@ -2,7 +2,8 @@
 that is best at the narrowest width stays best at every width under muP, and drifts
 under the standard parametrization.
 
-  python launch.py sweep mup_transfer --jobs 2      # 2 x 3 widths x 6 lrs x 3 seeds = 108 runs
+  python launch.py sweep mup_transfer              # 2 x 3 widths x 6 lrs x 3 seeds = 108 runs,
+                                                    # as 6 populations of 18 (POPULATION)
   python launch.py report runs/mup_transfer         # val loss vs lr, one curve per width,
                                                     # one panel per parametrization; best lr
                                                     # and its shift over seeds
@@ -26,6 +27,7 @@ from __future__ import annotations
 from jaxlab.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
 SEEDS = 3
+POPULATION = 18   # one program per (parametrization, width): its 6 lrs x 3 seeds
 WIDTHS = (32, 64, 128)
 LOG2_LRS = tuple(range(-9, -3))
 PARAMETRIZATIONS = ('sp', 'mup')
