@@ -9,7 +9,7 @@ from jaxlab.launch import cli
 from jaxlab.report import transfer
 from jaxlab.report import Run, load_runs
 
-T2 = 4.302653   # t_{0.975, 2} (printed tables: 4.303)
+T2 = 4.302652729749462   # t_{0.975, 2} (printed tables: 4.303)
 
 
 def fake_run(p, width, lr, loss, wd=0.0, e=0.0, seed=None):
@@ -53,17 +53,59 @@ def test_optimum_over_seeds_by_hand():
   for key, cs in centres.items():
     assert rows[key]['optimum_log2'].estimate == pytest.approx(sum(cs) / 3, abs=1e-12)
     assert rows[key]['seeds'] == 3 and not rows[key]['edge']
-  mup, sp = rows['mup', 128]['shift'], rows['sp', 128]['shift']
+  mup, sp = rows['mup', 128]['shift_unadjusted'], rows['sp', 128]['shift_unadjusted']
   assert mup.estimate == pytest.approx(-0.4 / 3, abs=1e-12)
   assert sp.estimate == pytest.approx(-3.1 / 3, abs=1e-12)
   assert mup.half == pytest.approx(T2 / 30, rel=1e-6) and sp.half == pytest.approx(T2 / 30, rel=1e-6)
   assert not mup.resolved and sp.resolved
+  # Two shifts: Holm over k = 2. t = mean / (1/30): sp -31 (p = 2 P(T_2 < -31) = 0.00104),
+  # mup -4 (p = 0.0572). sp first, at alpha / 2: rejected, its interval at 97.5%:
+  # half = t_{0.9875, 2} / 30 = 6.2053 / 30 = 0.2068, adjusted p = 2 x 0.00104. mup then
+  # at alpha / 1: 0.0572 > 0.05, not rejected; its interval stays at 95%, adjusted p =
+  # max(0.00208, 1 x 0.0572).
+  hmup, hsp = rows['mup', 128]['shift'], rows['sp', 128]['shift']
+  assert hsp.estimate == sp.estimate and hsp.half == pytest.approx(6.205335 / 30, rel=1e-5)
+  assert hmup.half == pytest.approx(T2 / 30, rel=1e-6)
+  assert rows['sp', 128]['holm_p'] == pytest.approx(2 * 0.0010390, rel=1e-3)
+  assert rows['mup', 128]['holm_p'] == pytest.approx(0.057191, rel=1e-3)
+  assert hsp.resolved and not hmup.resolved
   # Best grid value of the seed-mean loss: mup width 128 -> -7 (mean centre -7.17), sp -> -8.
   assert rows['mup', 128]['best'] == 2.0 ** -7 and rows['sp', 128]['best'] == 2.0 ** -8
   text = transfer.render(runs)
-  assert '-0.13 ± 0.14 (not resolved)' in text and '-1.03 ± 0.14 |' in text
+  assert '| -0.13 ± 0.14 (not resolved) | -0.13 ± 0.14 (p 0.0572) |' in text
+  assert '| -1.03 ± 0.21 | -1.03 ± 0.14 (p 0.00208) |' in text
+  assert 'The 2 optimum shifts are Holm-adjusted over the 2' in text
   # The narrowest width is the reference, not a zero shift with a zero-width CI.
   assert rows['mup', 32]['shift'] is None and text.count('| 0 (reference) |') == 2
+
+
+def test_sigma_ratio_interval_by_hand():
+  # Two matrices of one layer, three seeds; per seed the mean log ratio width 128 / 32 is
+  # log 2 + d_k with d = (0.1, -0.1, 0.3) (the two matrices' log ratios differ by +-0.2
+  # around it), so the geometric mean is 2 e^0.1 and the 95% CI exp(log 2 + 0.1 +-
+  # t_{0.975,2} s / sqrt 3), s = 0.2: [2 e^(0.1 - 0.4969), 2 e^(0.1 + 0.4969)].
+  from jaxlab.rundir.records import sigma_key
+
+  def run(width, seed, a, b):
+    r = fake_run('mup', width, 2 ** -7, 3.0, wd=0.3, e=0.5, seed=seed)
+    r.metrics.append({'step': 20, sigma_key('attn.wq', 0): a, sigma_key('mlp.w1', 0): b})
+    return r
+  d = (0.1, -0.1, 0.3)
+  runs = [run(32, k, 1.0, 3.0) for k in range(3)] + [
+      run(128, k, 2 * math.exp(d[k] + 0.2), 6 * math.exp(d[k] - 0.2)) for k in range(3)]
+  (row,) = transfer.sigma_ratio_rows(runs)
+  half = T2 * 0.2 / math.sqrt(3)
+  assert row['ratio'] == pytest.approx(2 * math.exp(0.1), rel=1e-12)
+  assert row['interval'].lo == pytest.approx(2 * math.exp(0.1 - half), rel=1e-9)
+  assert row['interval'].hi == pytest.approx(2 * math.exp(0.1 + half), rel=1e-9)
+  assert row['prediction'] == 1.0 and row['seeds'] == 3 and row['matrices'] == 2
+  assert transfer.fan_prediction(128, 32, 0.0) == pytest.approx(2 ** 0.5)
+  assert transfer.fan_prediction(128, 32, 1.0) == pytest.approx(2 ** -0.5)
+  # A second decay without sigma_max logged makes it a transfer study the report renders.
+  runs += [fake_run('mup', w, 2 ** -7, 3.1, wd=0.03, e=0.5, seed=k) for w in (32, 128)
+           for k in range(3)]
+  assert len(transfer.sigma_ratio_rows(runs)) == 1
+  assert '| 0.5 | 0.3 | 128 / 32 | 3 | 2.210 [1.345, 3.633] | 1.000 |' in transfer.render(runs)
 
 
 def sweep_and_report(name, tmp_path):

@@ -19,7 +19,17 @@ hyperparameter; a best point at the grid's edge stays there and is flagged: the 
 may lie beyond). The table gives that optimum's mean ± 95% CI over seeds, and its shift
 from the narrowest width's optimum, paired by seed (seed k of every width shares its
 data order), with a t-interval (jaxlab.report.stats); a shift whose CI includes 0 is "not
-resolved".
+resolved". With k > 1 shifts in a study's table (every width but the narrowest, in every
+panel) the shifts are k comparisons: their intervals are Holm-adjusted over the k (the
+report's default, as for savings and paired differences), the unadjusted ones shown
+beside them.
+
+sigma_max ratios (weight decay): per seed, the mean over the hidden matrices and layers
+of log(sigma_max(width) / sigma_max(narrowest width)) (seed k with seed k); over seeds a
+t-interval of that mean, exponentiated: the geometric-mean ratio with its 95% CI. Beside
+it, Fan et al.'s equilibrium prediction (width / narrowest)^(1/4 - e/2) for muP with
+lr-coupled AdamW (sigma_max ~ sqrt(eta / lambda) d^(3/4), eta ~ 1/d, lambda ~ d^e;
+docs/scaling_rules.md).
 """
 from __future__ import annotations
 
@@ -120,14 +130,39 @@ def best_rows(runs, key: str) -> list[dict]:
                    'optimum_log2': stats.t_interval(opt.values()),
                    'edge': any(e for _, e in opts.values()),
                    'shift': None if is_base else
-                   stats.t_interval(stats.paired_differences(opt, base_opt))})
+                   stats.t_interval(stats.paired_differences(opt, base_opt)),
+                   '_shift_values': None if is_base else
+                   stats.paired_differences(opt, base_opt)})
+  _holm(rows)
   return rows
 
 
+def _holm(rows: list[dict]) -> None:
+  """With k > 1 shifts that have an interval (two seeds or more), each one's interval is Holm-adjusted over the k; the unadjusted
+  one is kept as 'shift_unadjusted', the adjusted p-value as 'holm_p'."""
+  shifted = [r for r in rows if r['_shift_values'] is not None and len(r['_shift_values']) >= 2]
+  if len(shifted) >= 2:
+    p_values = [stats.t_pvalue(r['_shift_values']) for r in shifted]
+    for row, (p_adj, level) in zip(shifted, stats.holm(p_values)):
+      row['shift_unadjusted'] = row['shift']
+      row['shift'] = stats.t_interval(row['_shift_values'], level)
+      row['holm_p'] = p_adj
+  for r in rows:
+    del r['_shift_values']
+
+
+def fan_prediction(width: int, base_width: int, exponent: float) -> float:
+  """Fan et al.'s equilibrium sigma_max ratio (width / base)^(1/4 - e/2) under muP with
+  lr-coupled AdamW and the hidden decay lambda x m^e (docs/scaling_rules.md)."""
+  return (width / base_width) ** (0.25 - exponent / 2)
+
+
 def sigma_ratio_rows(runs) -> list[dict]:
-  """Per (exponent, weight decay, width > narrowest): the geometric mean over hidden
-  matrices, layers and seeds (paired: seed k with seed k) of sigma_max(width) /
-  sigma_max(narrowest width), at the last step either run logged them."""
+  """Per (exponent, weight decay, width > narrowest): sigma_max(width) / sigma_max(narrowest
+  width) of the hidden matrices at the last step either run logged them: per seed the
+  mean over matrices and layers of the log ratio (seed k with seed k); 'ratio' the
+  geometric mean over seeds, 'interval' its 95% CI (t over seeds in log space,
+  exponentiated: [low, high]), 'prediction' Fan et al.'s."""
   rows = []
   for exponent, by_width in sorted(_points(runs, 'optim.weight_decay').items()):
     widths = sorted(by_width)
@@ -141,9 +176,14 @@ def sigma_ratio_rows(runs) -> list[dict]:
           per_x.setdefault(x, []).append(
               (statistics.fmean(math.log(a / b) for a, b in pairs), len(pairs)))
       for x, logs in sorted(per_x.items()):
+        iv = stats.t_interval([v for v, _ in logs])
+        low, high = (math.nan, math.nan) if math.isnan(iv.half) else (
+            math.exp(iv.lo), math.exp(iv.hi))
         rows.append({'exponent': exponent, 'weight_decay': x, 'width': w,
-                     'base_width': widths[0],
-                     'ratio': math.exp(statistics.fmean(v for v, _ in logs)),
+                     'base_width': widths[0], 'ratio': math.exp(iv.estimate),
+                     'interval': stats.Interval(math.exp(iv.estimate), math.nan, iv.n,
+                                                low, high),
+                     'prediction': fan_prediction(w, widths[0], float(exponent or 0.0)),
                      'matrices': logs[0][1], 'seeds': len(logs)})
   return rows
 
@@ -160,6 +200,7 @@ def render(runs) -> str:
   for key in studies(runs):
     label, panel_key = STUDIES[key]
     rows = best_rows(runs, key)
+    holm = [r for r in rows if 'holm_p' in r]
     text += (f'\n## Transfer across widths: {label}\n\nBest {label} per width (final val '
              f'loss, mean over seeds), per {panel_key}; shift = log2(best / best at the '
              f'narrowest width). Optimum: each seed\'s best {label} refined by a parabola '
@@ -167,26 +208,38 @@ def render(runs) -> str:
              f'{100 * stats.CONFIDENCE:.0f}% CI over seeds ({stats.T_METHOD}); its shift '
              'from the narrowest width is paired by seed; "not resolved": the CI includes 0; '
              '"edge": a seed\'s best is at the end of the grid (the optimum may lie '
-             'beyond).\n\n'
+             'beyond).'
+             + (f' The {len(holm)} optimum shifts are Holm-adjusted over the {len(holm)} '
+                '(resolved: the adjusted interval excludes 0; adjusted p beside the '
+                'unadjusted interval).' if holm else '') + '\n\n'
              f'| {panel_key} | width | best {label} | val loss | shift (log2) | seeds | '
-             f'optimum (log2 {label}) | optimum shift (log2) | finished |\n'
-             '|---|---|---|---|---|---|---|---|---|\n')
+             f'optimum (log2 {label}) | optimum shift (log2{", Holm" if holm else ""}) | '
+             + ('unadjusted (Holm p) | ' if holm else '') + 'finished |\n'
+             '|---|---|---|---|---|---|---|---|---|' + ('---|' if holm else '') + '\n')
     for r in rows:
+      extra = ''
+      if holm:
+        extra = ('| ' if r['shift'] is None else
+                 f"{r['shift_unadjusted'].format('+.2f')} (p {r['holm_p']:.3g}) | ")
       text += (f"| {r['panel']} | {r['width']} | {r['best']:.4g} | {r['val_loss']:.4f} | "
                f"{r['shift_log2']:+.2f} | {r['seeds']} | "
                f"{r['optimum_log2'].format('+.2f')}{' (edge)' if r['edge'] else ''} | "
-               f"{_shift_cell(r['shift'])} | {r['finished']}/{r['runs']} |\n")
+               f"{_shift_cell(r['shift'])} | {extra}{r['finished']}/{r['runs']} |\n")
     text += f'\n![{label} transfer](transfer_{key.split(".")[1]}.png)\n'
     if key == 'optim.weight_decay':
       ratios = sigma_ratio_rows(runs)
       if ratios:
-        text += ('\nsigma_max(width) / sigma_max(narrowest width), geometric mean over the '
-                 'hidden matrices, layers and seeds, at the last logged step:\n\n'
-                 '| wd_width_exponent | weight decay | widths | seeds | ratio |\n'
-                 '|---|---|---|---|---|\n')
+        text += ('\nsigma_max(width) / sigma_max(narrowest width) of the hidden matrices at '
+                 'the last logged step: geometric mean over matrices, layers and seeds, '
+                 f'{100 * stats.CONFIDENCE:.0f}% CI over seeds (t on the per-seed mean log '
+                 'ratio); prediction: Fan et al.\'s (width / narrowest)^(1/4 - e/2) '
+                 '(muP, lr-coupled AdamW):\n\n'
+                 '| wd_width_exponent | weight decay | widths | seeds | ratio | prediction |\n'
+                 '|---|---|---|---|---|---|\n')
         for r in ratios:
           text += (f"| {r['exponent']} | {r['weight_decay']:g} | {r['width']} / "
-                   f"{r['base_width']} | {r['seeds']} | {r['ratio']:.3f} |\n")
+                   f"{r['base_width']} | {r['seeds']} | {r['interval'].format('.3f')} | "
+                   f"{r['prediction']:.3f} |\n")
   return text
 
 
