@@ -84,10 +84,9 @@ def _holm(rows: list[dict]) -> None:
   if len(paired_rows) < 2:
     return
   for name, key in (('delta_final_val_loss', '_final'), ('delta_tail_val_loss', '_tail')):
-    p_values = [stats.t_pvalue(r[key]) for r in paired_rows]
-    for row, (p_adj, level) in zip(paired_rows, stats.holm(p_values)):
+    for row, (iv, p_adj) in zip(paired_rows, stats.holm_intervals([r[key] for r in paired_rows])):
       row[f'{name}_unadjusted'] = row[name]
-      row[name] = stats.t_interval(row[key], level)
+      row[name] = iv
       row[f'holm_p_{name[len("delta_"):]}'] = p_adj
 
 

@@ -134,6 +134,14 @@ def holm(p_values: Sequence[float], confidence: float = CONFIDENCE) -> list[tupl
   return out
 
 
+def holm_intervals(samples: Sequence[Sequence[float]],
+                   confidence: float = CONFIDENCE) -> list[tuple[Interval, float]]:
+  """k samples (each one comparison's per-seed differences) -> per comparison its
+  t-interval at its Holm level and its Holm-adjusted p-value (holm over the k t-tests)."""
+  adjusted = holm([t_pvalue(xs) for xs in samples], confidence)
+  return [(t_interval(xs, level), p_adj) for xs, (p_adj, level) in zip(samples, adjusted)]
+
+
 def paired_differences(values: dict, baseline: dict) -> list[float]:
   """values[k] - baseline[k] for every key k (seed) both have with a finite value."""
   out = []

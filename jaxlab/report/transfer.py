@@ -109,7 +109,7 @@ def best_rows(runs, key: str) -> list[dict]:
   its log2 distance from the narrowest width's best (0 = transferred exactly); and over
   seeds the refined optimum (log2, an Interval) and its shift from the narrowest
   width's, paired by seed (an Interval; None at the narrowest width itself)."""
-  rows = []
+  rows, per_seed = [], []
   for panel, by_width in sorted(_points(runs, key).items(), key=lambda kv: str(kv[0])):
     base = base_opt = None
     for width in sorted(by_width):
@@ -124,31 +124,27 @@ def best_rows(runs, key: str) -> list[dict]:
       opt = {k: o for k, (o, _) in opts.items()}
       is_base = base_opt is None
       base_opt = opt if is_base else base_opt
+      shifts = None if is_base else stats.paired_differences(opt, base_opt)
       rows.append({'panel': panel, 'width': width, 'best': x, 'val_loss': mean[x],
                    'shift_log2': math.log2(x / base), 'runs': len(pts),
                    'finished': sum(p[2] is not None for p in pts), 'seeds': len(seeds),
                    'optimum_log2': stats.t_interval(opt.values()),
                    'edge': any(e for _, e in opts.values()),
-                   'shift': None if is_base else
-                   stats.t_interval(stats.paired_differences(opt, base_opt)),
-                   '_shift_values': None if is_base else
-                   stats.paired_differences(opt, base_opt)})
-  _holm(rows)
+                   'shift': None if shifts is None else stats.t_interval(shifts)})
+      per_seed.append(shifts)
+  _holm(rows, per_seed)
   return rows
 
 
-def _holm(rows: list[dict]) -> None:
-  """With k > 1 shifts that have an interval (two seeds or more), each one's interval is Holm-adjusted over the k; the unadjusted
-  one is kept as 'shift_unadjusted', the adjusted p-value as 'holm_p'."""
-  shifted = [r for r in rows if r['_shift_values'] is not None and len(r['_shift_values']) >= 2]
+def _holm(rows: list[dict], per_seed: list) -> None:
+  """With k > 1 shifts that have an interval (two seeds or more), each one's interval is
+  Holm-adjusted over the k; the unadjusted one is kept as 'shift_unadjusted', the
+  adjusted p-value as 'holm_p'. per_seed: each row's per-seed shifts (None: the
+  reference width)."""
+  shifted = [(r, xs) for r, xs in zip(rows, per_seed) if xs is not None and len(xs) >= 2]
   if len(shifted) >= 2:
-    p_values = [stats.t_pvalue(r['_shift_values']) for r in shifted]
-    for row, (p_adj, level) in zip(shifted, stats.holm(p_values)):
-      row['shift_unadjusted'] = row['shift']
-      row['shift'] = stats.t_interval(row['_shift_values'], level)
-      row['holm_p'] = p_adj
-  for r in rows:
-    del r['_shift_values']
+    for (row, _), (iv, p_adj) in zip(shifted, stats.holm_intervals([xs for _, xs in shifted])):
+      row['shift_unadjusted'], row['shift'], row['holm_p'] = row['shift'], iv, p_adj
 
 
 def fan_prediction(width: int, base_width: int, exponent: float) -> float:

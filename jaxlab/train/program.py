@@ -152,3 +152,31 @@ def build_program(cfg: Config, mesh, phase: int = 0, phases: list | None = None)
                                                  position_edges(cfg.data.seq_len), gate_fn,
                                                  micro),
       enter=enter)
+
+
+def check_phases(cfg: Config, mesh, phases: list, program_at: Callable[[int], Any]) -> None:
+  """Traces each phase's growth transition and train step on abstract values (no
+  compile; jit reuses these traces): a config the model or a growth operator cannot
+  take stops here with the reason (ConfigError). program_at: step -> that phase's
+  Program (the run's own, cached: its programs are the ones traced)."""
+  for k, phase in enumerate(phases):
+    row = (phase.rows(cfg), phase.length(cfg) + 1)
+    batch = jax.ShapeDtypeStruct(row, jnp.int32, sharding=batch_sharding(mesh))
+    try:
+      program = program_at(phase.start_step)
+      program.train_step.eval_shape(program.abstract_state,
+                                    {'tokens': batch, 'segment_ids': batch})
+    except ValueError as err:
+      reason = str(err).splitlines()[0]
+      key = (f'model.attention={cfg.model.attention!r}: '
+             if reason.startswith('attention implementation') else '')
+      raise ConfigError(f'{key}the train step cannot be built for '
+                        f'{growth.plan.describe(phase.model)}: {reason}') from None
+    if k:
+      prev = program_at(phases[k - 1].start_step)
+      try:
+        jax.eval_shape(program.enter, prev.abstract_state)
+      except ValueError as err:
+        raise ConfigError(f'growth.method={cfg.growth.method!r} cannot go from '
+                          f'{growth.plan.describe(phases[k - 1].model)} to '
+                          f'{growth.plan.describe(phase.model)}: {err}') from None

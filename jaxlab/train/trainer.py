@@ -2,7 +2,7 @@
 
 Set-up checks everything it can before the first compile (tokenizer, mesh, batch split,
 the run directory's lock and config guard, every phase's shapes and the train step's
-trace, the validation batches), so a bad input stops with one line and exit code 2.
+trace (jaxlab.train.program.check_phases), the validation batches), so a bad input stops with one line and exit code 2.
 Then it restores the newest verified checkpoint (jaxlab.rundir.checkpoint; when train.steps
 changed, the newest one jaxlab.train.length allows) or starts afresh,
 and puts the run directory in the matching state (jaxlab.rundir.directory): metrics cut back
@@ -18,7 +18,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 from jaxlab import data as data_lib
 from jaxlab.data import identity
@@ -27,7 +26,7 @@ from jaxlab.rundir import records
 from jaxlab.rundir.checkpoint import Checkpointer, checkpoint_dir
 from jaxlab.config.checks import check_microbatches, profile_range
 from jaxlab.config.types import Config, ConfigError
-from jaxlab.parallel import batch_sharding, make_mesh
+from jaxlab.parallel import make_mesh
 from jaxlab.models import flops
 from jaxlab.optim import non_embedding_params
 from jaxlab.rundir.layout import run_dir_of
@@ -37,7 +36,7 @@ from jaxlab.rundir.directory import RunDir
 from jaxlab.train import hooks as hooks_lib
 from jaxlab.train import hosts
 from jaxlab.train import length
-from jaxlab.train.program import Program, build_program
+from jaxlab.train.program import Program, build_program, check_phases
 from jaxlab.train.step import position_edges
 from jaxlab.train.stop import Preempted, StopAgreement
 from jaxlab.train.storage import QuietStorageNoise, storage_error
@@ -181,33 +180,6 @@ class Trainer:
       self.programs[k] = build_program(self.cfg, self.mesh, k, self.phases)
     return self.programs[k]
 
-  def _check_shapes(self):
-    """Traces each phase's growth transition and train step on abstract values (no
-    compile; jit reuses these traces): a config the model or a growth operator cannot
-    take stops here with the reason."""
-    cfg = self.cfg
-    for k, phase in enumerate(self.phases):
-      row = (phase.rows(cfg), phase.length(cfg) + 1)
-      batch = jax.ShapeDtypeStruct(row, jnp.int32, sharding=batch_sharding(self.mesh))
-      try:
-        program = self.program_at(phase.start_step)
-        program.train_step.eval_shape(program.abstract_state,
-                                      {'tokens': batch, 'segment_ids': batch})
-      except ValueError as err:
-        reason = str(err).splitlines()[0]
-        key = (f'model.attention={cfg.model.attention!r}: '
-               if reason.startswith('attention implementation') else '')
-        raise ConfigError(f'{key}the train step cannot be built for '
-                          f'{growth.plan.describe(phase.model)}: {reason}') from None
-      if k:
-        prev = self.program_at(self.phases[k - 1].start_step)
-        try:
-          jax.eval_shape(program.enter, prev.abstract_state)
-        except ValueError as err:
-          raise ConfigError(f'growth.method={cfg.growth.method!r} cannot go from '
-                            f'{growth.plan.describe(self.phases[k - 1].model)} to '
-                            f'{growth.plan.describe(phase.model)}: {err}') from None
-
   def _data(self, tokenizer):
     cfg, tc = self.cfg, self.cfg.train
     proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -251,7 +223,7 @@ class Trainer:
     self.phases = growth.phases(self.cfg)   # the growth plan's own checks (sizes, timing)
     self._open_run_dir()
     self._check_data(tokenizer)
-    self._check_shapes()
+    check_phases(self.cfg, self.mesh, self.phases, self.program_at)
     self.val_sets = self._data(tokenizer)
     self.tokenizer = tokenizer
     self._stop_if_signalled()
